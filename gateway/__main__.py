@@ -1,0 +1,27 @@
+"""`python -m gateway`: serve the API with uvicorn (uvloop, httptools)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from metering.settings import Settings
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    uvicorn.run(
+        "gateway.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Bearer-token roles: switch and ops tokens from settings (compared in constant
+time), customer tokens issued per account (looked up by their SHA-256)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+
+from starlette.requests import HTTPConnection
+
+from metering.accounts import account_for_token
+from metering.settings import Settings
+from metering.store import Store
+
+SWITCH, OPS, CUSTOMER = "switch", "ops", "customer"
+
+
+class Unauthorized(Exception):
+    code = "unauthorized"
+
+
+class Forbidden(Exception):
+    code = "forbidden"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Caller:
+    role: str
+    account_id: str | None  # set for customers: the one account they may see
+
+
+def bearer_token(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+    # Browsers cannot set headers on a websocket: they pass ?token=.
+    if conn.scope["type"] == "websocket":
+        return conn.query_params.get("token") or None
+    return None
+
+
+async def authenticate(
+    conn: HTTPConnection,
+    settings: Settings,
+    store: Store,
+    roles: frozenset[str],
+    account_id: str | None = None,
+) -> Caller:
+    """The caller, if its role is one of `roles` (and, for a customer, the account is its own)."""
+    token = bearer_token(conn)
+    if token is None:
+        raise Unauthorized("an Authorization: Bearer <token> header is required")
+    if hmac.compare_digest(token.encode(), settings.switch_token.encode()):
+        caller = Caller(SWITCH, None)
+    elif hmac.compare_digest(token.encode(), settings.ops_token.encode()):
+        caller = Caller(OPS, None)
+    else:
+        owner = await account_for_token(store, token)
+        if owner is None:
+            raise Unauthorized("the bearer token is not valid")
+        caller = Caller(CUSTOMER, owner)
+    if caller.role not in roles:
+        raise Forbidden(f"the {caller.role} role may not do this")
+    if caller.role == CUSTOMER and account_id is not None and caller.account_id != account_id:
+        raise Forbidden("this token belongs to another account")
+    return caller

@@ -1,0 +1,68 @@
+"""Every HTTP endpoint once: path, method, handler, who may call it, its body.
+The router and the OpenAPI document are both built from this table."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import accounts_api, switch_api
+from gateway.bodies import Body
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    roles: tuple[str, ...]
+    summary: str
+    body: Body | None = None
+    success: int = 200
+    errors: tuple[int, ...] = (400, 401, 403, 404, 409, 422)
+
+
+CHARGE_ERRORS = (400, 401, 402, 403, 404, 409, 422, 503)
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("POST", "/v1/accounts", accounts_api.post_account, ("ops",),
+             "Create an account with its rate card (zero balance).", accounts_api.CREATE_BODY,
+             success=201),
+    Endpoint("GET", "/v1/accounts/{account_id}", accounts_api.get_account,
+             ("customer", "ops", "switch"),
+             "Balance, reserved, available, rate card, recharge settings, card on file."),
+    Endpoint("POST", "/v1/accounts/{account_id}/tokens", accounts_api.post_token, ("ops",),
+             "Issue a customer token for the account's dashboard (shown once).",
+             accounts_api.TOKEN_BODY, success=201),
+    Endpoint("POST", "/v1/accounts/{account_id}/credits", accounts_api.post_credit, ("ops",),
+             "Add funds (idempotent by credit_id).", accounts_api.CREDIT_BODY),
+    Endpoint("POST", "/v1/messages", switch_api.post_message, ("switch",),
+             "Charge an outgoing or incoming text message, or refuse with 402.",
+             switch_api.MESSAGE_BODY, errors=CHARGE_ERRORS),
+    Endpoint("POST", "/v1/ring-through-attempts", switch_api.post_ring_through_attempt,
+             ("switch",), "Charge a ring-through connection attempt, or refuse with 402.",
+             switch_api.ATTEMPT_BODY, errors=CHARGE_ERRORS),
+    Endpoint("POST", "/v1/numbers/purchases", switch_api.post_number_purchase, ("switch",),
+             "Charge a phone number purchase, or refuse with 402.", switch_api.PURCHASE_BODY,
+             errors=CHARGE_ERRORS),
+    Endpoint("POST", "/v1/numbers/renewals", switch_api.post_number_renewal, ("switch",),
+             "Charge a phone number renewal, or refuse with 402.", switch_api.RENEWAL_BODY,
+             errors=CHARGE_ERRORS),
+    Endpoint("POST", "/v1/calls", switch_api.post_call, ("switch",),
+             "Reserve: open a call and grant its first chunk of seconds.",
+             switch_api.RESERVE_BODY, errors=(*CHARGE_ERRORS, 429)),
+    Endpoint("POST", "/v1/calls/{call_id}/extend", switch_api.post_call_extend, ("switch",),
+             "Grant another chunk of seconds to an open call, or refuse with 402.",
+             switch_api.EXTEND_BODY, errors=CHARGE_ERRORS),
+    Endpoint("POST", "/v1/calls/{call_id}/commit", switch_api.post_call_commit, ("switch",),
+             "Hang-up: charge the real duration, release the rest of the reservation.",
+             switch_api.COMMIT_BODY, errors=CHARGE_ERRORS),
+    Endpoint("POST", "/v1/calls/{call_id}/release", switch_api.post_call_release, ("switch",),
+             "The call never connected: release its reservation, charge nothing.",
+             switch_api.RELEASE_BODY),
+]

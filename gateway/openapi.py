@@ -1,0 +1,78 @@
+"""The OpenAPI 3.1 document, generated from the endpoint table so it cannot
+drift from the handlers' declared bodies."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from gateway.endpoints import ENDPOINTS, Endpoint
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {
+        "error": {"type": "string", "description": "Machine-readable code."},
+        "message": {"type": "string", "description": "What is wrong, in a sentence."},
+    },
+}
+ERROR_TEXT = {
+    400: "Malformed JSON.", 401: "Missing or invalid bearer token.",
+    402: "insufficient_funds: the available balance does not cover the cost.",
+    403: "The token's role or account may not do this.",
+    404: "Unknown account or call.", 409: "Idempotency conflict or a closed call.",
+    413: "Body too large.", 422: "A field is missing or invalid (the body names it).",
+    429: "The account's concurrent call limit.", 503: "Redis unavailable or ledger backlog full.",
+}
+
+
+def _operation(e: Endpoint) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": e.summary,
+        "description": "Roles: " + ", ".join(e.roles),
+        "operationId": e.handler.__name__,
+        "security": [{"bearer": []}],
+        "responses": {
+            str(e.success): {"description": "Success",
+                             "content": {"application/json": {"schema": {"type": "object"}}}},
+            **{str(code): {"description": ERROR_TEXT.get(code, "Error"),
+                           "content": {"application/json": {
+                               "schema": {"$ref": "#/components/schemas/Error"}}}}
+               for code in e.errors},
+        },
+    }
+    params = re.findall(r"{(\w+)}", e.path)
+    if params:
+        op["parameters"] = [{"name": p, "in": "path", "required": True,
+                             "schema": {"type": "string"}} for p in params]
+    if e.body is not None:
+        props: dict[str, Any] = {}
+        for name, f in e.body.fields.items():
+            prop: dict[str, Any] = {"type": f.kind, "description": f.description}
+            if f.enum:
+                prop["enum"] = list(f.enum)
+            if f.minimum is not None:
+                prop["minimum"] = f.minimum
+            props[name] = prop
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False,
+            "required": [n for n, f in e.body.fields.items() if f.required],
+            "properties": props}}}}
+    return op
+
+
+def build_openapi(endpoints: list[Endpoint] | None = None) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for e in endpoints if endpoints is not None else ENDPOINTS:
+        paths.setdefault(e.path, {})[e.method.lower()] = _operation(e)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Prepaid metering gateway", "version": "1",
+                 "description": "The switch contract v1: money in integer micro-units, "
+                                "durations in integer seconds."},
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": ERROR_SCHEMA},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

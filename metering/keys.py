@@ -1,0 +1,74 @@
+"""Where everything lives in Redis.
+
+An account belongs to one of `shard_count` shards by a stable hash of its id.
+All keys of an account, and its shard's ledger, recharge and expiry keys, carry
+the shard's hash tag `{sNNN}`, so every script touches one hash slot and runs
+unchanged on Redis Cluster.
+
+    m:{s042}:a:<account_id>          hash   balance, reserved, seq, rate card, recharge settings
+    m:{s042}:calls:<account_id>      set    open call ids of the account
+    m:{s042}:c:<account_id>:<call>   hash   one call's reservation and its answers
+    m:{s042}:i:<account_id>:<kind>:<request_id>  string  first answer of a one-shot request
+    m:{s042}:accounts                set    account ids of the shard
+    m:{s042}:ledger                  stream ledger entries not yet trimmed (see ledger_entries)
+    m:{s042}:recharge                stream recharge requests (see ledger_entries)
+    m:{s042}:expiry                  zset   "<account_id>|<call_id>" scored by expiry in ms
+    m:token:<sha256 hex>             string account id of a customer token
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "m:"
+
+
+def shard_of(account_id: str, shard_count: int) -> int:
+    """The account's shard: CRC-32 of its id, stable across processes and versions."""
+    return zlib.crc32(account_id.encode()) % shard_count
+
+
+def shard_tag(shard: int) -> str:
+    return "{s%03d}" % shard
+
+
+class ShardKeys:
+    """The keys shared by all accounts of one shard."""
+
+    __slots__ = ("shard", "tag", "accounts", "ledger", "recharge", "expiry")
+
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+        self.tag = shard_tag(shard)
+        base = PREFIX + self.tag
+        self.accounts = base + ":accounts"
+        self.ledger = base + ":ledger"
+        self.recharge = base + ":recharge"
+        self.expiry = base + ":expiry"
+
+
+class AccountKeys:
+    """The keys of one account (all in its shard's slot)."""
+
+    __slots__ = ("account_id", "shard", "account", "calls", "_base")
+
+    def __init__(self, account_id: str, shard_count: int) -> None:
+        self.account_id = account_id
+        self.shard = ShardKeys(shard_of(account_id, shard_count))
+        self._base = PREFIX + self.shard.tag
+        self.account = f"{self._base}:a:{account_id}"
+        self.calls = f"{self._base}:calls:{account_id}"
+
+    def call(self, call_id: str) -> str:
+        return f"{self._base}:c:{self.account_id}:{call_id}"
+
+    def request(self, kind: str, request_id: str) -> str:
+        return f"{self._base}:i:{self.account_id}:{kind}:{request_id}"
+
+
+def all_shards(shard_count: int) -> list[ShardKeys]:
+    return [ShardKeys(shard) for shard in range(shard_count)]
+
+
+def token_key(token_sha256_hex: str) -> str:
+    return f"{PREFIX}token:{token_sha256_hex}"

@@ -1,0 +1,34 @@
+-- credit.lua: add funds (ops credit, pay now, automatic recharge).
+-- KEYS[1] account hash  KEYS[2] request key (first answer)  KEYS[3] shard ledger stream
+-- ARGV[1] account_id  ARGV[2] amount_micros (> 0)  ARGV[3] request_id (credit or payment id)
+-- ARGV[4] fingerprint  ARGV[5] idempotency window s  ARGV[6] ledger backlog max
+-- ARGV[7] live channel  ARGV[8] ledger detail (source and reason)
+-- ARGV[9] '1' when this credit settles a pending automatic recharge (clears the mark)
+-- ARGV[10] balance max
+-- Returns {'ok', replayed, credited_micros, balance_micros, reserved_micros, seq}
+--      or {'unknown_account', 0} | {'idempotency_conflict', 0} | {'ledger_backlog_full', 0}
+--      or {'balance_limit', 0, balance_max}
+local prior = redis.call('GET', KEYS[2])
+if prior then return replay(prior, ARGV[4]) end
+
+local a = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'seq', 'recharge_pending_since_us')
+if not a[1] then return {'unknown_account', 0} end
+local balance, reserved, seq = tonumber(a[1]), tonumber(a[2]), tonumber(a[3])
+local amount = tonumber(ARGV[2])
+if balance + amount > tonumber(ARGV[10]) then return {'balance_limit', 0, tonumber(ARGV[10])} end
+if ledger_full(KEYS[3], tonumber(ARGV[6])) then return {'ledger_backlog_full', 0} end
+
+local at = now_us()
+balance = balance + amount
+seq = seq + 1
+redis.call('HSET', KEYS[1], 'balance', int(balance), 'seq', int(seq))
+local pending = a[4] and a[4] ~= ''
+if ARGV[9] == '1' and pending then
+  redis.call('HDEL', KEYS[1], 'recharge_pending_since_us')
+  pending = false
+end
+append_ledger(KEYS[3], ARGV[1], seq, 'funds_added', amount, balance, ARGV[3], at, ARGV[8])
+publish(ARGV[7], ARGV[1], 'credit', 'funds_added', amount, balance, reserved, seq, at, pending)
+local answer = {amount, balance, reserved, seq}
+redis.call('SET', KEYS[2], answer_text(ARGV[4], answer), 'EX', ARGV[5])
+return {'ok', 0, amount, balance, reserved, seq}

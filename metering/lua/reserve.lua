@@ -1,0 +1,58 @@
+-- reserve.lua: call set-up. Grant a chunk of seconds, moving its cost from the
+-- available balance into `reserved`.
+-- KEYS[1] account hash  KEYS[2] call hash  KEYS[3] account's open calls set
+-- KEYS[4] shard expiry zset  KEYS[5] shard recharge stream
+-- ARGV[1] account_id  ARGV[2] call_id  ARGV[3] direction ('outbound'|'inbound')
+-- ARGV[4] grant chunk s  ARGV[5] validity grace s  ARGV[6] call duration max s  ARGV[7] live channel
+-- Returns {'ok', replayed, granted_s, max_s, validity_s, final, held_micros, balance_micros, reserved_micros}
+--      or {'insufficient_funds', 0, cost_micros, available_micros}
+--      or {'concurrent_call_limit', 0, limit} | {'unknown_account', 0} | {'idempotency_conflict', 0}
+--
+-- Sharing: the grant is at most the chunk and at most an equal share of the
+-- available balance among the account's open calls (this one included), but
+-- never less than one billing unit while the balance buys one. So parallel
+-- calls never together reserve more than `balance - reserved`, and a short
+-- balance is split among them instead of going whole to the first.
+local c = redis.call('HMGET', KEYS[2], 'state', 'direction', 'reserve_answer')
+if c[1] then return replay(c[3], ARGV[3]) end
+
+local rate_field = 'call_' .. ARGV[3] .. '_per_minute_micros'
+local a = redis.call('HMGET', KEYS[1], 'balance', 'reserved', rate_field,
+  'call_increment_seconds', 'call_minimum_seconds', 'max_concurrent_calls',
+  'recharge_enabled', 'recharge_threshold_micros', 'recharge_amount_micros', 'recharge_pending_since_us')
+if not a[1] then return {'unknown_account', 0} end
+local balance, reserved = tonumber(a[1]), tonumber(a[2])
+local rate, inc, min = num(a[3]), tonumber(a[4]), tonumber(a[5])
+local open = redis.call('SCARD', KEYS[3])
+local limit = num(a[6])
+if limit > 0 and open >= limit then return {'concurrent_call_limit', 0, limit} end
+
+local cap = tonumber(ARGV[6])
+local available = balance - reserved
+local unit = first_unit(min, inc)
+local max_s = affordable_seconds(available, rate, min, inc, cap)
+if max_s == 0 then return {'insufficient_funds', 0, call_cost(unit, rate), available} end
+
+local chunk = floor_to_grid(tonumber(ARGV[4]), min, inc)
+if chunk < unit then chunk = unit end
+local share = affordable_seconds(idiv(available, open + 1), rate, min, inc, cap)
+local grant = math.min(chunk, math.max(share, unit), max_s)
+local held = call_cost(grant, rate)
+local final = 0
+if grant >= max_s then final = 1 end
+
+local at = now_us()
+local validity = grant + tonumber(ARGV[5])
+local expires_ms = math.floor(at / 1000) + validity * 1000
+reserved = reserved + held
+redis.call('HSET', KEYS[1], 'reserved', int(reserved))
+local answer = answer_text(ARGV[3], {grant, max_s, validity, final, held, balance, reserved})
+redis.call('HSET', KEYS[2], 'state', 'open', 'direction', ARGV[3], 'rate', int(rate),
+  'inc', int(inc), 'min', int(min), 'granted_s', int(grant), 'held', int(held),
+  'opened_us', int(at), 'expires_ms', int(expires_ms), 'extends', '0', 'reserve_answer', answer)
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[4], expires_ms, ARGV[1] .. '|' .. ARGV[2])
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+local pending = maybe_request_recharge(KEYS[1], KEYS[5], ARGV[1], balance - reserved, {a[7], a[8], a[9], a[10]}, at)
+publish(ARGV[7], ARGV[1], 'reserve', 'call_' .. ARGV[3], 0, balance, reserved, seq, at, pending)
+return {'ok', 0, grant, max_s, validity, final, held, balance, reserved}

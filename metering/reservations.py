@@ -1,0 +1,165 @@
+"""Calls: reserve at set-up, extend before the grant runs out, commit at hang-up,
+release when the call never connected (credit control, RFC 4006 style).
+
+The grant sizing, charge rule and expiry policy are written in the scripts'
+headers (lua/reserve.lua, lua/commit.lua, lua/expire_reservations.lua) and in
+the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from metering import fields
+from metering.debits import DIRECTIONS
+from metering.errors import raise_refusal
+from metering.store import Store
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Grant:
+    call_id: str
+    granted_seconds: int
+    max_seconds: int
+    validity_seconds: int
+    final: bool
+    reserved_for_call_micros: int
+    balance_micros: int
+    reserved_micros: int
+    total_granted_seconds: int
+    replayed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "granted_seconds": self.granted_seconds,
+            "total_granted_seconds": self.total_granted_seconds,
+            "max_seconds": self.max_seconds,
+            "validity_seconds": self.validity_seconds,
+            "final": self.final,
+            "call_reserved_micros": self.reserved_for_call_micros,
+            "balance_micros": self.balance_micros,
+            "reserved_micros": self.reserved_micros,
+            "available_micros": self.balance_micros - self.reserved_micros,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallCharge:
+    call_id: str
+    duration_seconds: int
+    billed_seconds: int
+    charged_micros: int
+    balance_micros: int
+    reserved_micros: int
+    seq: int
+    capped: bool
+    replayed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "duration_seconds": self.duration_seconds,
+            "billed_seconds": self.billed_seconds,
+            "charged_micros": self.charged_micros,
+            "capped": self.capped,
+            "balance_micros": self.balance_micros,
+            "reserved_micros": self.reserved_micros,
+            "available_micros": self.balance_micros - self.reserved_micros,
+            "seq": self.seq,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Release:
+    call_id: str
+    released_micros: int
+    balance_micros: int
+    reserved_micros: int
+    replayed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "charged_micros": 0,
+            "released_micros": self.released_micros,
+            "balance_micros": self.balance_micros,
+            "reserved_micros": self.reserved_micros,
+            "available_micros": self.balance_micros - self.reserved_micros,
+        }
+
+
+def _call_keys(store: Store, account_id: str, call_id: str) -> tuple[Any, list[str]]:
+    keys = store.account_keys(account_id)
+    return keys, [keys.account, keys.call(call_id), keys.calls, keys.shard.expiry]
+
+
+async def reserve(store: Store, account_id: str, call_id: str, direction: str) -> Grant:
+    """Open a call and grant its first chunk of seconds."""
+    fields.account_id(account_id)
+    fields.request_id(call_id, "call_id")
+    fields.choice(direction, "direction", DIRECTIONS)
+    keys, call_keys = _call_keys(store, account_id, call_id)
+    s = store.settings
+    r = await store.scripts.reserve(
+        store.redis,
+        [*call_keys, keys.shard.recharge],
+        [account_id, call_id, direction, s.call_grant_s, s.call_validity_grace_s,
+         s.call_duration_s_max, s.live_channel],
+    )
+    raise_refusal(r, account_id, f"call {call_id}")
+    return Grant(call_id, int(r[2]), int(r[3]), int(r[4]), int(r[5]) == 1, int(r[6]),
+                 int(r[7]), int(r[8]), int(r[2]), r[1] == 1)
+
+
+async def extend(store: Store, account_id: str, call_id: str, extend_id: str | None) -> Grant:
+    """Grant another chunk to an open call. With an extend_id a retry returns the
+    first answer; without one every request grants again (it only reserves, so a
+    duplicate costs nothing once the call is committed)."""
+    fields.account_id(account_id)
+    fields.request_id(call_id, "call_id")
+    if extend_id is not None:
+        fields.request_id(extend_id, "extend_id")
+    keys, call_keys = _call_keys(store, account_id, call_id)
+    s = store.settings
+    r = await store.scripts.extend(
+        store.redis,
+        [*call_keys, keys.shard.recharge],
+        [account_id, call_id, extend_id or "", s.call_grant_s, s.call_validity_grace_s,
+         s.call_duration_s_max, s.call_extends_max, s.live_channel],
+    )
+    raise_refusal(r, account_id, call_id)
+    return Grant(call_id, int(r[2]), int(r[3]), int(r[4]), int(r[5]) == 1, int(r[6]),
+                 int(r[7]), int(r[8]), int(r[9]), r[1] == 1)
+
+
+async def commit(store: Store, account_id: str, call_id: str, duration_seconds: int) -> CallCharge:
+    """Charge the real duration (see the rule in lua/commit.lua) and close the call."""
+    fields.account_id(account_id)
+    fields.request_id(call_id, "call_id")
+    fields.integer(duration_seconds, "duration_seconds", 0, store.settings.call_duration_s_max)
+    keys, call_keys = _call_keys(store, account_id, call_id)
+    s = store.settings
+    r = await store.scripts.commit(
+        store.redis,
+        [*call_keys, keys.shard.ledger, keys.shard.recharge],
+        [account_id, call_id, duration_seconds, s.idempotency_window_s, s.ledger_backlog_max,
+         s.live_channel],
+    )
+    raise_refusal(r, account_id, call_id)
+    return CallCharge(call_id, duration_seconds, int(r[3]), int(r[2]), int(r[4]), int(r[5]),
+                      int(r[6]), int(r[7]) == 1, r[1] == 1)
+
+
+async def release(store: Store, account_id: str, call_id: str) -> Release:
+    """The call never connected: return its reservation, charge nothing."""
+    fields.account_id(account_id)
+    fields.request_id(call_id, "call_id")
+    _, call_keys = _call_keys(store, account_id, call_id)
+    s = store.settings
+    r = await store.scripts.release(
+        store.redis, call_keys, [account_id, call_id, s.idempotency_window_s, s.live_channel]
+    )
+    raise_refusal(r, account_id, call_id)
+    return Release(call_id, int(r[2]), int(r[3]), int(r[4]), r[1] == 1)

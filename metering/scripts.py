@@ -1,0 +1,70 @@
+"""Lua scripts as files, loaded once and called by SHA.
+
+Each `.lua` file in `metering/lua/` is prefixed with `_lib.lua` (shared pricing,
+rounding, ledger and publish helpers) and becomes one `LuaScript`. A call runs
+EVALSHA; on NOSCRIPT (a restarted or failed-over Redis) it loads the script and
+retries once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+LIB_NAME = "_lib.lua"
+
+
+class LuaScript:
+    __slots__ = ("name", "source", "sha")
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, redis: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class Scripts:
+    """All scripts of the service, by file name without `.lua`."""
+
+    def __init__(self) -> None:
+        folder = resources.files("metering") / "lua"
+        lib = (folder / LIB_NAME).read_text()
+        self._by_name: dict[str, LuaScript] = {}
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".lua") and entry.name != LIB_NAME:
+                name = entry.name[: -len(".lua")]
+                self._by_name[name] = LuaScript(name, lib + "\n" + entry.read_text())
+        self.debit = self._by_name["debit"]
+        self.credit = self._by_name["credit"]
+        self.create_account = self._by_name["create_account"]
+        self.reserve = self._by_name["reserve"]
+        self.extend = self._by_name["extend"]
+        self.commit = self._by_name["commit"]
+        self.release = self._by_name["release"]
+        self.expire_reservations = self._by_name["expire_reservations"]
+
+    def __getitem__(self, name: str) -> LuaScript:
+        return self._by_name[name]
+
+    def all(self) -> list[LuaScript]:
+        return list(self._by_name.values())
+
+    async def load(self, redis: Any) -> None:
+        """SCRIPT LOAD each script (on every primary of a cluster), once at start-up."""
+        for script in self._by_name.values():
+            sha = await redis.script_load(script.source)
+            if isinstance(sha, dict):  # a cluster answers per node
+                shas = set(sha.values())
+            else:
+                shas = {sha}
+            assert shas == {script.sha}, f"{script.name}: Redis computed another SHA"

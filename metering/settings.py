@@ -1,0 +1,144 @@
+"""One settings object, read once from `METERING_*` environment variables.
+
+Every limit the service enforces is a named setting here with a default that
+works for a local run; nothing else in the code reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+ENV_PREFIX = "METERING_"
+
+
+class SettingsError(ValueError):
+    """A `METERING_*` variable holds a value that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    # Connections.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Set to 1 to talk to a Redis Cluster (any node's address in redis_url).
+    redis_cluster: bool = False
+    redis_connections_max: int = 64
+    redis_timeout_s: float = 5.0
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/metering"
+    database_pool_max: int = 10
+
+    # The HTTP edge.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # uvicorn worker processes for `python -m gateway`.
+    workers: int = 1
+    switch_token: str = "dev-switch-token"
+    ops_token: str = "dev-ops-token"
+    request_body_bytes_max: int = 16_384
+    log_level: str = "warning"
+
+    # Sharding: fixed for the life of a deployment (changing it moves accounts).
+    shard_count: int = 256
+
+    # Calls (credit control).
+    call_grant_s: int = 300
+    call_validity_grace_s: int = 60
+    call_duration_s_max: int = 86_400
+    call_extends_max: int = 1_000
+    reservation_sweep_interval_s: float = 1.0
+    reservation_sweep_batch_max: int = 200
+
+    # Idempotency: how long a request id is remembered with its first answer.
+    idempotency_window_s: int = 7 * 86_400
+    # Entries per shard stream not yet in Postgres before debits are refused,
+    # so a stuck ledger writer cannot grow Redis until it dies.
+    ledger_backlog_max: int = 500_000
+
+    # Live push.
+    live_channel: str = "m:live"
+
+    # Activity API.
+    activity_page_max: int = 500
+
+    # Ledger writer.
+    ledger_batch_rows_max: int = 2_000
+    ledger_batch_wait_ms: int = 200
+    ledger_claim_idle_ms: int = 30_000
+    ledger_consumer_group: str = "ledger-writer"
+
+    # Stripe (pay now, card on file, automatic recharge).
+    stripe_api_key: str = "sk_test_local"
+    stripe_api_base: str = "http://127.0.0.1:8420"
+    stripe_webhook_secret: str = "whsec_local"
+    stripe_timeout_s: float = 10.0
+
+    # Email for recharge failures.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_sender: str = "billing@metering.local"
+    smtp_timeout_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `METERING_<FIELD>` variables, falling back to defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = ENV_PREFIX + field.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(name, raw, type(field.default))
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (used by tests and tools)."""
+        settings = dataclasses.replace(self, **changes)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse settings that would break an invariant rather than fail later."""
+        if not 1 <= self.shard_count <= 16_384:
+            raise SettingsError("METERING_SHARD_COUNT must be between 1 and 16384")
+        for name in ("call_grant_s", "call_duration_s_max", "redis_connections_max",
+                     "request_body_bytes_max", "idempotency_window_s", "ledger_backlog_max",
+                     "ledger_batch_rows_max", "activity_page_max", "workers", "call_extends_max",
+                     "reservation_sweep_batch_max"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"METERING_{name.upper()} must be at least 1")
+        if self.call_validity_grace_s < 0:
+            raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
+        if self.call_grant_s > self.call_duration_s_max:
+            raise SettingsError("METERING_CALL_GRANT_S must not exceed METERING_CALL_DURATION_S_MAX")
+        if not self.switch_token or not self.ops_token:
+            raise SettingsError("METERING_SWITCH_TOKEN and METERING_OPS_TOKEN must not be empty")
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def documented_settings() -> list[tuple[str, str]]:
+    """Every variable with its default, for the README and `--help`."""
+    return [
+        (ENV_PREFIX + f.name.upper(), repr(f.default)) for f in dataclasses.fields(Settings)
+    ]
