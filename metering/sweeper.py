@@ -56,3 +56,20 @@ async def run_sweeper(store: Store, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
         except TimeoutError:
             pass
+
+
+def add_arguments(parser: object) -> None:
+    """`python -m metering sweep` takes no options; intervals come from settings."""
+
+
+async def run(args: object, settings: object) -> int:
+    from metering.settings import Settings
+    from metering.store import open_store
+
+    assert isinstance(settings, Settings)
+    store = await open_store(settings)
+    try:
+        await run_sweeper(store, asyncio.Event())
+    finally:
+        await store.redis.aclose()
+    return 0

@@ -1,0 +1,49 @@
+"""`python -m metering`: the operator's command-line tool.
+
+Each subcommand lives in its own module with `add_arguments(parser)` and
+`async def run(args, settings) -> int` (the exit code); add it to COMMANDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+
+from metering.settings import Settings, SettingsError
+
+# name -> (module, help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "migrate": ("metering.migrate", "apply the Postgres migrations (safe to run twice)"),
+    "sweep": ("metering.sweeper", "run the reservation sweeper on its own"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m metering",
+        description="Operate the prepaid metering gateway. Settings come from METERING_* "
+        "environment variables (see the README).",
+    )
+    parser.add_argument("--log-level", default="info")
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        modules[name] = module
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(asyncio.run(modules[args.command].run(args, settings)))
+    except KeyboardInterrupt:
+        return 130

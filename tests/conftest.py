@@ -1,0 +1,169 @@
+"""Shared fixtures. The suite works in its own Redis database and its own
+Postgres database, never a user's:
+
+    METERING_TEST_REDIS_URL     default redis://127.0.0.1:6379/15
+    METERING_TEST_DATABASE_URL  default postgresql://postgres@127.0.0.1:5432/metering_test
+
+Servers are real; a test that needs a gateway gets a real `python -m gateway`
+subprocess on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis as redis_sync
+
+from metering.settings import Settings
+from metering.store import Store, open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_DATABASE_URL = os.environ.get(
+    "METERING_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/metering_test"
+)
+SWITCH = {"Authorization": "Bearer test-switch-token"}
+OPS = {"Authorization": "Bearer test-ops-token"}
+
+RATE_CARD = {
+    "call_outbound_per_minute_micros": 10_000,
+    "call_inbound_per_minute_micros": 5_000,
+    "call_increment_seconds": 6,
+    "call_minimum_seconds": 6,
+    "sms_outbound_micros": 7_500,
+    "sms_inbound_micros": 1_000,
+    "ring_through_attempt_micros": 2_000,
+    "number_purchase_micros": 1_000_000,
+    "number_renewal_micros": 1_000_000,
+}
+
+
+def test_settings(**changes: Any) -> Settings:
+    base = Settings.from_env({}).replace(
+        redis_url=TEST_REDIS_URL,
+        database_url=TEST_DATABASE_URL,
+        switch_token="test-switch-token",
+        ops_token="test-ops-token",
+        reservation_sweep_interval_s=0.2,
+    )
+    return base.replace(**changes) if changes else base
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as METERING_* variables, for subprocesses."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
+    for name in Settings.__dataclass_fields__:
+        value = getattr(settings, name)
+        if isinstance(value, bool):
+            value = "1" if value else "0"
+        env["METERING_" + name.upper()] = str(value)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout_s: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before serving {url}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+class GatewayProcess:
+    """A real `python -m gateway` on a free port; stopped (only it) at the end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.settings = settings.replace(port=self.port, host="127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway"], cwd=ROOT, env=settings_env(self.settings),
+        )
+        wait_for_http(self.url + "/healthz", proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return test_settings()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_test_redis(settings: Settings) -> Iterator[None]:
+    """The test database starts empty; it is the suite's own, so flushing it is safe."""
+    client = redis_sync.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    client.close()
+    yield
+
+
+@pytest.fixture(scope="session")
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    s = await open_store(settings)
+    yield s
+    await s.redis.aclose()
+
+
+@pytest.fixture(scope="session")
+def gateway(settings: Settings) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(settings)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def http(gateway: GatewayProcess) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    async with httpx.AsyncClient(base_url=gateway.url, limits=limits, timeout=30) as client:
+        yield client
+
+
+def new_account_id(prefix: str = "acct") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def make_account(
+    http: httpx.AsyncClient,
+    balance_micros: int = 0,
+    rate_card: dict[str, int] | None = None,
+    **extra: Any,
+) -> str:
+    """Create an account over the API and credit it; returns its id."""
+    account_id = new_account_id()
+    r = await http.post("/v1/accounts", headers=OPS, json={
+        "account_id": account_id, "rate_card": rate_card or RATE_CARD, **extra})
+    assert r.status_code == 201, r.text
+    if balance_micros:
+        r = await http.post(f"/v1/accounts/{account_id}/credits", headers=OPS, json={
+            "credit_id": "initial", "amount_micros": balance_micros, "reason": "test funds"})
+        assert r.status_code == 200, r.text
+    return account_id
