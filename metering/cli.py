@@ -18,6 +18,7 @@ from metering.settings import Settings, SettingsError
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("metering.migrate", "apply the Postgres migrations (safe to run twice)"),
     "sweep": ("metering.sweeper", "run the reservation sweeper on its own"),
+    "demo": ("metering.demo", "a demo switch: demo accounts, calls and texts over the HTTP API"),
 }
 
 

@@ -21,6 +21,8 @@ MIGRATION_LOCK_KEY = 7_240_001
 def migration_files() -> list[tuple[str, str]]:
     """(name, sql) in order."""
     folder = resources.files("metering") / "migrations"
+    if not folder.is_dir():  # a branch with no migration yet
+        return []
     files = sorted((e.name, e.read_text()) for e in folder.iterdir() if e.name.endswith(".sql"))
     return files
 
