@@ -1,0 +1,198 @@
+"""`./dev run` from nothing: the configured Redis and Postgres point at closed ports,
+so it must start its own in a data directory, serve the gateway with the demo
+switch moving balances, refuse a second concurrent run, stop everything it
+started on SIGINT, and on a second start reuse the data directory."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ROOT, free_port
+
+DEV_DIR = ROOT / ".dev" / "test-dev-run"
+DEMO_TIMEOUT_S = 60.0
+BALANCE_MOVE_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 30.0
+# An account's seq right after the demo's create + first credit on an empty Redis.
+FRESH_SEQ_MAX = 2
+URL_LINE = re.compile(r"dashboard (demo-alice): (http://\S+/dashboard\?account=\S+&token=(\S+))")
+
+
+class DevRun:
+    """`./dev run` as a real subprocess; its output is read line by line."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self.proc = subprocess.Popen([str(ROOT / "dev"), "run"], cwd=ROOT, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+
+    def wait_for(self, pattern: re.Pattern[str], timeout_s: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                assert self.proc.poll() is None, f"./dev run exited early:\n{self.text()}"
+                continue
+            match = pattern.search(line)
+            if match:
+                return match
+        raise AssertionError(f"no {pattern.pattern!r} within {timeout_s}s:\n{self.text()}")
+
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=STOP_TIMEOUT_S)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_env(gateway_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
+    env.update({
+        # Nothing listens on these: ./dev run must bring its own servers.
+        "METERING_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "METERING_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/metering",
+        "METERING_PORT": str(gateway_port),
+        "METERING_DEV_DIR": str(DEV_DIR),
+    })
+    return env
+
+
+def process_tree(root_pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below root_pid."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = read_stat(int(entry.name))
+            if stat:
+                children.setdefault(int(stat[1]), []).append(int(entry.name))
+    found, todo = [], list(children.get(root_pid, []))
+    while todo:
+        pid = todo.pop()
+        stat = read_stat(pid)
+        if stat:
+            found.append((pid, stat[19]))
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def read_stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def still_running(tree: list[tuple[int, str]]) -> list[str]:
+    left = []
+    for pid, started in tree:
+        stat = read_stat(pid)
+        if stat and stat[19] == started and stat[0] != "Z":
+            left.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return left
+
+
+def read_account(url: str, account_id: str, token: str) -> dict:
+    r = httpx.get(f"{url}/v1/accounts/{account_id}",
+                  headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_for_balance_change(url: str, account_id: str, token: str) -> tuple[dict, dict]:
+    first = read_account(url, account_id, token)
+    deadline = time.monotonic() + BALANCE_MOVE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        second = read_account(url, account_id, token)
+        if second["balance_micros"] != first["balance_micros"]:
+            return first, second
+    raise AssertionError(f"{account_id} balance stayed {first['balance_micros']}")
+
+
+def test_dev_run_starts_servers_moves_balances_stops_and_restarts_on_same_data() -> None:
+    shutil.rmtree(DEV_DIR, ignore_errors=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    run = DevRun(run_env(port))
+    try:
+        match = run.wait_for(URL_LINE, DEMO_TIMEOUT_S)
+        account_id, dashboard_url, token = match.groups()
+        assert dashboard_url.startswith(url + "/dashboard?")
+        first, second = wait_for_balance_change(url, account_id, token)
+        assert second["seq"] > first["seq"]
+        # Enough history that a fresh Redis (create + first credit) could not show it.
+        while second["seq"] < FRESH_SEQ_MAX + 2:
+            time.sleep(0.5)
+            second = read_account(url, account_id, token)
+        assert "postgres: initdb" in run.text()
+
+        # A second run on the same data directory refuses and changes nothing.
+        again = subprocess.run([str(ROOT / "dev"), "run"], cwd=ROOT, env=run_env(free_port()),
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1, again.stderr
+        assert "another ./dev run is using" in again.stderr
+        assert read_account(url, account_id, token)["seq"] >= second["seq"]
+
+        tree = process_tree(run.proc.pid)
+        commands = " ".join(cmd for cmd in still_running(tree))
+        for expected in ("redis-server", "postgres", "-m gateway", "metering demo"):
+            assert expected in commands, f"{expected} not started: {commands}"
+    finally:
+        code = run.stop()
+    assert code == 0, run.text()
+    assert still_running(tree) == [], "left running after SIGINT"
+    with_url_closed(url)
+    last_seq = second["seq"]
+
+    # Second start: same data directory, no new initdb, the accounts' history is there.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    run = DevRun(run_env(port))
+    try:
+        match = run.wait_for(URL_LINE, DEMO_TIMEOUT_S)
+        account_id, _, token = match.groups()
+        resumed = read_account(url, account_id, token)
+        assert resumed["seq"] >= last_seq > FRESH_SEQ_MAX
+        assert "initdb" not in run.text()
+        wait_for_balance_change(url, account_id, token)
+        tree = process_tree(run.proc.pid)
+    finally:
+        code = run.stop()
+    assert code == 0, run.text()
+    assert still_running(tree) == []
+    with_url_closed(url)
+
+
+def with_url_closed(url: str) -> None:
+    try:
+        httpx.get(url + "/healthz", timeout=2)
+    except httpx.HTTPError:
+        return
+    raise AssertionError(f"{url} still answers after stop")
