@@ -1,7 +1,8 @@
 """`./dev run` from nothing: the configured Redis and Postgres point at closed ports,
 so it must start its own in a data directory, serve the gateway with the demo
 switch moving balances, refuse a second concurrent run, stop everything it
-started on SIGINT, and on a second start reuse the data directory."""
+started on SIGINT, and on a second start reuse the data directory (and leave
+nothing behind even when killed with SIGKILL)."""
 
 from __future__ import annotations
 
@@ -117,6 +118,17 @@ def still_running(tree: list[tuple[int, str]]) -> list[str]:
     return left
 
 
+def kill_left(tree: list[tuple[int, str]]) -> None:
+    """After a failure, do not leave what the run started to the next test."""
+    for pid, started in tree:
+        stat = read_stat(pid)
+        if stat and stat[19] == started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def read_account(url: str, account_id: str, token: str) -> dict:
     r = httpx.get(f"{url}/v1/accounts/{account_id}",
                   headers={"Authorization": f"Bearer {token}"}, timeout=5)
@@ -160,14 +172,16 @@ def test_dev_run_starts_servers_moves_balances_stops_and_restarts_on_same_data()
         assert "another ./dev run is using" in again.stderr
         assert read_account(url, account_id, token)["seq"] >= second["seq"]
 
-        tree = process_tree(run.proc.pid)
-        commands = " ".join(cmd for cmd in still_running(tree))
+        commands = " ".join(still_running(process_tree(run.proc.pid)))
         for expected in ("redis-server", "postgres", "-m gateway", "metering demo"):
             assert expected in commands, f"{expected} not started: {commands}"
     finally:
+        tree = process_tree(run.proc.pid)
         code = run.stop()
+        left = still_running(tree)
+        kill_left(tree)
     assert code == 0, run.text()
-    assert still_running(tree) == [], "left running after SIGINT"
+    assert left == [], "left running after SIGINT"
     with_url_closed(url)
     last_seq = second["seq"]
 
@@ -183,11 +197,23 @@ def test_dev_run_starts_servers_moves_balances_stops_and_restarts_on_same_data()
         assert "initdb" not in run.text()
         wait_for_balance_change(url, account_id, token)
         tree = process_tree(run.proc.pid)
+        assert tree
+        # Even a SIGKILL (no chance to clean up) leaves nothing behind: every child
+        # is told by the kernel that its parent died.
+        run.proc.kill()
+        run.proc.wait(timeout=STOP_TIMEOUT_S)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while still_running(tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = still_running(tree)
+        kill_left(tree)
+        assert left == [], "left running after SIGKILL"
+        with_url_closed(url)
     finally:
-        code = run.stop()
-    assert code == 0, run.text()
-    assert still_running(tree) == []
-    with_url_closed(url)
+        if run.proc.poll() is None:
+            tree = process_tree(run.proc.pid)
+            run.stop()
+            kill_left(tree)
 
 
 def with_url_closed(url: str) -> None:
