@@ -203,7 +203,8 @@ class Payment:
     def as_dict(self) -> dict[str, Any]:
         return {"payment_id": self.payment_id, "amount_micros": self.amount_micros,
                 "status": self.status, "balance_micros": self.balance_micros,
-                "available_micros": self.available_micros}
+                "available_micros": self.available_micros,
+                "payment_intent_id": self.payment_intent_id}
 
 
 def credit_reason(payment_intent_id: str) -> str:

@@ -25,9 +25,11 @@ from metering.store import Store
 log = logging.getLogger(__name__)
 
 HANDLED = ("payment_intent.succeeded", "payment_intent.payment_failed")
+# Returns true for the first delivery of an event; later ones only count.
 SQL_RECORD_EVENT = """
-    INSERT INTO stripe_webhook_events (event_id, type) VALUES ($1, $2)
-    ON CONFLICT (event_id) DO NOTHING RETURNING event_id"""
+    INSERT INTO stripe_webhook_events (event_id, type, object_id) VALUES ($1, $2, $3)
+    ON CONFLICT (event_id) DO UPDATE SET deliveries = stripe_webhook_events.deliveries + 1
+    RETURNING (xmax = 0) AS first_delivery"""
 
 
 def verify_event(payload: bytes, signature: str | None, settings: Settings) -> dict[str, Any]:
@@ -61,7 +63,8 @@ async def handle_event(store: Store, db: Any, event: dict[str, Any]) -> str:
     intent = (event.get("data") or {}).get("object") or {}
     kind = (intent.get("metadata") or {}).get("kind")
     async with db.acquire() as conn, conn.transaction():
-        if not await conn.fetchval(SQL_RECORD_EVENT, event["id"], event["type"]):
+        if not await conn.fetchval(SQL_RECORD_EVENT, event["id"], event["type"],
+                                   intent.get("id")):
             return "duplicate"
         succeeded = event["type"] == "payment_intent.succeeded"
         if kind == "pay_now":

@@ -86,5 +86,7 @@ CREATE TABLE IF NOT EXISTS recharge_attempts (
 CREATE TABLE IF NOT EXISTS stripe_webhook_events (
     event_id     text PRIMARY KEY,
     type         text NOT NULL,
+    object_id    text,  -- the PaymentIntent the event is about
+    deliveries   integer NOT NULL DEFAULT 1,
     received_at  timestamptz NOT NULL DEFAULT now()
 );
