@@ -139,8 +139,9 @@ async def set_card(
     except stripe.CardError as exc:
         raise CardDeclined(f"the card was refused: {failure_of(exc).reason}") from None
     except stripe.InvalidRequestError as exc:
+        why = exc.user_message or str(exc)
         raise InvalidRequest("payment_method_id",
-                             f"Stripe refused the payment method: {exc.user_message or exc}") from None
+                             f"Stripe refused the payment method: {why}") from None
     except stripe.StripeError as exc:
         raise Unavailable(f"Stripe did not answer: {failure_of(exc).reason}") from None
     if pm.type != "card" or pm.card is None:
@@ -173,10 +174,10 @@ async def delete_card(store: Store, db: Any, client: stripe.StripeClient, accoun
     async with db.acquire() as conn, conn.transaction():
         removed = await conn.fetchval(SQL_DELETE_CARD, account_id)
         await conn.execute(SQL_DISABLE_RECHARGE, account_id)
-        async with store.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(keys.account, *CARD_FIELDS)
-            pipe.hset(keys.account, "recharge_enabled", "0")
-            await pipe.execute()
+        # Recharge off first: if the second command fails, no recharge can run
+        # against a card the customer removed, and Postgres rolls back.
+        await store.redis.hset(keys.account, "recharge_enabled", "0")
+        await store.redis.hdel(keys.account, *CARD_FIELDS)
     if removed:
         await _detach(client, removed)
     return removed is not None
@@ -277,7 +278,7 @@ async def settle_pay_now_event(
 ) -> str:
     """A payment_intent webhook for a pay-now payment: credit it (once) or mark it failed."""
     meta = intent.get("metadata") or {}
-    account_id, payment_id = meta.get("account_id"), meta.get("payment_id")
+    account_id, payment_id = str(meta.get("account_id")), str(meta.get("payment_id"))
     row = await db.fetchrow(SQL_PAYMENT, account_id, payment_id)
     if row is None or row["kind"] != "pay_now":
         log.warning("webhook for unknown payment %s/%s", account_id, payment_id)

@@ -269,7 +269,8 @@ class RechargeWorker:
         s = self.settings
         transient = ep.transient_failures + 1 if outcome.retryable else 0
         if outcome.retryable and transient < s.recharge_transient_retries_max:
-            delay_s = min(s.recharge_backoff_base_s * 2 ** (transient - 1), s.recharge_backoff_max_s)
+            delay_s = min(s.recharge_backoff_base_s * 2 ** (transient - 1),
+                          s.recharge_backoff_max_s)
             await self.db.execute(SQL_UPDATE_EPISODE, ep.account_id, ep.episode_us, "open",
                                   attempt_no, ep.declines, transient,
                                   now_us() + int(delay_s * 1_000_000), outcome.reason)

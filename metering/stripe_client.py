@@ -35,7 +35,7 @@ def build_stripe_client(settings: Settings) -> stripe.StripeClient:
 async def close_stripe_client(client: stripe.StripeClient) -> None:
     """Close the async HTTP connections the client opened."""
     http_client = client._requestor._get_http_client()  # noqa: SLF001 - no public close
-    await http_client.close_async()
+    await http_client.close_async()  # type: ignore[no-untyped-call]
 
 
 def to_cents(amount_micros: int, field: str = "amount_micros") -> int:

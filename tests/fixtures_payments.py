@@ -30,8 +30,8 @@ from metering.store import Store, open_store
 from metering.stripe_client import build_stripe_client, close_stripe_client
 from tests.conftest import (
     OPS,
-    ROOT,
     RATE_CARD,
+    ROOT,
     free_port,
     new_account_id,
     settings_env,

@@ -14,18 +14,11 @@ import httpx
 import orjson
 
 from metering.store import Store
-from tests.fixtures_payments import (  # noqa: F401 - fixtures
+from tests.fixtures_payments import (
     WEBHOOK_SECRET,
     PaymentsGateway,
     StripeServer,
     customer_account,
-    mailbox,
-    pay_db,
-    pay_gateway,
-    pay_http,
-    pay_settings,
-    pay_store,
-    stripe_server,
     wait_until,
 )
 

@@ -14,21 +14,12 @@ import httpx
 from metering.recharge_worker import RechargeWorker
 from metering.store import Store
 from tests.conftest import RATE_CARD, SWITCH
-from tests.fixtures_payments import (  # noqa: F401 - fixtures
+from tests.fixtures_payments import (
     Mailbox,
     PaymentsGateway,
     StripeServer,
     customer_account,
-    mailbox,
-    pay_db,
-    pay_gateway,
-    pay_http,
-    pay_settings,
-    pay_store,
-    stripe_client,
-    stripe_server,
     wait_until,
-    worker,
 )
 
 USD = 1_000_000
@@ -236,3 +227,71 @@ async def test_unreachable_stripe_retries_with_backoff_then_emails_once(
 
 async def _has_mail(mailbox: Mailbox, address: str) -> bool:
     return bool(mailbox.to(address))
+
+
+async def test_no_card_number_or_cvc_in_database_logs_or_responses(
+    pay_http: httpx.AsyncClient, pay_db: Any, pay_store: Store, worker: RechargeWorker,
+    stripe_server: StripeServer, pay_gateway: PaymentsGateway, pay_settings: Any,
+    caplog: Any,
+) -> None:
+    import logging
+    import subprocess
+
+    caplog.set_level(logging.DEBUG)
+    number = "4242424242424242"
+    # What Stripe's elements do in the browser: the card goes to Stripe, the
+    # page gets a payment method id, and only that id reaches the service.
+    async with httpx.AsyncClient(base_url=stripe_server.url) as browser:
+        r = await browser.post("/v1/payment_methods", auth=("sk_test_browser", ""), data={
+            "type": "card", "card[number]": number, "card[exp_month]": "11",
+            "card[exp_year]": "2031", "card[cvc]": "739"})
+        assert r.status_code == 200, r.text
+        pm = r.json()["id"]
+    responses: list[str] = []
+    account_id, auth = await customer_account(pay_http, 10 * USD + SMS_MICROS)
+    for method, path, body in [
+        ("PUT", "card", {"payment_method_id": pm}),
+        ("PUT", "recharge", {"amount_micros": 60 * USD, "threshold_micros": 10 * USD,
+                             "failure_email": "cards@example.com", "enabled": True}),
+        ("POST", "payments", {"payment_id": "secret-check", "amount_micros": 5 * USD}),
+    ]:
+        r = await pay_http.request(method, f"/v1/accounts/{account_id}/{path}", headers=auth,
+                                   json=body)
+        assert r.status_code == 200, r.text
+        responses.append(r.text)
+    await send_messages(pay_http, account_id, 1, "secret")  # 15 USD - 1 text: above threshold
+    r = await pay_http.post(f"/v1/accounts/{account_id}/payments", headers=auth,
+                            json={"payment_id": "x", "amount_micros": 1})
+    responses.append(r.text)
+    # Spend below the threshold and let the worker recharge with the card.
+    r = await pay_http.post("/v1/numbers/purchases", headers=SWITCH, json={
+        "account_id": account_id, "purchase_id": "n1", "number": "+15550001"})
+    responses.append(r.text)
+    for _ in range(6):
+        r = await pay_http.post("/v1/numbers/purchases", headers=SWITCH, json={
+            "account_id": account_id, "purchase_id": f"n{_ + 2}", "number": "+15550001"})
+        responses.append(r.text)
+
+    async def recharged() -> bool:
+        rows = await attempts(pay_db, account_id)
+        return bool(rows) and rows[-1]["outcome"] == "succeeded"
+    await run_until(worker, recharged)
+    view = await pay_http.get(f"/v1/accounts/{account_id}", headers=auth)
+    responses.append(view.text)
+    assert view.json()["card"]["last4"] == "4242"
+    await asyncio.sleep(2.5)  # webhooks delivered and logged
+
+    dump = (await asyncio.to_thread(
+        subprocess.run, ["pg_dump", "--data-only", pay_settings.database_url],
+        capture_output=True, text=True, check=True)).stdout
+    redis_hash = str(await pay_store.redis.hgetall(pay_store.account_keys(account_id).account))
+    places = {"database": dump, "gateway log": pay_gateway.log.read_text(),
+              "worker log": caplog.text, "responses": "\n".join(responses),
+              "redis": redis_hash}
+    # The dump and the hash do hold this card's Stripe id and last four: the search
+    # looks where card data would be.
+    assert pm in dump and "4242" in dump and pm in redis_hash
+    for name, text in places.items():
+        assert number not in text, name
+        assert number[:6] + number[-4:] not in text.replace(" ", ""), name
+        assert "cvc" not in text.lower(), name
