@@ -295,3 +295,32 @@ async def test_no_card_number_or_cvc_in_database_logs_or_responses(
         assert number not in text, name
         assert number[:6] + number[-4:] not in text.replace(" ", ""), name
         assert "cvc" not in text.lower(), name
+
+
+async def test_recharge_worker_command_recharges_and_stops_on_sigterm(
+    pay_http: httpx.AsyncClient, pay_settings: Any, pay_db: Any,
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, settings_env
+
+    account_id, auth = await set_up_recharge(pay_http, "pm_card_visa", 10 * USD + SMS_MICROS,
+                                             "cli@example.com")
+    proc = subprocess.Popen([sys.executable, "-m", "metering", "recharge-worker",
+                             "--consumer", "cli-test"], cwd=ROOT,
+                            env=settings_env(pay_settings))
+    try:
+        await send_messages(pay_http, account_id, 2, "cli")
+
+        async def recharged() -> bool:
+            return (await account(pay_http, account_id, auth))["balance_micros"] \
+                == 70 * USD - SMS_MICROS
+        await wait_until(recharged, timeout_s=15)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
