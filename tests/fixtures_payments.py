@@ -112,6 +112,7 @@ class PaymentsGateway:
                 self.proc.kill()
                 self.proc.wait()
         self._log_file.close()
+        self.log.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -308,7 +308,7 @@ async def test_recharge_worker_command_recharges_and_stops_on_sigterm(
 
     account_id, auth = await set_up_recharge(pay_http, "pm_card_visa", 10 * USD + SMS_MICROS,
                                              "cli@example.com")
-    proc = subprocess.Popen([sys.executable, "-m", "metering", "recharge-worker",
+    proc = subprocess.Popen([sys.executable, "-m", "metering", "recharge-worker",  # noqa: ASYNC220
                              "--consumer", "cli-test"], cwd=ROOT,
                             env=settings_env(pay_settings))
     try:
