@@ -132,10 +132,10 @@ async def set_card(
     await accounts.get_account(store, account_id)
     customer_id = await ensure_customer(db, client, account_id)
     try:
+        # Attaching is idempotent at Stripe; no key of ours, so re-adding a card
+        # deleted earlier really attaches it again (the SDK still keys its retries).
         pm = await client.v1.payment_methods.attach_async(
-            payment_method_id, {"customer": customer_id},
-            {"idempotency_key": idempotency_key("attach", account_id, payment_method_id)},
-        )
+            payment_method_id, {"customer": customer_id})
     except stripe.CardError as exc:
         raise CardDeclined(f"the card was refused: {failure_of(exc).reason}") from None
     except stripe.InvalidRequestError as exc:

@@ -80,6 +80,14 @@ async def test_card_on_file_keeps_only_brand_last4_expiry(pay_http: httpx.AsyncC
     r = await pay_http.put(f"/v1/accounts/{account_id}/card", headers=auth,
                            json={"payment_method_id": "not-a-pm"})
     assert r.status_code == 422 and r.json()["field"] == "payment_method_id"
+    r = await pay_http.put(f"/v1/accounts/{account_id}/card", headers=auth,
+                           json={"payment_method_id": "pm_card_visa_chargeDeclined"})
+    assert r.status_code == 402 and r.json()["error"] == "card_declined", r.text
+    r = await pay_http.put(f"/v1/accounts/{account_id}/card", headers=auth,
+                           json={"payment_method_id": "pm_doesnotexist"})
+    assert r.status_code == 422 and r.json()["field"] == "payment_method_id", r.text
+    view = (await pay_http.get(f"/v1/accounts/{account_id}", headers=auth)).json()
+    assert view["card"] is None
 
 
 async def test_recharge_settings_validation_edges(
@@ -240,3 +248,35 @@ async def test_webhook_with_bad_missing_or_stale_signature_changes_nothing(
     r = await pay_http.post("/v1/stripe/webhook", content=payload, headers=good)
     assert r.status_code == 200 and r.json()["outcome"] == "duplicate", r.text
     assert await balance_of(pay_http, account_id, auth) == 30 * USD
+
+
+async def test_pay_now_with_stripe_unreachable_is_503_then_retry_credits_once(
+    pay_http: httpx.AsyncClient, pay_db: Any, pay_store: Store, pay_settings: Any,
+    stripe_server: StripeServer,
+) -> None:
+    import pytest
+
+    from metering import payments
+    from metering.errors import Unavailable
+    from metering.stripe_client import build_stripe_client, close_stripe_client
+    from tests.conftest import free_port
+
+    account_id, auth = await customer_account(pay_http)
+    await put_card(pay_http, account_id, auth, "pm_card_visa")
+    down = pay_settings.replace(stripe_api_base=f"http://127.0.0.1:{free_port()}",
+                                stripe_max_network_retries=0)
+    down_client, up_client = build_stripe_client(down), build_stripe_client(pay_settings)
+    try:
+        with pytest.raises(Unavailable, match="retry with the same payment_id"):
+            await payments.pay_now(pay_store, pay_db, down_client, down, account_id,
+                                   "net-1", 15 * USD)
+        assert await balance_of(pay_http, account_id, auth) == 0
+        paid = await payments.pay_now(pay_store, pay_db, up_client, pay_settings, account_id,
+                                      "net-1", 15 * USD)
+        again = await payments.pay_now(pay_store, pay_db, up_client, pay_settings, account_id,
+                                       "net-1", 15 * USD)
+    finally:
+        await close_stripe_client(down_client)
+        await close_stripe_client(up_client)
+    assert paid.balance_micros == again.balance_micros == 15 * USD
+    assert await balance_of(pay_http, account_id, auth) == 15 * USD
