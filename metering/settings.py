@@ -136,7 +136,9 @@ class Settings:
         if self.call_validity_grace_s < 0:
             raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
         if self.call_grant_s > self.call_duration_s_max:
-            raise SettingsError("METERING_CALL_GRANT_S must not exceed METERING_CALL_DURATION_S_MAX")
+            raise SettingsError(
+                "METERING_CALL_GRANT_S must not exceed METERING_CALL_DURATION_S_MAX"
+            )
         if self.payment_micros_min > self.payment_micros_max:
             raise SettingsError("METERING_PAYMENT_MICROS_MIN must not exceed "
                                 "METERING_PAYMENT_MICROS_MAX")
