@@ -11,7 +11,11 @@ from metering.settings import Settings
 
 
 def recharge_failure_message(
-    settings: Settings, to: str, account_id: str, amount_micros: int, reason: str,
+    settings: Settings,
+    to: str,
+    account_id: str,
+    amount_micros: int,
+    reason: str,
     next_attempt: str,
 ) -> EmailMessage:
     """The notice: which account, how much, why, and what happens next."""

@@ -38,8 +38,13 @@ from metering.stripe_client import charge_off_session, failure_of, idempotency_k
 log = logging.getLogger(__name__)
 
 PAYMENT_METHOD_ID = re.compile(r"pm_[A-Za-z0-9_]{1,120}")
-CARD_FIELDS = ("card_payment_method_id", "card_brand", "card_last4", "card_exp_month",
-               "card_exp_year")
+CARD_FIELDS = (
+    "card_payment_method_id",
+    "card_brand",
+    "card_last4",
+    "card_exp_month",
+    "card_exp_year",
+)
 
 SQL_CUSTOMER = "SELECT customer_id FROM stripe_customers WHERE account_id = $1"
 SQL_INSERT_CUSTOMER = """
@@ -91,16 +96,26 @@ class Card:
 
     def as_dict(self) -> dict[str, Any]:
         """What a customer sees: never the Stripe ids."""
-        return {"brand": self.brand, "last4": self.last4, "exp_month": self.exp_month,
-                "exp_year": self.exp_year}
+        return {
+            "brand": self.brand,
+            "last4": self.last4,
+            "exp_month": self.exp_month,
+            "exp_year": self.exp_year,
+        }
 
 
 async def card_on_file(db: Any, account_id: str) -> Card | None:
     row = await db.fetchrow(SQL_CARD, account_id)
     if row is None:
         return None
-    return Card(row["payment_method_id"], row["brand"], row["last4"].strip(),
-                int(row["exp_month"]), int(row["exp_year"]), row["customer_id"])
+    return Card(
+        row["payment_method_id"],
+        row["brand"],
+        row["last4"].strip(),
+        int(row["exp_month"]),
+        int(row["exp_year"]),
+        row["customer_id"],
+    )
 
 
 async def ensure_customer(db: Any, client: stripe.StripeClient, account_id: str) -> str:
@@ -127,39 +142,60 @@ async def set_card(
     """Register (or replace) the card on file from a Stripe payment method id."""
     fields.account_id(account_id)
     if not isinstance(payment_method_id, str) or not PAYMENT_METHOD_ID.fullmatch(payment_method_id):
-        raise InvalidRequest("payment_method_id",
-                             "payment_method_id must be a Stripe payment method id (pm_...)")
+        raise InvalidRequest(
+            "payment_method_id", "payment_method_id must be a Stripe payment method id (pm_...)"
+        )
     await accounts.get_account(store, account_id)
     customer_id = await ensure_customer(db, client, account_id)
     try:
         # Attaching is idempotent at Stripe; no key of ours, so re-adding a card
         # deleted earlier really attaches it again (the SDK still keys its retries).
         pm = await client.v1.payment_methods.attach_async(
-            payment_method_id, {"customer": customer_id})
+            payment_method_id, {"customer": customer_id}
+        )
     except stripe.CardError as exc:
         raise CardDeclined(f"the card was refused: {failure_of(exc).reason}") from None
     except stripe.InvalidRequestError as exc:
         why = exc.user_message or str(exc)
-        raise InvalidRequest("payment_method_id",
-                             f"Stripe refused the payment method: {why}") from None
+        raise InvalidRequest(
+            "payment_method_id", f"Stripe refused the payment method: {why}"
+        ) from None
     except stripe.StripeError as exc:
         raise Unavailable(f"Stripe did not answer: {failure_of(exc).reason}") from None
     if pm.type != "card" or pm.card is None:
         raise InvalidRequest("payment_method_id", "the payment method is not a card")
-    card = Card(pm.id, str(pm.card.brand), str(pm.card.last4), int(pm.card.exp_month),
-                int(pm.card.exp_year), customer_id)
+    card = Card(
+        pm.id,
+        str(pm.card.brand),
+        str(pm.card.last4),
+        int(pm.card.exp_month),
+        int(pm.card.exp_year),
+        customer_id,
+    )
     previous = await card_on_file(db, account_id)
     keys = store.account_keys(account_id)
     async with db.acquire() as conn, conn.transaction():
-        await conn.execute(SQL_UPSERT_CARD, account_id, card.payment_method_id, card.brand,
-                           card.last4, card.exp_month, card.exp_year)
+        await conn.execute(
+            SQL_UPSERT_CARD,
+            account_id,
+            card.payment_method_id,
+            card.brand,
+            card.last4,
+            card.exp_month,
+            card.exp_year,
+        )
         await conn.execute(SQL_RETRY_EPISODE_NOW, account_id)
         # Redis inside the transaction: if it fails, Postgres rolls back too.
-        await store.redis.hset(keys.account, mapping={
-            "card_payment_method_id": card.payment_method_id, "card_brand": card.brand,
-            "card_last4": card.last4, "card_exp_month": card.exp_month,
-            "card_exp_year": card.exp_year,
-        })
+        await store.redis.hset(
+            keys.account,
+            mapping={
+                "card_payment_method_id": card.payment_method_id,
+                "card_brand": card.brand,
+                "card_last4": card.last4,
+                "card_exp_month": card.exp_month,
+                "card_exp_year": card.exp_year,
+            },
+        )
     if previous is not None and previous.payment_method_id != card.payment_method_id:
         await _detach(client, previous.payment_method_id)
     return card
@@ -202,10 +238,14 @@ class Payment:
     payment_intent_id: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"payment_id": self.payment_id, "amount_micros": self.amount_micros,
-                "status": self.status, "balance_micros": self.balance_micros,
-                "available_micros": self.available_micros,
-                "payment_intent_id": self.payment_intent_id}
+        return {
+            "payment_id": self.payment_id,
+            "amount_micros": self.amount_micros,
+            "status": self.status,
+            "balance_micros": self.balance_micros,
+            "available_micros": self.available_micros,
+            "payment_intent_id": self.payment_intent_id,
+        }
 
 
 def credit_reason(payment_intent_id: str) -> str:
@@ -215,14 +255,20 @@ def credit_reason(payment_intent_id: str) -> str:
 
 
 async def pay_now(
-    store: Store, db: Any, client: stripe.StripeClient, settings: Settings,
-    account_id: str, payment_id: Any, amount_micros: Any,
+    store: Store,
+    db: Any,
+    client: stripe.StripeClient,
+    settings: Settings,
+    account_id: str,
+    payment_id: Any,
+    amount_micros: Any,
 ) -> Payment:
     """Charge the card on file and credit the balance, once per payment id."""
     fields.account_id(account_id)
     fields.request_id(payment_id, "payment_id")
-    fields.integer(amount_micros, "amount_micros", settings.payment_micros_min,
-                   settings.payment_micros_max)
+    fields.integer(
+        amount_micros, "amount_micros", settings.payment_micros_min, settings.payment_micros_max
+    )
     to_cents(amount_micros)
     await accounts.get_account(store, account_id)
     row = await db.fetchrow(SQL_PAYMENT, account_id, payment_id)
@@ -230,47 +276,69 @@ async def pay_now(
         if row["kind"] != "pay_now" or row["amount_micros"] != amount_micros:
             raise IdempotencyConflict(
                 f"payment {payment_id} was already used with another amount; "
-                "a retry must repeat the first body exactly")
+                "a retry must repeat the first body exactly"
+            )
         if row["status"] == "succeeded":
-            return await _credit(store, db, account_id, payment_id, amount_micros,
-                                 row["payment_intent_id"])
+            return await _credit(
+                store, db, account_id, payment_id, amount_micros, row["payment_intent_id"]
+            )
         if row["status"] == "failed":
-            raise PaymentFailed(f"payment {payment_id} failed: {row['failure_reason']}; "
-                                "nothing was credited (use a new payment_id to try again)",
-                                reason=row["failure_reason"])
+            raise PaymentFailed(
+                f"payment {payment_id} failed: {row['failure_reason']}; "
+                "nothing was credited (use a new payment_id to try again)",
+                reason=row["failure_reason"],
+            )
     card = await card_on_file(db, account_id)
     if card is None:
         raise NoCardOnFile(f"account {account_id} has no card on file; register a card first")
     # A concurrent twin may insert first; both then make the same idempotent Stripe call.
     await db.execute(SQL_INSERT_PAYMENT, account_id, payment_id, amount_micros)
     outcome = await charge_off_session(
-        client, settings, card.customer_id, card.payment_method_id, amount_micros,
+        client,
+        settings,
+        card.customer_id,
+        card.payment_method_id,
+        amount_micros,
         {"account_id": account_id, "payment_id": payment_id, "kind": "pay_now"},
         idempotency_key("pay_now", account_id, payment_id),
     )
     if outcome.succeeded:
         assert outcome.payment_intent_id is not None
-        return await _credit(store, db, account_id, payment_id, amount_micros,
-                             outcome.payment_intent_id)
+        return await _credit(
+            store, db, account_id, payment_id, amount_micros, outcome.payment_intent_id
+        )
     if outcome.retryable:
         # Left pending: the same payment id retried later reuses the idempotency
         # key, and a succeeded webhook credits it if the charge went through.
         raise Unavailable(f"{outcome.reason}; retry with the same payment_id")
-    await db.execute(SQL_PAYMENT_FAILED, account_id, payment_id, outcome.payment_intent_id,
-                     outcome.reason)
-    raise CardDeclined(f"the card was declined, nothing was credited: {outcome.reason}",
-                       reason=outcome.reason)
+    await db.execute(
+        SQL_PAYMENT_FAILED, account_id, payment_id, outcome.payment_intent_id, outcome.reason
+    )
+    raise CardDeclined(
+        f"the card was declined, nothing was credited: {outcome.reason}", reason=outcome.reason
+    )
 
 
 async def _credit(
-    store: Store, db: Any, account_id: str, payment_id: str, amount_micros: int,
+    store: Store,
+    db: Any,
+    account_id: str,
+    payment_id: str,
+    amount_micros: int,
     payment_intent_id: str,
 ) -> Payment:
-    credit = await add_funds(store, account_id, payment_id, amount_micros, "pay_now",
-                             credit_reason(payment_intent_id))
+    credit = await add_funds(
+        store, account_id, payment_id, amount_micros, "pay_now", credit_reason(payment_intent_id)
+    )
     await db.execute(SQL_PAYMENT_SUCCEEDED, account_id, payment_id, payment_intent_id)
-    return Payment(payment_id, amount_micros, "succeeded", credit.balance_micros,
-                   credit.balance_micros - credit.reserved_micros, payment_intent_id)
+    return Payment(
+        payment_id,
+        amount_micros,
+        "succeeded",
+        credit.balance_micros,
+        credit.balance_micros - credit.reserved_micros,
+        payment_intent_id,
+    )
 
 
 async def settle_pay_now_event(

@@ -61,8 +61,10 @@ def parse_settings(body: dict[str, Any]) -> RechargeSettings:
         raise InvalidRequest("amount_micros", "amount_micros must be an integer")
     if amount <= RECHARGE_AMOUNT_MICROS_ABOVE:
         raise InvalidRequest(
-            "amount_micros", f"amount_micros must be greater than "
-            f"{RECHARGE_AMOUNT_MICROS_ABOVE} ({format_usd(RECHARGE_AMOUNT_MICROS_ABOVE)})")
+            "amount_micros",
+            f"amount_micros must be greater than "
+            f"{RECHARGE_AMOUNT_MICROS_ABOVE} ({format_usd(RECHARGE_AMOUNT_MICROS_ABOVE)})",
+        )
     fields.integer(amount, "amount_micros", RECHARGE_AMOUNT_MICROS_ABOVE + 1, CREDIT_MICROS_MAX)
     to_cents(amount)
     threshold = body.get("threshold_micros")
@@ -70,10 +72,13 @@ def parse_settings(body: dict[str, Any]) -> RechargeSettings:
         raise InvalidRequest("threshold_micros", "threshold_micros must be an integer")
     if threshold < RECHARGE_THRESHOLD_MICROS_MIN:
         raise InvalidRequest(
-            "threshold_micros", f"threshold_micros must be at least "
-            f"{RECHARGE_THRESHOLD_MICROS_MIN} ({format_usd(RECHARGE_THRESHOLD_MICROS_MIN)})")
-    fields.integer(threshold, "threshold_micros", RECHARGE_THRESHOLD_MICROS_MIN,
-                   RECHARGE_THRESHOLD_MICROS_MAX)
+            "threshold_micros",
+            f"threshold_micros must be at least "
+            f"{RECHARGE_THRESHOLD_MICROS_MIN} ({format_usd(RECHARGE_THRESHOLD_MICROS_MIN)})",
+        )
+    fields.integer(
+        threshold, "threshold_micros", RECHARGE_THRESHOLD_MICROS_MIN, RECHARGE_THRESHOLD_MICROS_MAX
+    )
     email = fields.email(body.get("failure_email"), "failure_email")
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):
@@ -89,13 +94,19 @@ async def save_settings(
     settings = parse_settings(body)
     account = await accounts.get_account(store, account_id)
     if settings.enabled and account.card is None:
-        raise InvalidRequest("enabled", "automatic recharge needs a card on file; "
-                                        "register a card before enabling it")
+        raise InvalidRequest(
+            "enabled", "automatic recharge needs a card on file; register a card before enabling it"
+        )
     keys = store.account_keys(account_id)
     async with db.acquire() as conn, conn.transaction():
-        await conn.execute(SQL_UPSERT_SETTINGS, account_id, settings.enabled,
-                           settings.amount_micros, settings.threshold_micros,
-                           settings.failure_email)
+        await conn.execute(
+            SQL_UPSERT_SETTINGS,
+            account_id,
+            settings.enabled,
+            settings.amount_micros,
+            settings.threshold_micros,
+            settings.failure_email,
+        )
         # One HSET of all four fields, inside the Postgres transaction: if Redis
         # refuses, Postgres rolls back and nothing changed.
         await store.redis.hset(keys.account, mapping=settings.redis_fields())

@@ -122,13 +122,24 @@ class Episode:
 
 
 async def credit_recharge(
-    store: Store, db: Any, account_id: str, episode_us: int, amount_micros: int,
+    store: Store,
+    db: Any,
+    account_id: str,
+    episode_us: int,
+    amount_micros: int,
     payment_intent_id: str,
 ) -> None:
     """Credit a succeeded recharge once and clear the pending mark (worker and webhook)."""
     credit_id = recharge_credit_id(episode_us)
-    await add_funds(store, account_id, credit_id, amount_micros, "automatic_recharge",
-                    credit_reason(payment_intent_id), settles_recharge=True)
+    await add_funds(
+        store,
+        account_id,
+        credit_id,
+        amount_micros,
+        "automatic_recharge",
+        credit_reason(payment_intent_id),
+        settles_recharge=True,
+    )
     await store.redis.hdel(store.account_keys(account_id).account, "recharge_last_failure")
     # db is a pool or, from a webhook, the connection holding its transaction.
     await db.execute(SQL_RECORD_PAYMENT, account_id, credit_id, amount_micros, payment_intent_id)
@@ -148,6 +159,19 @@ async def settle_recharge_event(store: Store, db: Any, intent: dict[str, Any]) -
     return "credited"
 
 
+async def clear_pending_mark(
+    store: Store, account_id: str, episode_us: int, failure_text: str = ""
+) -> bool:
+    """End an episode without a credit: clear the pending mark if it is still this
+    episode's (settle_recharge.lua), keeping failure_text as the last failure."""
+    keys = store.account_keys(account_id)
+    result = await store.scripts["settle_recharge"](
+        store.redis, [keys.account], [episode_us, failure_text]
+    )
+    raise_refusal(result, account_id)
+    return bool(result[1] == 1)
+
+
 @dataclasses.dataclass(slots=True)
 class RechargeWorker:
     store: Store
@@ -155,7 +179,8 @@ class RechargeWorker:
     stripe: stripe.StripeClient
     settings: Settings
     consumer: str = dataclasses.field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"
+    )
     mailer: Mailer = send_email
     _pending_first: bool = True
 
@@ -164,7 +189,8 @@ class RechargeWorker:
         for shard in all_shards(self.settings.shard_count):
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
                 await self.store.redis.xgroup_create(
-                    shard.recharge, self.settings.recharge_consumer_group, id="0", mkstream=True)
+                    shard.recharge, self.settings.recharge_consumer_group, id="0", mkstream=True
+                )
 
     async def read_requests(self) -> int:
         """Move new recharge requests from the shard streams into episodes; returns how many."""
@@ -175,8 +201,12 @@ class RechargeWorker:
         shards = all_shards(self.settings.shard_count)
         async with self.store.redis.pipeline(transaction=False) as pipe:
             for shard in shards:
-                pipe.xreadgroup(group, self.consumer, {shard.recharge: start},
-                                count=self.settings.recharge_batch_max)
+                pipe.xreadgroup(
+                    group,
+                    self.consumer,
+                    {shard.recharge: start},
+                    count=self.settings.recharge_batch_max,
+                )
             answers = await pipe.execute()
         moved = 0
         for shard, answer in zip(shards, answers, strict=True):
@@ -184,8 +214,9 @@ class RechargeWorker:
                 for entry_id, fields in entries:
                     if fields:
                         req = RechargeRequest.from_stream(fields)
-                        await self.db.execute(SQL_OPEN_EPISODE, req.account_id, req.at_us,
-                                              req.amount_micros)
+                        await self.db.execute(
+                            SQL_OPEN_EPISODE, req.account_id, req.at_us, req.amount_micros
+                        )
                         moved += 1
                     await self.store.redis.xack(shard.recharge, group, entry_id)
                     await self.store.redis.xdel(shard.recharge, entry_id)
@@ -195,11 +226,18 @@ class RechargeWorker:
         """Attempt every due episode (bounded per step); returns how many were attempted."""
         now = now_us()
         lease_us = int(self.settings.recharge_lease_s * 1_000_000)
-        rows = await self.db.fetch(SQL_CLAIM_DUE, now, now + lease_us,
-                                   self.settings.recharge_batch_max)
+        rows = await self.db.fetch(
+            SQL_CLAIM_DUE, now, now + lease_us, self.settings.recharge_batch_max
+        )
         for row in rows:
-            episode = Episode(row["account_id"], row["episode_us"], row["amount_micros"],
-                              row["attempts"], row["declines"], row["transient_failures"])
+            episode = Episode(
+                row["account_id"],
+                row["episode_us"],
+                row["amount_micros"],
+                row["attempts"],
+                row["declines"],
+                row["transient_failures"],
+            )
             try:
                 await self.attempt(episode)
             except Exception:
@@ -228,11 +266,18 @@ class RechargeWorker:
         """One attempt of an episode: charge, then credit or record the failure."""
         keys = self.store.account_keys(ep.account_id)
         pending, enabled, threshold, balance, reserved, email = await self.store.redis.hmget(
-            keys.account, "recharge_pending_since_us", "recharge_enabled",
-            "recharge_threshold_micros", "balance", "reserved", "recharge_failure_email")
+            keys.account,
+            "recharge_pending_since_us",
+            "recharge_enabled",
+            "recharge_threshold_micros",
+            "balance",
+            "reserved",
+            "recharge_failure_email",
+        )
         if pending != str(ep.episode_us):
-            await self.db.execute(SQL_END_EPISODE, ep.account_id, ep.episode_us, "ended",
-                                  "no longer pending")
+            await self.db.execute(
+                SQL_END_EPISODE, ep.account_id, ep.episode_us, "ended", "no longer pending"
+            )
             return None
         if enabled != "1" or int(balance) - int(reserved) >= int(threshold or 0):
             why = "recharge turned off" if enabled != "1" else "balance back above the threshold"
@@ -243,66 +288,124 @@ class RechargeWorker:
             outcome = ChargeOutcome(False, None, "no card on file", False)
         else:
             outcome = await charge_off_session(
-                self.stripe, self.settings, card.customer_id, card.payment_method_id,
+                self.stripe,
+                self.settings,
+                card.customer_id,
+                card.payment_method_id,
                 ep.amount_micros,
-                {"account_id": ep.account_id, "episode_us": str(ep.episode_us),
-                 "kind": "automatic_recharge"},
+                {
+                    "account_id": ep.account_id,
+                    "episode_us": str(ep.episode_us),
+                    "kind": "automatic_recharge",
+                },
                 # A decline changes the key (the next attempt is a new charge); a
                 # network retry keeps it (Stripe answers the first charge again).
                 idempotency_key("recharge", ep.account_id, ep.episode_us, ep.declines),
             )
         attempt_no = ep.attempts + 1
-        await self.db.execute(SQL_RECORD_ATTEMPT, ep.account_id, ep.episode_us, attempt_no,
-                              ep.amount_micros, "succeeded" if outcome.succeeded else "failed",
-                              outcome.retryable, outcome.reason, outcome.payment_intent_id)
+        await self.db.execute(
+            SQL_RECORD_ATTEMPT,
+            ep.account_id,
+            ep.episode_us,
+            attempt_no,
+            ep.amount_micros,
+            "succeeded" if outcome.succeeded else "failed",
+            outcome.retryable,
+            outcome.reason,
+            outcome.payment_intent_id,
+        )
         if outcome.succeeded:
             assert outcome.payment_intent_id is not None
-            await credit_recharge(self.store, self.db, ep.account_id, ep.episode_us,
-                                  ep.amount_micros, outcome.payment_intent_id)
+            await credit_recharge(
+                self.store,
+                self.db,
+                ep.account_id,
+                ep.episode_us,
+                ep.amount_micros,
+                outcome.payment_intent_id,
+            )
             log.info("recharged %s with %d micros", ep.account_id, ep.amount_micros)
             return outcome
         await self._failed(ep, attempt_no, outcome, email or "")
         return outcome
 
-    async def _failed(self, ep: Episode, attempt_no: int, outcome: ChargeOutcome,
-                      email: str) -> None:
+    async def _failed(
+        self, ep: Episode, attempt_no: int, outcome: ChargeOutcome, email: str
+    ) -> None:
         s = self.settings
         transient = ep.transient_failures + 1 if outcome.retryable else 0
         if outcome.retryable and transient < s.recharge_transient_retries_max:
-            delay_s = min(s.recharge_backoff_base_s * 2 ** (transient - 1),
-                          s.recharge_backoff_max_s)
-            await self.db.execute(SQL_UPDATE_EPISODE, ep.account_id, ep.episode_us, "open",
-                                  attempt_no, ep.declines, transient,
-                                  now_us() + int(delay_s * 1_000_000), outcome.reason)
-            log.warning("recharge of %s: %s; retrying in %.1fs", ep.account_id, outcome.reason,
-                        delay_s)
+            delay_s = min(
+                s.recharge_backoff_base_s * 2 ** (transient - 1), s.recharge_backoff_max_s
+            )
+            await self.db.execute(
+                SQL_UPDATE_EPISODE,
+                ep.account_id,
+                ep.episode_us,
+                "open",
+                attempt_no,
+                ep.declines,
+                transient,
+                now_us() + int(delay_s * 1_000_000),
+                outcome.reason,
+            )
+            log.warning(
+                "recharge of %s: %s; retrying in %.1fs", ep.account_id, outcome.reason, delay_s
+            )
             return
         declines = ep.declines + (0 if outcome.retryable else 1)
         at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         failure_text = f"{at}: {outcome.reason}"[:500]
         if attempt_no >= s.recharge_attempts_max:
-            next_attempt = "none (automatic recharge gave up after "\
-                           f"{attempt_no} attempts; it starts again at the next low balance)"
-            await self.db.execute(SQL_UPDATE_EPISODE, ep.account_id, ep.episode_us, "ended",
-                                  attempt_no, declines, 0, 0, outcome.reason)
+            next_attempt = (
+                "none (automatic recharge gave up after "
+                f"{attempt_no} attempts; it starts again at the next low balance)"
+            )
+            await self.db.execute(
+                SQL_UPDATE_EPISODE,
+                ep.account_id,
+                ep.episode_us,
+                "ended",
+                attempt_no,
+                declines,
+                0,
+                0,
+                outcome.reason,
+            )
             await self._settle(ep, failure_text)
         else:
             next_us = now_us() + int(s.recharge_decline_retry_s * 1_000_000)
-            next_attempt = datetime.datetime.fromtimestamp(
-                next_us / 1_000_000, datetime.UTC).isoformat(timespec="seconds") \
+            next_attempt = (
+                datetime.datetime.fromtimestamp(next_us / 1_000_000, datetime.UTC).isoformat(
+                    timespec="seconds"
+                )
                 + " (or as soon as a new card is registered)"
-            await self.db.execute(SQL_UPDATE_EPISODE, ep.account_id, ep.episode_us, "open",
-                                  attempt_no, declines, 0, next_us, outcome.reason)
-            await self.store.redis.hset(self.store.account_keys(ep.account_id).account,
-                                        "recharge_last_failure", failure_text)
+            )
+            await self.db.execute(
+                SQL_UPDATE_EPISODE,
+                ep.account_id,
+                ep.episode_us,
+                "open",
+                attempt_no,
+                declines,
+                0,
+                next_us,
+                outcome.reason,
+            )
+            await self.store.redis.hset(
+                self.store.account_keys(ep.account_id).account,
+                "recharge_last_failure",
+                failure_text,
+            )
         log.warning("recharge of %s failed: %s", ep.account_id, outcome.reason)
         await self._email_once(ep, email, outcome.reason, next_attempt)
 
     async def _email_once(self, ep: Episode, email: str, reason: str, next_attempt: str) -> None:
         if not email or not await self.db.fetchval(SQL_CLAIM_EMAIL, ep.account_id, ep.episode_us):
             return
-        message = recharge_failure_message(self.settings, email, ep.account_id, ep.amount_micros,
-                                           reason, next_attempt)
+        message = recharge_failure_message(
+            self.settings, email, ep.account_id, ep.amount_micros, reason, next_attempt
+        )
         try:
             await self.mailer(self.settings, message)
         except Exception as exc:  # SMTP down: unclaim, so the next failure sends it
@@ -314,22 +417,21 @@ class RechargeWorker:
         await self.db.execute(SQL_END_EPISODE, ep.account_id, ep.episode_us, "ended", why)
 
     async def _settle(self, ep: Episode, failure_text: str) -> None:
-        keys = self.store.account_keys(ep.account_id)
-        result = await self.store.scripts["settle_recharge"](
-            self.store.redis, [keys.account], [ep.episode_us, failure_text])
-        raise_refusal(result, ep.account_id)
+        await clear_pending_mark(self.store, ep.account_id, ep.episode_us, failure_text)
 
 
 async def open_database(settings: Settings) -> Any:
     """The process's Postgres pool, bounded in size; connects on first use, so a
     process starts (and serves what needs no Postgres) while Postgres is down."""
-    return await asyncpg.create_pool(settings.database_url, min_size=0,
-                                     max_size=settings.database_pool_max)
+    return await asyncpg.create_pool(
+        settings.database_url, min_size=0, max_size=settings.database_pool_max
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--consumer", default=None,
-                        help="consumer name in the group (default: host-pid)")
+    parser.add_argument(
+        "--consumer", default=None, help="consumer name in the group (default: host-pid)"
+    )
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:

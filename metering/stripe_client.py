@@ -41,8 +41,9 @@ async def close_stripe_client(client: stripe.StripeClient) -> None:
 def to_cents(amount_micros: int, field: str = "amount_micros") -> int:
     """Stripe charges whole cents: refuse an amount that is not one."""
     if amount_micros % MICROS_PER_CENT:
-        raise InvalidRequest(field, f"{field} must be a whole number of cents "
-                                    f"(a multiple of {MICROS_PER_CENT})")
+        raise InvalidRequest(
+            field, f"{field} must be a whole number of cents (a multiple of {MICROS_PER_CENT})"
+        )
     return amount_micros // MICROS_PER_CENT
 
 
@@ -79,8 +80,9 @@ def failure_of(exc: Exception) -> ChargeOutcome:
         status = exc.http_status or 0
         if status >= 500 or status in (409, 429):
             return ChargeOutcome(False, None, f"Stripe error {status}: {_short(exc)}", True)
-        return ChargeOutcome(False, None, f"Stripe refused the request ({status}): "
-                                          f"{_short(exc)}", False)
+        return ChargeOutcome(
+            False, None, f"Stripe refused the request ({status}): {_short(exc)}", False
+        )
     raise exc
 
 

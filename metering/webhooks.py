@@ -39,19 +39,26 @@ def verify_event(payload: bytes, signature: str | None, settings: Settings) -> d
     try:
         text = payload.decode("utf-8")
         stripe.WebhookSignature.verify_header(
-            text, signature, settings.stripe_webhook_secret,
-            tolerance=settings.stripe_webhook_tolerance_s)
+            text,
+            signature,
+            settings.stripe_webhook_secret,
+            tolerance=settings.stripe_webhook_tolerance_s,
+        )
     except UnicodeDecodeError:
         raise WebhookRejected("the webhook payload is not UTF-8") from None
     except stripe.SignatureVerificationError as exc:
-        raise WebhookRejected(f"the webhook signature was refused: {exc.user_message or exc}",
-                              ) from None
+        raise WebhookRejected(
+            f"the webhook signature was refused: {exc.user_message or exc}",
+        ) from None
     try:
         event = orjson.loads(payload)
     except orjson.JSONDecodeError:
         raise WebhookRejected("the webhook payload is not JSON") from None
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str) \
-            or not isinstance(event.get("type"), str):
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("id"), str)
+        or not isinstance(event.get("type"), str)
+    ):
         raise WebhookRejected("the webhook payload is not a Stripe event")
     return event
 
@@ -63,8 +70,7 @@ async def handle_event(store: Store, db: Any, event: dict[str, Any]) -> str:
     intent = (event.get("data") or {}).get("object") or {}
     kind = (intent.get("metadata") or {}).get("kind")
     async with db.acquire() as conn, conn.transaction():
-        if not await conn.fetchval(SQL_RECORD_EVENT, event["id"], event["type"],
-                                   intent.get("id")):
+        if not await conn.fetchval(SQL_RECORD_EVENT, event["id"], event["type"], intent.get("id")):
             return "duplicate"
         succeeded = event["type"] == "payment_intent.succeeded"
         if kind == "pay_now":

@@ -53,8 +53,11 @@ class StripeServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.stripe_local", "--port", str(self.port)], cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [sys.executable, "-m", "tests.stripe_local", "--port", str(self.port)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_http(self.url + "/_config/counts", proc=self.proc)
 
     def intents_created(self) -> int:
@@ -99,8 +102,13 @@ class PaymentsGateway:
         self.log = Path(tempfile.mkstemp(prefix="payments-gateway-", suffix=".log")[1])
         self._log_file = self.log.open("wb")
         env = settings_env(self.settings)
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env,
-                                     stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway"],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
         wait_for_http(self.url + "/healthz", proc=self.proc)
 
     def stop(self) -> None:
@@ -161,13 +169,20 @@ async def pay_db(pay_settings: Settings) -> AsyncIterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def pay_gateway(pay_settings: Settings, pay_db: Any, stripe_server: StripeServer,
-                ) -> Iterator[PaymentsGateway]:
+def pay_gateway(
+    pay_settings: Settings,
+    pay_db: Any,
+    stripe_server: StripeServer,
+) -> Iterator[PaymentsGateway]:
     gw = PaymentsGateway(pay_settings)
     for endpoint_id in WEBHOOK_ENDPOINT_IDS:
-        httpx.post(f"{stripe_server.url}/_config/webhooks/{endpoint_id}", data={
-            "url": gw.url + "/v1/stripe/webhook", "secret": WEBHOOK_SECRET,
-        }).raise_for_status()
+        httpx.post(
+            f"{stripe_server.url}/_config/webhooks/{endpoint_id}",
+            data={
+                "url": gw.url + "/v1/stripe/webhook",
+                "secret": WEBHOOK_SECRET,
+            },
+        ).raise_for_status()
     yield gw
     gw.stop()
 
@@ -194,26 +209,35 @@ async def stripe_client(pay_settings: Settings) -> AsyncIterator[stripe.StripeCl
 
 
 @pytest.fixture
-async def worker(pay_store: Store, pay_db: Any, stripe_client: stripe.StripeClient,
-                 pay_settings: Settings) -> RechargeWorker:
+async def worker(
+    pay_store: Store, pay_db: Any, stripe_client: stripe.StripeClient, pay_settings: Settings
+) -> RechargeWorker:
     w = RechargeWorker(pay_store, pay_db, stripe_client, pay_settings, consumer="tests")
     await w.ensure_groups()
     return w
 
 
-async def customer_account(http: httpx.AsyncClient, balance_micros: int = 0,
-                           rate_card: dict[str, int] | None = None) -> tuple[str, dict[str, str]]:
+async def customer_account(
+    http: httpx.AsyncClient, balance_micros: int = 0, rate_card: dict[str, int] | None = None
+) -> tuple[str, dict[str, str]]:
     """A new account (optionally funded by an ops credit) and its customer auth header."""
     account_id = new_account_id("pay")
-    r = await http.post("/v1/accounts", headers=OPS,
-                        json={"account_id": account_id, "rate_card": rate_card or RATE_CARD})
+    r = await http.post(
+        "/v1/accounts",
+        headers=OPS,
+        json={"account_id": account_id, "rate_card": rate_card or RATE_CARD},
+    )
     assert r.status_code == 201, r.text
     if balance_micros:
-        r = await http.post(f"/v1/accounts/{account_id}/credits", headers=OPS, json={
-            "credit_id": "initial", "amount_micros": balance_micros, "reason": "test funds"})
+        r = await http.post(
+            f"/v1/accounts/{account_id}/credits",
+            headers=OPS,
+            json={"credit_id": "initial", "amount_micros": balance_micros, "reason": "test funds"},
+        )
         assert r.status_code == 200, r.text
-    r = await http.post(f"/v1/accounts/{account_id}/tokens", headers=OPS,
-                        json={"label": "dashboard"})
+    r = await http.post(
+        f"/v1/accounts/{account_id}/tokens", headers=OPS, json={"label": "dashboard"}
+    )
     assert r.status_code == 201, r.text
     return account_id, {"Authorization": f"Bearer {r.json()['token']}"}
 

@@ -33,6 +33,10 @@ from localstripe import resources, server
 resources.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
 
 IDEMPOTENCY_KEYS_MAX = 100_000
+IDEMPOTENCY_MISMATCH = (
+    "Keys for idempotent requests can only be used with the same parameters "
+    "they were first used with."
+)
 _saved: dict[tuple[str, str], tuple[bytes, int, bytes, str]] = {}
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
 _controls: dict[str, int] = {"lose_responses": 0, "payment_intents_created": 0}
@@ -53,25 +57,39 @@ async def idempotency(request: web.Request, handler: Any) -> web.StreamResponse:
         if saved is not None:
             saved_fingerprint, status, text, content_type = saved
             if saved_fingerprint != fingerprint:
-                return web.json_response({"error": {
-                    "type": "idempotency_error",
-                    "message": "Keys for idempotent requests can only be used with the same "
-                               "parameters they were first used with.",
-                }}, status=400)
-            return web.Response(body=text, status=status, content_type=content_type,
-                                headers={"Idempotent-Replayed": "true", "Idempotency-Key": key})
+                return web.json_response(
+                    {
+                        "error": {
+                            "type": "idempotency_error",
+                            "message": IDEMPOTENCY_MISMATCH,
+                        }
+                    },
+                    status=400,
+                )
+            return web.Response(
+                body=text,
+                status=status,
+                content_type=content_type,
+                headers={"Idempotent-Replayed": "true", "Idempotency-Key": key},
+            )
         response = await _counted(request, handler, creates_intent)
         if isinstance(response, web.Response) and response.body is not None:
             if len(_saved) >= IDEMPOTENCY_KEYS_MAX:
                 _saved.pop(next(iter(_saved)))
             body_bytes = response.body if isinstance(response.body, bytes) else b""
-            _saved[scope] = (fingerprint, response.status, body_bytes,
-                             response.content_type or "application/json")
+            _saved[scope] = (
+                fingerprint,
+                response.status,
+                body_bytes,
+                response.content_type or "application/json",
+            )
         if creates_intent and _controls["lose_responses"] > 0:
             _controls["lose_responses"] -= 1
             return web.json_response(
                 {"error": {"type": "api_error", "message": "response lost (test control)"}},
-                status=500, headers={"Stripe-Should-Retry": "true"})
+                status=500,
+                headers={"Stripe-Should-Retry": "true"},
+            )
         return response
 
 
