@@ -17,7 +17,7 @@ from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.openapi import build_openapi
 from gateway.responses import JSONResponse
-from metering.recharge_worker import open_database
+from metering.postgres import open_database
 from metering.settings import Settings
 from metering.store import open_store
 from metering.stripe_client import build_stripe_client, close_stripe_client

@@ -38,7 +38,6 @@ from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import Any
 
-import asyncpg
 import stripe
 from redis.exceptions import ResponseError
 
@@ -48,6 +47,7 @@ from metering.keys import all_shards
 from metering.ledger_entries import RechargeRequest
 from metering.notifications import recharge_failure_message, send_email
 from metering.payments import card_on_file, credit_reason
+from metering.postgres import open_database
 from metering.settings import Settings
 from metering.store import Store, open_store
 from metering.stripe_client import (
@@ -418,14 +418,6 @@ class RechargeWorker:
 
     async def _settle(self, ep: Episode, failure_text: str) -> None:
         await clear_pending_mark(self.store, ep.account_id, ep.episode_us, failure_text)
-
-
-async def open_database(settings: Settings) -> Any:
-    """The process's Postgres pool, bounded in size; connects on first use, so a
-    process starts (and serves what needs no Postgres) while Postgres is down."""
-    return await asyncpg.create_pool(
-        settings.database_url, min_size=0, max_size=settings.database_pool_max
-    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
