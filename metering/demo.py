@@ -35,10 +35,17 @@ DEMO_RATE_CARD = {
     "number_purchase_micros": 1_000_000,
     "number_renewal_micros": 1_000_000,
 }
-INITIAL_CREDIT_MICROS = 50_000_000
+INITIAL_CREDIT_MICROS = 30_000_000
 # Below this available balance the demo tops the account up, so it runs forever.
 TOP_UP_BELOW_MICROS = 10_000_000
 TOP_UP_MICROS = 40_000_000
+# Automatic recharge on two accounts, through the local Stripe: one card that pays,
+# one that is refused (so the ops page shows a failed recharge and the SMTP sink
+# gets the failure email). It triggers before the demo's own top-up would.
+DEMO_CARDS = {"demo-alice": "pm_card_visa", "demo-carol": "pm_card_chargeCustomerFail"}
+RECHARGE_AMOUNT_MICROS = 60_000_000
+RECHARGE_THRESHOLD_MICROS = 20_000_000
+RECHARGE_FAILURE_EMAIL = "billing-alerts@demo.example"
 OPEN_CALLS_PER_ACCOUNT_MAX = 2
 CALL_SECONDS_MAX = 900
 REQUEST_TIMEOUT_S = 10.0
@@ -132,7 +139,28 @@ class DemoSwitch:
                                      json={"label": "demo dashboard"})
             expect(r, 201)
             tokens[account_id] = str(r.json()["token"])
+            if account_id in DEMO_CARDS:
+                await self.set_up_recharge(account_id, tokens[account_id],
+                                           DEMO_CARDS[account_id])
         return tokens
+
+    async def set_up_recharge(self, account_id: str, token: str, payment_method_id: str) -> None:
+        """Card on file and automatic recharge, as the customer's dashboard would do it.
+        Best effort: without payments (or a Stripe) the demo runs on top-ups alone."""
+        customer = {"Authorization": f"Bearer {token}"}
+        r = await self.http.put(f"/v1/accounts/{account_id}/card", headers=customer,
+                                json={"payment_method_id": payment_method_id})
+        if r.status_code != 200:
+            print(f"demo switch: no card for {account_id} ({r.status_code}: {r.text[:200]})",
+                  flush=True)
+            return
+        r = await self.http.put(f"/v1/accounts/{account_id}/recharge", headers=customer, json={
+            "amount_micros": RECHARGE_AMOUNT_MICROS,
+            "threshold_micros": RECHARGE_THRESHOLD_MICROS,
+            "failure_email": RECHARGE_FAILURE_EMAIL, "enabled": True})
+        if r.status_code != 200:
+            print(f"demo switch: no automatic recharge for {account_id} ({r.status_code}: "
+                  f"{r.text[:200]})", flush=True)
 
     async def step(self) -> None:
         """One switch action: finish a due call, extend one, start one, or a text."""
