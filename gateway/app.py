@@ -17,6 +17,8 @@ from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.openapi import build_openapi
 from gateway.responses import JSONResponse
+from metering.database import create_pool
+from metering.ledger_writer import run_in_process as run_ledger_writer
 from metering.settings import Settings
 from metering.store import open_store
 from metering.sweeper import run_sweeper
@@ -28,17 +30,23 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         store = await open_store(settings)
+        # Postgres pool: lazy (min_size=0), so the gateway starts without Postgres;
+        # only the activity view and account write-through use it.
+        db = await create_pool(settings)
         stop = asyncio.Event()
         tasks = []
         if settings.reservation_sweep_interval_s > 0:
             tasks.append(asyncio.create_task(run_sweeper(store, stop), name="sweeper"))
+        if settings.ledger_writer_in_gateway:
+            tasks.append(asyncio.create_task(run_ledger_writer(store, stop), name="ledger"))
         try:
-            yield {"settings": settings, "store": store}
+            yield {"settings": settings, "store": store, "db": db}
         finally:
             stop.set()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await db.close()
             await store.redis.aclose()
 
     async def openapi(request: Request) -> Response:

@@ -18,6 +18,13 @@ from metering.settings import Settings, SettingsError
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("metering.migrate", "apply the Postgres migrations (safe to run twice)"),
     "sweep": ("metering.sweeper", "run the reservation sweeper on its own"),
+    "ledger-writer": ("metering.ledger_writer",
+                      "move ledger entries from the shard streams into Postgres"),
+    "reconcile": ("metering.reconcile",
+                  "compare Redis balances and seqs with the Postgres ledger (exit 1 on any "
+                  "difference)"),
+    "rebuild": ("metering.rebuild", "restore accounts, balances and tokens Redis lacks from "
+                "Postgres"),
 }
 
 
