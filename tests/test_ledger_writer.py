@@ -49,3 +49,118 @@ async def test_writer_drains_20000_mixed_entries_entry_for_entry(world: LedgerWo
     check = world.cli("reconcile")
     assert check.returncode == 0, check.stdout + check.stderr
     assert "0 differences" in check.stdout
+
+
+async def _pending(world: LedgerWorld) -> int:
+    from metering.keys import all_shards
+
+    total = 0
+    for shard in all_shards(world.settings.shard_count):
+        info = await world.store.redis.xpending(shard.ledger, world.settings.ledger_consumer_group)
+        total += int(info["pending"])
+    return total
+
+
+async def test_writer_killed_mid_batch_loses_nothing_and_doubles_nothing(
+        world: LedgerWorld) -> None:
+    rng = random.Random(9)
+    traffic = Traffic(world.store, seed=9)
+    accounts = await traffic.make_accounts(world.pool, 100, 1_000_000_000)
+    await traffic.run(accounts, 6_000)
+    small_batches = {"ledger_batch_rows_max": 300, "ledger_batch_wait_ms": 30}
+    pending_at_kill = []
+    # Kills 1-3 restart under the same consumer name (it re-reads its own pending
+    # entries); kill 4 runs under another name, whose pending entries the final
+    # writer must XAUTOCLAIM once they are idle.
+    for consumer in ("writer-0-of-1", "writer-0-of-1", "writer-0-of-1", "writer-other"):
+        writer = world.start_writer("--consumer", consumer, **small_batches)
+        time.sleep(rng.uniform(0.4, 0.9))  # start-up, then a random point in its batches
+        await traffic.run(accounts, 1_500, concurrency=50)
+        kill(writer)
+        pending_at_kill.append(await _pending(world))
+    # Entries read but not acknowledged when killed: the kills hit mid-batch.
+    assert any(pending_at_kill), pending_at_kill
+    assert await world.conn.fetchval("SELECT count(*) FROM ledger_entries") > 0
+
+    done = world.cli("ledger-writer", "--drain")
+    assert done.returncode == 0, done.stderr
+    assert await _pending(world) == 0
+    assert_postgres_matches(traffic.expected, await world.postgres_entries())
+    assert await world.conn.fetchval("SELECT count(*) FROM ledger_conflicts") == 0
+    check = world.cli("reconcile")
+    assert check.returncode == 0, check.stdout + check.stderr
+    print(f"\npending entries at each SIGKILL: {pending_at_kill}")
+
+
+async def test_postgres_outage_authorize_keeps_answering_then_ledger_catches_up(
+        world: LedgerWorld) -> None:
+    import asyncio
+
+    import httpx
+
+    from tests.conftest import OPS, RATE_CARD, SWITCH, GatewayProcess
+    from tests.fixtures_ledger import Expected, TcpProxy
+
+    proxy = TcpProxy("127.0.0.1", 5432)
+    proxy.start()
+    # Gateway and writer reach Postgres only through the proxy we cut.
+    via_proxy = world.settings.database_url.replace(":5432/", f":{proxy.port}/")
+    gateway = GatewayProcess(world.settings.replace(database_url=via_proxy))
+    writer = world.start_writer(database_url=via_proxy, ledger_retry_max=1_000,
+                                ledger_retry_backoff_max_s=0.3)
+    expected: dict[tuple[str, int], Expected] = {}
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+            accounts = []
+            for i in range(5):
+                account_id = f"outage-{i}"
+                r = await http.post("/v1/accounts", headers=OPS,
+                                    json={"account_id": account_id, "rate_card": RATE_CARD})
+                assert r.status_code == 201, r.text
+                r = await http.post(f"/v1/accounts/{account_id}/credits", headers=OPS, json={
+                    "credit_id": "initial", "amount_micros": 100_000_000, "reason": "funds"})
+                assert r.status_code == 200, r.text
+                expected[(account_id, r.json()["seq"])] = Expected(
+                    "funds_added", 100_000_000, r.json()["balance_micros"], "initial")
+                accounts.append(account_id)
+
+            async def texts(first: int, count: int) -> None:
+                async def one(n: int) -> None:
+                    account_id = accounts[n % len(accounts)]
+                    r = await http.post("/v1/messages", headers=SWITCH, json={
+                        "account_id": account_id, "message_id": f"m{n}",
+                        "direction": "outbound"})
+                    assert r.status_code == 200, r.text
+                    b = r.json()
+                    expected[(account_id, b["seq"])] = Expected(
+                        "sms_outbound", -b["charged_micros"], b["balance_micros"], f"m{n}")
+                await asyncio.gather(*(one(n) for n in range(first, first + count)))
+
+            await texts(0, 200)
+            proxy.stop()  # Postgres is gone for the gateway and the writer
+            began = time.monotonic()
+            await texts(200, 400)  # the authorize path keeps answering
+            r = await http.get(f"/v1/accounts/{accounts[0]}/activity", headers=OPS)
+            assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
+            await asyncio.sleep(max(0.0, 1.5 - (time.monotonic() - began)))
+            lag = (await http.get("/v1/ops/ledger-lag", headers=OPS)).json()
+            assert lag["entries_behind"] > 0 and lag["oldest_age_ms"] >= 1_000, lag
+            assert writer.poll() is None, "the writer waits for Postgres, it does not die"
+
+            proxy.start()
+            deadline = time.monotonic() + 30
+            while (await http.get("/v1/ops/ledger-lag", headers=OPS)).json()[
+                    "entries_behind"]:
+                assert time.monotonic() < deadline, "the ledger did not catch up"
+                await asyncio.sleep(0.1)
+            caught_up_s = time.monotonic() - began
+            r = await http.get(f"/v1/accounts/{accounts[0]}/activity", headers=OPS)
+            assert r.status_code == 200, r.text
+    finally:
+        kill(writer)
+        gateway.stop()
+        proxy.close()
+    assert_postgres_matches(expected, await world.postgres_entries())
+    check = world.cli("reconcile")
+    assert check.returncode == 0, check.stdout + check.stderr
+    print(f"\noutage: {len(expected)} entries, caught up {caught_up_s:.1f}s after the cut")
