@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 import redis as redis_sync
 
 from metering.database import create_pool
@@ -134,12 +133,6 @@ async def ledger_world(**changes: Any) -> AsyncIterator[LedgerWorld]:
         redis_server.stop()
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[LedgerWorld]:
-    async with ledger_world() as w:
-        yield w
 
 
 def kill(proc: subprocess.Popen[str]) -> None:

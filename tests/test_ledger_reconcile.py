@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
+
 from metering import accounts, credits, debits
 from metering.account_records import issue_customer_token
 from tests.fixtures_ledger import (
     LedgerWorld,
     Traffic,
-    world,  # noqa: F401  (fixture)
+    ledger_world,
 )
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[LedgerWorld]:
+    """A private Redis and Postgres schema for one test."""
+    async with ledger_world() as w:
+        yield w
 
 
 async def _drained_world(world: LedgerWorld, count: int = 3, ops: int = 60) -> list[str]:

@@ -3,16 +3,28 @@ SIGKILL at random points, and a Postgres outage under live traffic."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+from collections.abc import AsyncIterator
+
+import pytest
 
 from tests.fixtures_ledger import (
     LedgerWorld,
     Traffic,
     assert_postgres_matches,
     kill,
-    world,  # noqa: F401  (fixture)
+    ledger_world,
 )
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[LedgerWorld]:
+    """A private Redis and Postgres schema for one test."""
+    async with ledger_world() as w:
+        yield w
+
 
 ENTRIES = 20_000
 
@@ -74,7 +86,7 @@ async def test_writer_killed_mid_batch_loses_nothing_and_doubles_nothing(
     # writer must XAUTOCLAIM once they are idle.
     for consumer in ("writer-0-of-1", "writer-0-of-1", "writer-0-of-1", "writer-other"):
         writer = world.start_writer("--consumer", consumer, **small_batches)
-        time.sleep(rng.uniform(0.4, 0.9))  # start-up, then a random point in its batches
+        await asyncio.sleep(rng.uniform(0.4, 0.9))  # start-up, then a random point in batches
         await traffic.run(accounts, 1_500, concurrency=50)
         kill(writer)
         pending_at_kill.append(await _pending(world))
@@ -94,8 +106,6 @@ async def test_writer_killed_mid_batch_loses_nothing_and_doubles_nothing(
 
 async def test_postgres_outage_authorize_keeps_answering_then_ledger_catches_up(
         world: LedgerWorld) -> None:
-    import asyncio
-
     import httpx
 
     from tests.conftest import OPS, RATE_CARD, SWITCH, GatewayProcess
