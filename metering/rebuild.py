@@ -36,6 +36,21 @@ LEFT JOIN LATERAL (
 ORDER BY a.id
 """
 TOKENS_SQL = "SELECT sha256, account_id FROM customer_tokens"
+# Settings that the payments issue keeps in its own tables (migration 0005), as
+# the hash fields they become; read only when the table exists.
+SIDE_TABLES: dict[str, tuple[str, dict[str, str]]] = {
+    "recharge_settings": (
+        "SELECT account_id, enabled, amount_micros, threshold_micros, failure_email "
+        "FROM recharge_settings",
+        {"enabled": "recharge_enabled", "amount_micros": "recharge_amount_micros",
+         "threshold_micros": "recharge_threshold_micros",
+         "failure_email": "recharge_failure_email"}),
+    "cards_on_file": (
+        "SELECT account_id, payment_method_id, brand, last4, exp_month, exp_year "
+        "FROM cards_on_file",
+        {"payment_method_id": "card_payment_method_id", "brand": "card_brand",
+         "last4": "card_last4", "exp_month": "card_exp_month", "exp_year": "card_exp_year"}),
+}
 # Commands per pipelined round trip.
 PIPELINE_COMMANDS_MAX = 1_000
 
@@ -47,10 +62,28 @@ class RebuildReport:
     tokens_restored: int = 0
 
 
+async def _side_fields(conn: Any) -> dict[str, dict[str, str]]:
+    """account id -> hash fields from the side tables that exist."""
+    out: dict[str, dict[str, str]] = {}
+    for table, (sql, names) in SIDE_TABLES.items():
+        if await conn.fetchval("SELECT to_regclass($1)", table) is None:
+            continue
+        for row in await conn.fetch(sql):
+            fields = out.setdefault(row["account_id"], {})
+            for column, field in names.items():
+                value = row[column]
+                if isinstance(value, bool):
+                    fields[field] = "1" if value else "0"
+                elif value is not None:
+                    fields[field] = str(value)
+    return out
+
+
 async def rebuild(store: Store, conn: Any) -> RebuildReport:
     """Restore what Redis lacks from Postgres (see the module docstring)."""
     report = RebuildReport()
     rows = await conn.fetch(LOAD_SQL)
+    side = await _side_fields(conn)
     redis = store.redis
     for start in range(0, len(rows), PIPELINE_COMMANDS_MAX):
         chunk = rows[start:start + PIPELINE_COMMANDS_MAX]
@@ -64,6 +97,7 @@ async def rebuild(store: Store, conn: Any) -> RebuildReport:
                     report.accounts_kept += 1
                     continue
                 mapping = hash_fields(row)
+                mapping.update(side.get(row["id"], {}))
                 mapping.update(balance=str(row["balance_micros"]), reserved="0",
                                seq=str(row["last_seq"]))
                 pipe.hset(k.account, mapping=mapping)

@@ -78,6 +78,12 @@ async def test_rebuild_after_flush_continues_seq_and_balance(world: LedgerWorld)
     token = await issue_customer_token(world.store, world.pool, ids[0], "dashboard")
     before = {a: await accounts.get_account(world.store, a) for a in ids}
     # An open call holds money; after the loss it is simply available again.
+    # Recharge settings as the payments issue keeps them (its own table, 0005).
+    await world.conn.execute(
+        "CREATE TABLE recharge_settings (account_id text PRIMARY KEY, enabled boolean, "
+        "amount_micros bigint, threshold_micros bigint, failure_email text)")
+    await world.conn.execute("INSERT INTO recharge_settings VALUES ($1, true, 60000000, "
+                             "10000000, 'ops@example.com')", ids[1])
     await world.store.redis.flushdb()  # this test's own redis-server
     assert await world.store.redis.dbsize() == 0
 
@@ -91,6 +97,9 @@ async def test_rebuild_after_flush_continues_seq_and_balance(world: LedgerWorld)
         assert after.rate_card == before[a].rate_card
         assert after.created_at_us == before[a].created_at_us
     assert await accounts.account_for_token(world.store, token) == ids[0]
+    recharge = (await accounts.get_account(world.store, ids[1])).recharge
+    assert (recharge["enabled"], recharge["amount_micros"], recharge["threshold_micros"],
+            recharge["failure_email"]) == (True, 60_000_000, 10_000_000, "ops@example.com")
 
     charge = await debits.message(world.store, ids[0], "after-rebuild", "outbound")
     assert charge.seq == before[ids[0]].seq + 1

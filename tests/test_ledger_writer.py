@@ -174,3 +174,40 @@ async def test_postgres_outage_authorize_keeps_answering_then_ledger_catches_up(
     check = world.cli("reconcile")
     assert check.returncode == 0, check.stdout + check.stderr
     print(f"\noutage: {len(expected)} entries, caught up {caught_up_s:.1f}s after the cut")
+
+
+async def test_two_writers_split_the_shards(world: LedgerWorld) -> None:
+    traffic = Traffic(world.store, seed=2)
+    accounts = await traffic.make_accounts(world.pool, 60, 1_000_000_000)
+    await traffic.run(accounts, 3_000)
+    writers = [world.start_writer("--drain", "--writer-index", str(i), "--writer-count", "2")
+               for i in range(2)]
+    outputs = [w.communicate(timeout=60)[0] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], outputs
+    inserted = [int(out.split(": ")[1].split()[0]) for out in outputs]
+    # Each wrote its own shards' entries, none twice.
+    assert all(n > 0 for n in inserted) and sum(inserted) == len(traffic.expected), outputs
+    assert_postgres_matches(traffic.expected, await world.postgres_entries())
+
+
+async def test_writer_inside_the_gateway_moves_entries(world: LedgerWorld) -> None:
+    import httpx
+
+    from tests.conftest import OPS, GatewayProcess
+
+    traffic = Traffic(world.store, seed=3)
+    (account_id,) = await traffic.make_accounts(world.pool, 1, 5_000_000)
+    await traffic.run([account_id], 20, concurrency=5)
+    gateway = GatewayProcess(world.settings.replace(ledger_writer_in_gateway=True))
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+            deadline = time.monotonic() + 15
+            while True:
+                r = await http.get(f"/v1/accounts/{account_id}/activity", headers=OPS)
+                if r.status_code == 200 and len(r.json()["entries"]) == 21:
+                    break
+                assert time.monotonic() < deadline, r.text
+                await asyncio.sleep(0.1)
+    finally:
+        gateway.stop()
+    assert_postgres_matches(traffic.expected, await world.postgres_entries())
