@@ -154,22 +154,22 @@ class LedgerWriter:
             while not stop.is_set():
                 try:
                     got = await self._fill(batch)
+                    due = len(batch) >= self.settings.ledger_batch_rows_max or (
+                        len(batch) > 0 and (time.monotonic() - batch.started) * 1000
+                        >= self.settings.ledger_batch_wait_ms)
+                    if due or (got == 0 and (batch.entries or batch.empty)):
+                        await self._flush(batch)
+                        batch = Batch()
+                    elif got == 0 and drain and await self._drained():
+                        break
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
-                    # Redis lost its data (or was rebuilt): the groups are gone.
+                    # Redis lost its data (or was rebuilt): the groups are gone. What
+                    # was committed stays committed; the rest is re-read from id 0.
                     log.warning("consumer group missing; recreating it")
                     batch = Batch()
                     await self.ensure_groups()
-                    continue
-                due = len(batch) >= self.settings.ledger_batch_rows_max or (
-                    len(batch) > 0 and (time.monotonic() - batch.started) * 1000
-                    >= self.settings.ledger_batch_wait_ms)
-                if due or (got == 0 and (batch.entries or batch.empty)):
-                    await self._flush(batch)
-                    batch = Batch()
-                elif got == 0 and drain and await self._drained():
-                    break
         finally:
             await self.close()
         return self.stats

@@ -44,7 +44,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis_sync.Redis(port=self.port)
         deadline = time.monotonic() + 10
         while True:
@@ -110,28 +110,32 @@ class LedgerWorld:
 
 @contextlib.asynccontextmanager
 async def ledger_world(**changes: Any) -> AsyncIterator[LedgerWorld]:
-    redis_server = RedisServer()
     schema = f"ledger_{uuid.uuid4().hex[:10]}"
     await ensure_database(TEST_DATABASE_URL)
     admin = await asyncpg.connect(TEST_DATABASE_URL)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    settings = test_settings(
-        redis_url=redis_server.url,
-        database_url=_with_search_path(TEST_DATABASE_URL, schema),
-        shard_count=SHARDS, ledger_batch_wait_ms=50, ledger_claim_interval_ms=200,
-        ledger_claim_idle_ms=1_000, reservation_sweep_interval_s=0.0, **changes)
-    conn = await asyncpg.connect(settings.database_url)
-    await apply_migrations(conn)
-    store = await open_store(settings)
-    pool = await create_pool(settings)
+    redis_server = RedisServer()
+    opened: list[Any] = []
     try:
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+        defaults: dict[str, Any] = dict(
+            shard_count=SHARDS, ledger_batch_wait_ms=50, ledger_claim_interval_ms=200,
+            ledger_claim_idle_ms=1_000, reservation_sweep_interval_s=0.0)
+        settings = test_settings(
+            redis_url=redis_server.url, database_url=_with_search_path(TEST_DATABASE_URL, schema),
+            **{**defaults, **changes})
+        conn = await asyncpg.connect(settings.database_url)
+        opened.append(conn.close)
+        await apply_migrations(conn)
+        store = await open_store(settings)
+        opened.append(store.redis.aclose)
+        pool = await create_pool(settings)
+        opened.append(pool.close)
         yield LedgerWorld(settings, store, pool, conn, redis_server, schema)
     finally:
-        await pool.close()
-        await store.redis.aclose()
-        await conn.close()
+        for close in reversed(opened):
+            await close()
         redis_server.stop()
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await admin.close()
 
 
