@@ -21,6 +21,7 @@ from metering.database import create_pool
 from metering.ledger_writer import run_in_process as run_ledger_writer
 from metering.settings import Settings
 from metering.store import open_store
+from metering.stripe_client import build_stripe_client, close_stripe_client
 from metering.sweeper import run_sweeper
 
 
@@ -31,8 +32,9 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         store = await open_store(settings)
         # Postgres pool: lazy (min_size=0), so the gateway starts without Postgres;
-        # only the activity view and account write-through use it.
+        # the authorize path never uses it. One Stripe client (payments, issue 5).
         db = await create_pool(settings)
+        stripe_client = build_stripe_client(settings)
         stop = asyncio.Event()
         tasks = []
         if settings.reservation_sweep_interval_s > 0:
@@ -40,12 +42,13 @@ def create_app(settings: Settings) -> Starlette:
         if settings.ledger_writer_in_gateway:
             tasks.append(asyncio.create_task(run_ledger_writer(store, stop), name="ledger"))
         try:
-            yield {"settings": settings, "store": store, "db": db}
+            yield {"settings": settings, "store": store, "db": db, "stripe": stripe_client}
         finally:
             stop.set()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await close_stripe_client(stripe_client)
             await db.close()
             await store.redis.aclose()
 

@@ -92,6 +92,9 @@ def raise_refusal(result: list[Any], account_id: str, subject: str = "") -> None
             f"{subject} was already used with a different request body; "
             "a retry must repeat the first body exactly"
         )
+    if status == "account_exists":
+        raise AccountExists(f"account {account_id} already exists with another rate card or "
+                            "settings")
     if status == "unknown_call":
         raise UnknownCall(f"no call {subject!r} on account {account_id}")
     if status == "call_closed":
@@ -113,3 +116,28 @@ def raise_refusal(result: list[Any], account_id: str, subject: str = "") -> None
             "the ledger writer is behind; charges are paused until it catches up"
         )
     raise AssertionError(f"unexpected script answer {result!r}")
+
+
+# ---- payments (issue 5) ----
+
+
+class CardDeclined(MeteringError):
+    """Stripe refused the charge; nothing was credited. The message says why."""
+
+    code = "card_declined"
+
+
+class NoCardOnFile(MeteringError):
+    code = "no_card_on_file"
+
+
+class PaymentFailed(MeteringError):
+    """A payment id already used for a payment that failed: use a new id to try again."""
+
+    code = "payment_failed"
+
+
+class WebhookRejected(MeteringError):
+    """A Stripe webhook with a bad or missing signature or a stale timestamp."""
+
+    code = "webhook_rejected"

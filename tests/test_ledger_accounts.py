@@ -59,7 +59,7 @@ async def test_account_and_token_are_written_through_to_postgres(world: LedgerWo
             created_at_us = r.json()["created_at_us"]
             r = await http.post("/v1/accounts", headers=OPS, json={
                 "account_id": "durable-1", "rate_card": RATE_CARD, "max_concurrent_calls": 3})
-            assert r.status_code == 200, r.text  # the same creation again
+            assert r.status_code == 201, r.text  # the same creation again answers alike
             other = {**RATE_CARD, "sms_outbound_micros": 1}
             r = await http.post("/v1/accounts", headers=OPS,
                                 json={"account_id": "durable-1", "rate_card": other})

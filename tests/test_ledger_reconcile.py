@@ -80,10 +80,8 @@ async def test_rebuild_after_flush_continues_seq_and_balance(world: LedgerWorld)
     # An open call holds money; after the loss it is simply available again.
     # Recharge settings as the payments issue keeps them (its own table, 0005).
     await world.conn.execute(
-        "CREATE TABLE recharge_settings (account_id text PRIMARY KEY, enabled boolean, "
-        "amount_micros bigint, threshold_micros bigint, failure_email text)")
-    await world.conn.execute("INSERT INTO recharge_settings VALUES ($1, true, 60000000, "
-                             "10000000, 'ops@example.com')", ids[1])
+        "INSERT INTO recharge_settings (account_id, enabled, amount_micros, threshold_micros, "
+        "failure_email) VALUES ($1, true, 60000000, 10000000, 'ops@example.com')", ids[1])
     await world.store.redis.flushdb()  # this test's own redis-server
     assert await world.store.redis.dbsize() == 0
 
