@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconcile": ("metering.reconcile",
                   "compare Redis balances and seqs with the Postgres ledger (exit 1 on any "
                   "difference)"),
+    "accounts": ("metering.accounts_cli", "list accounts, or create one (with a customer token)"),
     "rebuild": ("metering.rebuild", "restore accounts, balances and tokens Redis lacks from "
                 "Postgres"),
 }

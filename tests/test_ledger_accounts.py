@@ -74,3 +74,19 @@ async def test_account_and_token_are_written_through_to_postgres(world: LedgerWo
     assert row["max_concurrent_calls"] == 3 and row["created_at_us"] == created_at_us
     token_row = await world.conn.fetchrow("SELECT * FROM customer_tokens")
     assert token_row["account_id"] == "durable-1" and token_row["label"] == "dashboard"
+
+
+async def test_accounts_command_creates_durably_and_lists(world: LedgerWorld) -> None:
+    import json
+
+    card = json.dumps(RATE_CARD)
+    made = world.cli("accounts", "create", "cli-1", "--rate-card", card, "--token", "dash")
+    assert made.returncode == 0, made.stdout + made.stderr
+    body = json.loads(made.stdout)
+    assert body["created"] is True and body["token"]
+    assert await accounts.account_for_token(world.store, body["token"]) == "cli-1"
+    assert await world.conn.fetchval("SELECT count(*) FROM accounts WHERE id = 'cli-1'") == 1
+    bad = world.cli("accounts", "create", "cli-2", "--rate-card", "{}")
+    assert bad.returncode == 1 and "rate_card" in bad.stdout
+    listed = world.cli("accounts", "list")
+    assert listed.returncode == 0 and listed.stdout.startswith("cli-1\tbalance $0.00")
