@@ -36,6 +36,7 @@ from redis.exceptions import ResponseError
 from metering.database import DATABASE_DOWN, connect
 from metering.keys import ShardKeys
 from metering.ledger_entries import LedgerEntry
+from metering.ledger_lag import each_stream
 from metering.settings import Settings
 from metering.store import Store, open_store
 
@@ -273,18 +274,13 @@ class LedgerWriter:
             ids.setdefault(stream, []).append(entry_id)
         for stream, empty_ids in batch.empty.items():
             ids.setdefault(stream, []).extend(empty_ids)
-        trim = self.store.scripts["trim_ledger"]
         async with self.store.redis.pipeline(transaction=False) as pipe:
             for stream, stream_ids in ids.items():
                 pipe.xack(stream, self.group, *stream_ids)
             await pipe.execute()
-            for stream in ids:
-                pipe.evalsha(trim.sha, 1, stream, self.group)
-            answers = await pipe.execute(raise_on_error=False)
-        for stream, answer in zip(ids, answers, strict=True):
-            if isinstance(answer, Exception):  # NOSCRIPT after a Redis restart
-                answer = await trim(self.store.redis, [stream], [self.group])
-            self.stats.entries_trimmed += int(answer[0])
+        trimmed = await each_stream(self.store, self.store.scripts["trim_ledger"], list(ids),
+                                    [self.group])
+        self.stats.entries_trimmed += sum(int(t[0]) for t in trimmed)
         self.stats.rows_read += len(batch.entries)
         self.stats.batches += 1
 

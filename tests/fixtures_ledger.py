@@ -109,6 +109,26 @@ class LedgerWorld:
 
 
 @contextlib.asynccontextmanager
+async def postgres_schema() -> AsyncIterator[str]:
+    """A migrated schema of our own in the test database; yields its URL."""
+    schema = f"ledger_{uuid.uuid4().hex[:10]}"
+    await ensure_database(TEST_DATABASE_URL)
+    admin = await asyncpg.connect(TEST_DATABASE_URL)
+    try:
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+        url = _with_search_path(TEST_DATABASE_URL, schema)
+        conn = await asyncpg.connect(url)
+        try:
+            await apply_migrations(conn)
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
 async def ledger_world(**changes: Any) -> AsyncIterator[LedgerWorld]:
     schema = f"ledger_{uuid.uuid4().hex[:10]}"
     await ensure_database(TEST_DATABASE_URL)
