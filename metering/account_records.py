@@ -95,10 +95,15 @@ async def issue_customer_token(store: Store, pool: Any, account_id: str, label: 
     """A new URL-safe token for the account's dashboard; only its SHA-256 is kept,
     in Postgres first (so rebuild restores it), then in Redis (where auth looks)."""
     fields.text(label, "label", accounts.TOKEN_LABEL_LENGTH_MAX)
-    await accounts.get_account(store, account_id)
+    view = await accounts.get_account(store, account_id)
     token = secrets.token_urlsafe(32)
     digest = token_digest(token)
-    async with acquire(pool, store.settings.database_timeout_s) as conn:
+    card = view.rate_card.as_dict()
+    async with acquire(pool, store.settings.database_timeout_s) as conn, conn.transaction():
+        # An account made before write-through existed (Redis only) gets its
+        # durable row here, so the token's row has an account to point to.
+        await conn.execute(INSERT_ACCOUNT_SQL, account_id, *[card[n] for n in RATE_CARD_FIELDS],
+                           view.max_concurrent_calls, view.created_at_us)
         await conn.execute(INSERT_TOKEN_SQL, digest, account_id, label)
     await store.redis.set(token_key(digest), account_id)
     return token

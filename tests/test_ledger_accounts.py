@@ -90,3 +90,17 @@ async def test_accounts_command_creates_durably_and_lists(world: LedgerWorld) ->
     assert bad.returncode == 1 and "rate_card" in bad.stdout
     listed = world.cli("accounts", "list")
     assert listed.returncode == 0 and listed.stdout.startswith("cli-1\tbalance $0.00")
+
+
+async def test_token_for_an_account_made_before_write_through(world: LedgerWorld) -> None:
+    from metering import account_records
+
+    await accounts.create_account(world.store, "redis-only", RateCard.parse(RATE_CARD), 2)
+    token = await account_records.issue_customer_token(world.store, world.pool, "redis-only",
+                                                       "dash")
+    assert await accounts.account_for_token(world.store, token) == "redis-only"
+    row = await world.conn.fetchrow("SELECT * FROM accounts WHERE id = 'redis-only'")
+    assert row["max_concurrent_calls"] == 2
+    assert row["number_purchase_micros"] == RATE_CARD["number_purchase_micros"]
+    check = world.cli("reconcile")
+    assert check.returncode == 0, check.stdout
