@@ -62,6 +62,8 @@ ON CONFLICT DO NOTHING
 # Idle wait between polls when the streams cannot be read with BLOCK (cluster).
 POLL_IDLE_S = 0.05
 RETRY_BACKOFF_FIRST_S = 0.1
+# How often a running writer logs its throughput.
+REPORT_INTERVAL_S = 10.0
 
 
 class WriterStalled(RuntimeError):
@@ -136,6 +138,8 @@ class LedgerWriter:
         self.stats = WriterStats()
         self._conn: Any = None
         self._last_claim = 0.0
+        self._last_report = time.monotonic()
+        self._rows_reported = 0
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on each owned stream (from the start: id 0)."""
@@ -283,6 +287,13 @@ class LedgerWriter:
         self.stats.entries_trimmed += sum(int(t[0]) for t in trimmed)
         self.stats.rows_read += len(batch.entries)
         self.stats.batches += 1
+        now = time.monotonic()
+        if now - self._last_report >= REPORT_INTERVAL_S:
+            rows = self.stats.rows_inserted - self._rows_reported
+            log.info("ledger writer %s: %d rows in the last %.0f s (%.0f rows/s), %d in all",
+                     self.consumer, rows, now - self._last_report,
+                     rows / (now - self._last_report), self.stats.rows_inserted)
+            self._last_report, self._rows_reported = now, self.stats.rows_inserted
 
     async def _write_with_retry(self, entries: list[LedgerEntry]) -> tuple[int, int]:
         delay_s = RETRY_BACKOFF_FIRST_S

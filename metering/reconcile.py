@@ -192,11 +192,15 @@ async def reconcile(store: Store, conn: Any) -> ReconcileReport:
     report = ReconcileReport()
     redis_accounts = await _redis_accounts(store)
     stream = await _stream_entries(store)
-    aggregates = {r["account_id"]: r for r in await conn.fetch(AGGREGATES_SQL)}
-    breaks: dict[str, list[Any]] = {}
-    for r in await conn.fetch(BREAKS_SQL):
-        breaks.setdefault(r["account_id"], []).append(r)
-    durable_ids = {r["id"] for r in await conn.fetch("SELECT id FROM accounts")}
+    # One snapshot of Postgres for all its reads, so commits meanwhile cannot make
+    # the aggregates and the row checks disagree.
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        aggregates = {r["account_id"]: r for r in await conn.fetch(AGGREGATES_SQL)}
+        breaks: dict[str, list[Any]] = {}
+        for r in await conn.fetch(BREAKS_SQL):
+            breaks.setdefault(r["account_id"], []).append(r)
+        durable_ids = {r["id"] for r in await conn.fetch("SELECT id FROM accounts")}
+        conflicts = await conn.fetch("SELECT account_id, seq FROM ledger_conflicts ORDER BY 1, 2")
     report.postgres_entries = sum(int(a["entries"]) for a in aggregates.values())
     for account_id in sorted(set(redis_accounts) | durable_ids | set(aggregates)):
         report.accounts_checked += 1
@@ -222,7 +226,7 @@ async def reconcile(store: Store, conn: Any) -> ReconcileReport:
                 report.differences.append(Difference(
                     e.account_id, e.seq, "entry_differs",
                     f"Postgres row {row} differs from the Redis stream entry {e}"))
-    for r in await conn.fetch("SELECT account_id, seq FROM ledger_conflicts ORDER BY 1, 2"):
+    for r in conflicts:
         report.differences.append(Difference(
             r["account_id"], int(r["seq"]), "conflict",
             "a stream entry conflicted with a different Postgres row (see ledger_conflicts)"))

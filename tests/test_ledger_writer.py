@@ -211,3 +211,34 @@ async def test_writer_inside_the_gateway_moves_entries(world: LedgerWorld) -> No
     finally:
         gateway.stop()
     assert_postgres_matches(traffic.expected, await world.postgres_entries())
+
+
+async def test_entries_committed_but_not_acked_are_not_inserted_twice(
+        world: LedgerWorld) -> None:
+    """The narrowest crash window, made on purpose: COMMIT done, XACK never sent."""
+    from metering.database import connect
+    from metering.ledger_entries import LedgerEntry
+    from metering.ledger_writer import STAGING_DDL, LedgerWriter, write_batch
+
+    traffic = Traffic(world.store, seed=6)
+    accounts = await traffic.make_accounts(world.pool, 10, 1_000_000_000)
+    await traffic.run(accounts, 300)
+    # A writer reads and commits as "writer-0-of-1", then dies before acknowledging.
+    dead = LedgerWriter(world.store, list(range(world.settings.shard_count)), "writer-0-of-1")
+    await dead.ensure_groups()
+    answer = await world.store.redis.xreadgroup(
+        world.settings.ledger_consumer_group, "writer-0-of-1",
+        {s: ">" for s in dead.streams}, count=10_000)
+    entries = [LedgerEntry.from_stream(f) for _, messages in answer for _, f in messages]
+    assert len(entries) == len(traffic.expected)
+    conn = await connect(world.settings)
+    await conn.execute(STAGING_DDL)
+    assert await write_batch(conn, entries) == (len(entries), 0)
+    await conn.close()
+
+    done = world.cli("ledger-writer", "--drain")
+    assert done.returncode == 0, done.stderr
+    # Everything redelivered (re-read as its own pending entries), nothing inserted again.
+    assert f": 0 rows inserted, {len(entries)} read, 0 conflicting" in done.stdout, done.stdout
+    assert await _pending(world) == 0 and await world.stream_lengths() == 0
+    assert_postgres_matches(traffic.expected, await world.postgres_entries())
