@@ -75,6 +75,8 @@ def _parse_instant(value: str, field: str, end_of_day: bool) -> int:
         except ValueError:
             raise InvalidRequest(field, f"{field} is not a valid date: {value!r}") from None
         if end_of_day:
+            if day.date() == dt.date.max:
+                return AT_US_MAX
             return _to_us(day + dt.timedelta(days=1)) - 1
         return _to_us(day)
     try:

@@ -138,6 +138,7 @@ class LedgerWriter:
         self.stats = WriterStats()
         self._conn: Any = None
         self._last_claim = 0.0
+        self._stop = asyncio.Event()
         self._last_report = time.monotonic()
         self._rows_reported = 0
 
@@ -152,6 +153,7 @@ class LedgerWriter:
 
     async def run(self, stop: asyncio.Event, drain: bool = False) -> WriterStats:
         """Move entries until stop is set; with drain, return once nothing is left."""
+        self._stop = stop
         await self.ensure_groups()
         try:
             await self._recover_own_pending()
@@ -175,6 +177,8 @@ class LedgerWriter:
                     log.warning("consumer group missing; recreating it")
                     batch = Batch()
                     await self.ensure_groups()
+            if batch.entries or batch.empty:
+                await self._flush(batch)  # a clean stop leaves nothing pending
         finally:
             await self.close()
         return self.stats
@@ -308,11 +312,14 @@ class LedgerWriter:
                 log.warning("ledger database unavailable (attempt %d of %d): %s",
                             attempt, attempts, exc)
                 await self.close()
-                if attempt == attempts:
+                if attempt == attempts or self._stop.is_set():
                     raise WriterStalled(
-                        f"Postgres unreachable for {attempts} attempts; nothing was "
+                        f"Postgres unreachable ({attempt} attempts); nothing was "
                         "acknowledged, a restarted writer re-reads the batch") from exc
-                await asyncio.sleep(delay_s)
+                try:  # back off, but let a stop request end the wait
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay_s)
+                except TimeoutError:
+                    pass
                 delay_s = min(delay_s * 2, self.settings.ledger_retry_backoff_max_s)
         raise AssertionError("unreachable")
 

@@ -104,6 +104,7 @@ async def test_date_range_is_inclusive_whole_utc_days(seeded: Seeded) -> None:
     assert await seeded.seqs(**{"from": "2026-03-31", "to": "2026-04-01"}) == [6, 5]
     assert await seeded.seqs(**{"from": "2026-04-01", "to": "2026-04-01"}) == [6]
     assert await seeded.seqs(**{"from": "2026-05-01"}) == []
+    assert await seeded.seqs(**{"from": "2026-04-02T23:00:00Z", "to": "9999-12-31"}) == [30]
 
 
 async def test_rfc3339_bounds_are_inclusive_instants(seeded: Seeded) -> None:
@@ -152,7 +153,7 @@ async def test_entry_fields(seeded: Seeded) -> None:
 
 
 @pytest.mark.parametrize("params, field", [
-    ({"from": "2026-13-01"}, "from"), ({"to": "yesterday"}, "to"),
+    ({"from": "2026-13-01"}, "from"), ({"to": "yesterday"}, "to"), ({"to": "2026-02-30"}, "to"),
     ({"from": "2026-03-01T10:00:00"}, "from"),  # no time zone
     ({"from": "2026-04-01", "to": "2026-03-01"}, "from"), ({"show": "refunds"}, "show"),
     ({"cursor": "abc"}, "cursor"), ({"cursor": "0"}, "cursor"), ({"limit": "0"}, "limit"),

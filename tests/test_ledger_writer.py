@@ -242,3 +242,25 @@ async def test_entries_committed_but_not_acked_are_not_inserted_twice(
     assert f": 0 rows inserted, {len(entries)} read, 0 conflicting" in done.stdout, done.stdout
     assert await _pending(world) == 0 and await world.stream_lengths() == 0
     assert_postgres_matches(traffic.expected, await world.postgres_entries())
+
+
+async def test_writer_stops_promptly_during_an_outage_and_acks_nothing(
+        world: LedgerWorld) -> None:
+    import signal
+
+    from tests.conftest import free_port
+
+    traffic = Traffic(world.store, seed=8)
+    accounts = await traffic.make_accounts(world.pool, 5, 100_000_000)
+    await traffic.run(accounts, 50, concurrency=10)
+    dead = world.settings.database_url.replace(":5432/", f":{free_port()}/")
+    writer = world.start_writer(database_url=dead, ledger_retry_max=1_000)
+    await asyncio.sleep(1.5)
+    assert writer.poll() is None, "still retrying"
+    writer.send_signal(signal.SIGTERM)
+    writer.wait(timeout=5)
+    assert writer.returncode == 3, writer.stderr.read() if writer.stderr else ""
+    assert await _pending(world) == len(traffic.expected)  # read, never acknowledged
+    done = world.cli("ledger-writer", "--drain")
+    assert done.returncode == 0, done.stderr
+    assert_postgres_matches(traffic.expected, await world.postgres_entries())
