@@ -10,7 +10,7 @@
 -- served the activity page alike (p50 0.22-0.24 vs 0.26-0.27 ms), but a unique
 -- key on a partitioned table must contain the partition key, so (account_id,
 -- seq) would no longer be unique across months. The insert is not the limit
--- (the whole writer moves ~27k rows/s, Redis side included), so the guarantee
+-- (the whole writer moves 20-27k rows/s, Redis side included), so the guarantee
 -- wins. Revisit for retention (dropping old months) with a partition-local key.
 CREATE TABLE ledger_entries (
     account_id            text   NOT NULL,
