@@ -11,11 +11,14 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.live_api import OPENAPI_WEBSOCKETS, account_live, ops_live
+from gateway.live_hub import LiveHub
 from gateway.openapi import build_openapi
+from gateway.pages import page_routes
 from gateway.responses import JSONResponse
 from metering.settings import Settings
 from metering.store import open_store
@@ -24,16 +27,21 @@ from metering.sweeper import run_sweeper
 
 def create_app(settings: Settings) -> Starlette:
     openapi_document = build_openapi()
+    # Websockets are outside OpenAPI's model: described as an extension.
+    openapi_document["x-websockets"] = OPENAPI_WEBSOCKETS
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         store = await open_store(settings)
         stop = asyncio.Event()
         tasks = []
+        live_hub = LiveHub(settings)
+        await live_hub.start()
+        tasks.append(asyncio.create_task(live_hub.run(stop), name="live-hub"))
         if settings.reservation_sweep_interval_s > 0:
             tasks.append(asyncio.create_task(run_sweeper(store, stop), name="sweeper"))
         try:
-            yield {"settings": settings, "store": store}
+            yield {"settings": settings, "store": store, "live_hub": live_hub}
         finally:
             stop.set()
             for task in tasks:
@@ -46,12 +54,17 @@ def create_app(settings: Settings) -> Starlette:
 
     async def health(request: Request) -> Response:
         await request.state.store.redis.ping()
-        return JSONResponse({"status": "ok"})
+        hub = request.state.live_hub
+        return JSONResponse({"status": "ok", "live_sockets": hub.count,
+                             "live_subscribed": hub.subscribed.is_set()})
 
     routes = [Route(e.path, e.handler, methods=[e.method]) for e in ENDPOINTS]
     routes += [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
+        WebSocketRoute("/v1/accounts/{account_id}/live", account_live),
+        WebSocketRoute("/v1/ops/live", ops_live),
+        *page_routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import accounts_api, switch_api
+from gateway import accounts_api, pages, switch_api
 from gateway.bodies import Body
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -65,4 +65,6 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/v1/calls/{call_id}/release", switch_api.post_call_release, ("switch",),
              "The call never connected: release its reservation, charge nothing.",
              switch_api.RELEASE_BODY),
+    Endpoint("GET", "/v1/billing-items", pages.get_billing_items, ("customer", "ops", "switch"),
+             "Every billing item with its label in the product's words (for the pages)."),
 ]
