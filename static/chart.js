@@ -49,9 +49,13 @@ class BalanceChart {
     }
     const now = Date.now();
     const t0 = this.points[0][0], t1 = Math.max(now, t0 + 1000);
-    let lo = 0, hi = 0;
+    // The axis spans the data (with a margin) so small charges stay visible;
+    // a zero balance is always on the axis when the data comes near it.
+    let lo = Infinity, hi = -Infinity;
     for (const [, v] of this.points) { if (v < lo) lo = v; if (v > hi) hi = v; }
-    if (hi === lo) hi = lo + MICROS_PER_USD;
+    const margin = Math.max((hi - lo) * 0.15, 10000);
+    lo = Math.max(0, lo - margin); hi = hi + margin;
+    if (lo < margin * 2) lo = 0;
     const x = (t) => pad.left + (t - t0) / (t1 - t0) * (width - pad.left - pad.right);
     const y = (v) => pad.top + (hi - v) / (hi - lo) * (height - pad.top - pad.bottom);
     // axes and labels
@@ -60,7 +64,7 @@ class BalanceChart {
     for (const v of [lo, (lo + hi) / 2, hi]) {
       const yy = Math.round(y(v)) + 0.5;
       g.moveTo(pad.left, yy); g.lineTo(width - pad.right, yy);
-      g.fillText(formatMicros(Math.round(v)), 4, yy + 4);
+      g.fillText(formatMicros(Math.round(v / 10000) * 10000), 4, yy + 4);
     }
     g.stroke();
     g.fillText(new Date(t0).toLocaleTimeString(), pad.left, height - 6);
