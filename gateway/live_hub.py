@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Any
 
 import orjson
@@ -178,7 +179,7 @@ class LiveHub:
         # so one connection to any node (redis_url) hears all changes.
         self._redis = Redis.from_url(
             s.redis_url, socket_connect_timeout=s.redis_timeout_s, socket_keepalive=True,
-            health_check_interval=30,
+            health_check_interval=30, client_name=f"metering-live-hub-{os.getpid()}",
         )
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await asyncio.wait_for(self._pubsub.subscribe(s.live_channel), s.redis_timeout_s)

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from gateway.live_hub import CLOSE_TOO_SLOW, Subscriber
 from metering.settings import Settings
 from tests.conftest import OPS, SWITCH, GatewayProcess, make_account
 
@@ -306,3 +307,51 @@ async def test_a_stuck_socket_does_not_delay_a_reading_client(settings: Settings
         if stuck is not None:
             stuck.close()
         gateway.stop()
+
+
+def test_a_slow_socket_is_coalesced_to_the_latest_frame_per_account():
+    one = Subscriber("acct-a", pending_max=10)
+    for seq in range(1, 101):
+        one.offer("acct-a", seq, {"seq": seq, "balance_micros": 1_000 - seq})
+    assert one.take(10) == [{"seq": 100, "balance_micros": 900}]
+    assert one.take(10) == [] and not one.wake.is_set()
+    # Frames older than what the socket's snapshot showed are dropped.
+    one.set_floor("acct-a", 200)
+    one.offer("acct-a", 150, {"seq": 150})
+    assert one.take(10) == []
+    # An ops socket behind on more accounts than its bound is closed as too slow.
+    ops = Subscriber(None, pending_max=3)
+    for i in range(3):
+        ops.offer(f"acct-{i}", 1, {"seq": 1})
+    assert ops.close_code is None and len(ops.pending) == 3
+    ops.offer("acct-3", 1, {"seq": 1})
+    assert ops.close_code == CLOSE_TOO_SLOW and ops.pending == {}
+
+
+async def test_sockets_are_told_to_reconnect_when_the_hub_loses_redis_and_it_resubscribes(
+        gateway, http, settings):
+    account_id = await make_account(http, balance_micros=1_000_000)
+    token = await customer_token(http, account_id)
+    url = ws_url(gateway, f"/v1/accounts/{account_id}/live?token={token}")
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        async with connect(url) as ws:
+            await next_frame(ws)
+            # Kill only this gateway's subscription connection (named by its pid).
+            name = f"metering-live-hub-{gateway.proc.pid}"
+            ids = [c["id"] for c in await redis.client_list() if c.get("name") == name]
+            assert len(ids) == 1
+            await redis.execute_command("CLIENT", "KILL", "ID", ids[0])
+            with pytest.raises(ConnectionClosed) as closed:
+                await next_frame(ws)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    finally:
+        await redis.aclose()
+    deadline = time.monotonic() + FRAME_WAIT_S
+    while not (await http.get("/healthz")).json()["live_subscribed"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    async with connect(url) as ws:
+        assert (await next_frame(ws))["account"]["balance_micros"] == 1_000_000
+        await send_sms(http, account_id, "after-resubscribe")
+        assert (await next_frame(ws))["balance_micros"] == 992_500
