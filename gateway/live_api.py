@@ -196,8 +196,8 @@ async def _pump(ws: WebSocket, sub: Subscriber, settings: Settings, refresh: Any
             if sub.close_code is not None:
                 break
             if sub.account_id is not None:
-                for frame in sub.take(1):
-                    if not await _send(ws, sub, frame, settings):
+                for text in sub.take(1):
+                    if not await _send_text(ws, sub, text, settings):
                         break
             else:
                 updates = sub.take(settings.live_frame_accounts_max)
@@ -215,10 +215,15 @@ async def _pump(ws: WebSocket, sub: Subscriber, settings: Settings, refresh: Any
 
 
 async def _send(ws: WebSocket, sub: Subscriber, frame: dict[str, Any], settings: Settings) -> bool:
+    return await _send_text(ws, sub, orjson.dumps(frame).decode(), settings)
+
+
+async def _send_text(ws: WebSocket, sub: Subscriber, text: str, settings: Settings) -> bool:
     """Send one frame within live_send_timeout_s; False when the socket is done."""
     try:
-        await asyncio.wait_for(ws.send_text(orjson.dumps(frame).decode()),
-                               settings.live_send_timeout_s)
+        # asyncio.timeout, not wait_for: no extra task per frame on the fan-out path.
+        async with asyncio.timeout(settings.live_send_timeout_s):
+            await ws.send_text(text)
     except TimeoutError:
         sub.close(CLOSE_TOO_SLOW)
         return False

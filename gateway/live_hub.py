@@ -53,7 +53,9 @@ class Subscriber:
 
     def __init__(self, account_id: str | None, pending_max: int) -> None:
         self.account_id = account_id  # None: the ops channel, every account
-        self.pending: dict[str, dict[str, Any]] = {}
+        # account -> (seq, payload): a pre-encoded frame for an account socket,
+        # a row for the ops socket's next batch.
+        self.pending: dict[str, tuple[int, Any]] = {}
         self.wake = asyncio.Event()
         # Frames older than the snapshot the socket got are dropped (seq only
         # grows; reserve/extend/release keep it, so equal seq still passes and
@@ -62,11 +64,11 @@ class Subscriber:
         self.close_code: int | None = None
         self.pending_max = pending_max
 
-    def offer(self, account_id: str, seq: int, frame: dict[str, Any]) -> None:
+    def offer(self, account_id: str, seq: int, payload: Any) -> None:
         """Queue a frame without waiting (called by the hub for every change)."""
         if self.close_code is not None or seq < self.floor_seq.get(account_id, -1):
             return
-        self.pending[account_id] = frame
+        self.pending[account_id] = (seq, payload)
         if len(self.pending) > self.pending_max:
             self.close(CLOSE_TOO_SLOW)
         self.wake.set()
@@ -74,18 +76,18 @@ class Subscriber:
     def set_floor(self, account_id: str, seq: int) -> None:
         """The socket was sent the account at `seq`: drop older pending frames."""
         self.floor_seq[account_id] = seq
-        frame = self.pending.get(account_id)
-        if frame is not None and int(frame.get("seq", 0)) < seq:
+        queued = self.pending.get(account_id)
+        if queued is not None and queued[0] < seq:
             del self.pending[account_id]
 
-    def take(self, count_max: int) -> list[dict[str, Any]]:
-        """Up to count_max pending frames, oldest account first."""
+    def take(self, count_max: int) -> list[Any]:
+        """Up to count_max pending payloads, oldest account first."""
         if len(self.pending) <= count_max:
-            frames = list(self.pending.values())
+            frames = [payload for _, payload in self.pending.values()]
             self.pending.clear()
         else:
             keys = list(self.pending)[:count_max]
-            frames = [self.pending.pop(k) for k in keys]
+            frames = [self.pending.pop(k)[1] for k in keys]
         if not self.pending:
             self.wake.clear()
         return frames
@@ -165,9 +167,10 @@ class LiveHub:
             self.spent_micros[account_id] = self.spent_micros.get(account_id, 0) - amount
         subs = self.by_account.get(account_id)
         if subs:
-            frame = {"type": "update", **change}
+            # Encoded once, however many dashboards watch the account.
+            text = orjson.dumps({"type": "update", **change}).decode()
             for sub in subs:
-                sub.offer(account_id, seq, frame)
+                sub.offer(account_id, seq, text)
         if self.ops:
             row = {**change, "spent_micros": self.spent_micros.get(account_id, 0)}
             for sub in self.ops:

@@ -28,7 +28,7 @@ LIVE_CHANGE_MS_MAX = 1_000
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
+    if not Path(CHROMIUM).exists():  # noqa: ASYNC240 - once per module, before any loop work
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (./dev test does)")
     async with async_playwright() as p:
         b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -108,11 +108,11 @@ async def test_dashboard_shows_the_balance_and_follows_a_debit_within_a_second(
     assert before is not None and answer["balance_micros"] == before - 7_500
     assert shown_after_ms < LIVE_CHANGE_MS_MAX
     # A few more changes, spaced out, so the screenshot shows the chart moving.
-    for i, (path, body) in enumerate([
+    for path, body in [
             ("/v1/numbers/renewals", {"renewal_id": "r1", "number": "+15550100"}),
             ("/v1/ring-through-attempts", {"attempt_id": "a1"}),
             ("/v1/numbers/purchases", {"purchase_id": "n2", "number": "+15550101"}),
-            ("/v1/messages", {"message_id": "m-late", "direction": "inbound"})]):
+            ("/v1/messages", {"message_id": "m-late", "direction": "inbound"})]:
         await page.wait_for_timeout(250)
         await charge(http, path, {"account_id": account_id, **body})
     await page.wait_for_timeout(300)  # let the chart draw its last step
