@@ -11,7 +11,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse({"status": "ok", "live_sockets": hub.count,
                              "live_subscribed": hub.subscribed.is_set()})
 
-    routes = [Route(e.path, e.handler, methods=[e.method]) for e in ENDPOINTS]
+    routes: list[BaseRoute] = [Route(e.path, e.handler, methods=[e.method]) for e in ENDPOINTS]
     routes += [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
