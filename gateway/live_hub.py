@@ -64,11 +64,16 @@ class Subscriber:
         self.close_code: int | None = None
         self.pending_max = pending_max
 
-    def offer(self, account_id: str, seq: int, payload: Any) -> None:
-        """Queue a frame without waiting (called by the hub for every change)."""
-        if self.close_code is not None or seq < self.floor_seq.get(account_id, -1):
+    def offer(self, account_id: str, seq: int | None, payload: Any,
+              key: str | None = None) -> None:
+        """Queue a frame without waiting (called by the hub for every change).
+        Frames coalesce by `key` (the account for balance changes); seq None
+        (a message that is not a balance change) skips the snapshot check."""
+        if self.close_code is not None:
             return
-        self.pending[account_id] = (seq, payload)
+        if seq is not None and seq < self.floor_seq.get(account_id, -1):
+            return
+        self.pending[key or account_id] = (-1 if seq is None else seq, payload)
         if len(self.pending) > self.pending_max:
             self.close(CLOSE_TOO_SLOW)
         self.wake.set()
@@ -157,7 +162,12 @@ class LiveHub:
         try:
             change = orjson.loads(data)
             account_id = change["account_id"]
-            seq = int(change.get("seq", 0))
+            # Other publishers (e.g. a recharge outcome) may send messages without
+            # a balance: they get their own coalescing slot, so they never replace
+            # a pending balance, and no snapshot check.
+            is_balance = "balance_micros" in change
+            seq = int(change.get("seq", 0)) if is_balance else None
+            key = account_id if is_balance else f"{account_id}#{change.get('event', '')}"
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("ignoring a malformed live message: %r", data[:200])
             return
@@ -170,11 +180,11 @@ class LiveHub:
             # Encoded once, however many dashboards watch the account.
             text = orjson.dumps({"type": "update", **change}).decode()
             for sub in subs:
-                sub.offer(account_id, seq, text)
+                sub.offer(account_id, seq, text, key)
         if self.ops:
             row = {**change, "spent_micros": self.spent_micros.get(account_id, 0)}
             for sub in self.ops:
-                sub.offer(account_id, seq, row)
+                sub.offer(account_id, seq, row, key)
 
     async def _connect(self) -> None:
         s = self.settings

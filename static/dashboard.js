@@ -54,11 +54,15 @@ function applySnapshot(account) {
 }
 
 function applyUpdate(change) {
-  showBalance(change.balance_micros, change.reserved_micros, change.available_micros);
   if (state.account) {
-    state.account.recharge.pending = change.recharge_pending;
-    showRechargeState(state.account.recharge);
+    const r = state.account.recharge;
+    if (change.recharge_pending !== undefined) r.pending = change.recharge_pending;
+    if (change.recharge_last_failure !== undefined) r.last_failure = change.recharge_last_failure;
+    showRechargeState(r);
   }
+  // Messages without a balance (e.g. a recharge outcome) only touch the state above.
+  if (change.balance_micros === undefined) return;
+  showBalance(change.balance_micros, change.reserved_micros, change.available_micros);
   chart.add(Math.floor(change.at_us / 1000), change.balance_micros);
   scheduleActivityReload();
 }

@@ -35,17 +35,22 @@ function absorb(data, isSnapshot) {
     order.push(row);
     needResort = true;
   }
-  if (data.seq !== undefined && data.seq < row.seq) return;
-  if (data.seq !== undefined) row.seq = data.seq;
-  row.balance_micros = data.balance_micros;
-  row.reserved_micros = data.reserved_micros;
-  row.available_micros = data.available_micros;
+  if (data.balance_micros !== undefined) {
+    if (data.seq !== undefined && data.seq < row.seq) return;
+    if (data.seq !== undefined) row.seq = data.seq;
+    row.balance_micros = data.balance_micros;
+    row.reserved_micros = data.reserved_micros;
+    row.available_micros = data.available_micros;
+  }
   if (data.open_calls !== undefined) row.open_calls = data.open_calls;
   if (data.recharge) row.recharge = data.recharge;
   if (data.recharge_pending !== undefined) {
     row.recharge = Object.assign({}, row.recharge, { pending: data.recharge_pending });
   }
-  if (!isSnapshot) row.changed = Math.floor(data.at_us / 1000);
+  if (data.recharge_last_failure !== undefined) {
+    row.recharge = Object.assign({}, row.recharge, { last_failure: data.recharge_last_failure });
+  }
+  if (!isSnapshot && data.at_us) row.changed = Math.floor(data.at_us / 1000);
   if (data.spent_micros !== undefined) addSample(row, data.spent_micros);
   row.burn = burnRate(row, Date.now());
   row.version++;

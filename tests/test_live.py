@@ -355,3 +355,10 @@ async def test_sockets_are_told_to_reconnect_when_the_hub_loses_redis_and_it_res
         assert (await next_frame(ws))["account"]["balance_micros"] == 1_000_000
         await send_sms(http, account_id, "after-resubscribe")
         assert (await next_frame(ws))["balance_micros"] == 992_500
+
+
+def test_a_message_without_a_balance_never_replaces_a_pending_balance():
+    sub = Subscriber("acct-a", pending_max=10)
+    sub.offer("acct-a", 5, "balance at seq 5")
+    sub.offer("acct-a", None, "recharge failed", "acct-a#recharge_failed")
+    assert sub.take(10) == ["balance at seq 5", "recharge failed"]
