@@ -30,37 +30,13 @@ def cluster_ports() -> Iterator[list[int]]:
             "redis-server and redis-cli are needed for the cluster test (./dev test installs them)"
         )
     workdir = Path(tempfile.mkdtemp(prefix="metering-cluster-"))
-    ports = [free_port() for _ in range(3)]
-    procs = []
+    ports: list[int] = []
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        for port in ports:
-            node_dir = workdir / str(port)
-            node_dir.mkdir()
-            procs.append(
-                subprocess.Popen(
-                    [
-                        REDIS_SERVER,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(node_dir),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        for port in ports:
-            _wait_ping(port)
+        for _ in range(3):
+            port, proc = _start_node(workdir)
+            ports.append(port)
+            procs.append(proc)
         subprocess.run(
             [
                 REDIS_CLI,
@@ -92,15 +68,44 @@ def cluster_ports() -> Iterator[list[int]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _wait_ping(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if redis_sync.Redis(port=port).ping():
-                return
-        except redis_sync.ConnectionError:
-            time.sleep(0.05)
-    raise TimeoutError(f"redis on {port} did not start")
+def _start_node(workdir: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """One cluster-mode redis-server on a free port; another port if that one was
+    taken between picking it and binding it (other suites share this machine)."""
+    for _ in range(5):
+        port = free_port()
+        node_dir = workdir / str(port)
+        node_dir.mkdir()
+        proc = subprocess.Popen(
+            [
+                str(REDIS_SERVER),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(node_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if redis_sync.Redis(port=port, socket_connect_timeout=1).ping():
+                    return port, proc
+            except redis_sync.ConnectionError:
+                time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+    raise TimeoutError("could not start a cluster node")
 
 
 async def test_scripts_run_unchanged_on_a_redis_cluster(cluster_ports: list[int]) -> None:
