@@ -214,7 +214,8 @@ $("recharge-form").addEventListener("submit", async (event) => {
 
 function showCard(card) {
   if (card) {
-    $("card-on-file").textContent = (card.brand || "Card") + " ending in " + card.last4 +
+    const brand = card.brand ? card.brand.charAt(0).toUpperCase() + card.brand.slice(1) : "Card";
+    $("card-on-file").textContent = brand + " ending in " + card.last4 +
       ", expires " + String(card.exp_month).padStart(2, "0") + "/" + card.exp_year;
     $("card-delete").hidden = false;
   } else {

@@ -225,6 +225,7 @@ async def test_a_bad_recharge_amount_shows_the_error_next_to_the_field(page, gat
     await page.wait_for_selector("#recharge-amount-error:not(:empty)")
     assert await page.get_attribute("#recharge-amount", "aria-invalid") == "true"
     assert await page.text_content("#recharge-threshold-error") == ""
+    await page.evaluate("window.scrollTo(0, 0)")
     await page.screenshot(path=str(ARTIFACTS / "dashboard-recharge-error.png"), full_page=True)
 
 
@@ -305,3 +306,43 @@ def test_screenshot_for_the_readme_is_committed():
     `cp tests/artifacts/dashboard.png docs/dashboard.png` when the page changes."""
     committed = ROOT / "docs" / "dashboard.png"
     assert committed.exists() and committed.stat().st_size > 10_000
+
+
+async def test_card_register_pay_now_and_delete_through_the_page(page, pay_gateway, pay_http):
+    """Against a gateway wired to a local Stripe (tests/fixtures_payments.py)."""
+    account_id = await make_account(pay_http, balance_micros=3_000_000)
+    token = await token_for(pay_http, account_id)
+    await open_dashboard(page, pay_gateway, account_id, token)
+    assert await page.is_hidden("#card-delete")
+    await page.fill("#card-pm", "pm_card_visa")
+    await page.click("#card-register")
+    await page.wait_for_selector("#card-on-file >> text=ending in 4242")
+
+    await page.fill("#pay-amount", "abc")
+    await page.click("#pay-submit")
+    await page.wait_for_selector("#pay-amount-error:not(:empty)")
+    await page.fill("#pay-amount", "25.00")
+    await page.click("#pay-submit")
+    # The balance rises through the live socket, not a page reload.
+    await page.wait_for_function(
+        "document.getElementById('balance').dataset.balanceMicros === '28000000'", timeout=10_000)
+    assert await page.text_content("#pay-amount-error") == ""
+
+    await page.fill("#recharge-amount", "75.00")
+    await page.fill("#recharge-threshold", "10.00")
+    await page.fill("#recharge-email", "billing@example.com")
+    await page.check("#recharge-enabled")
+    await page.click("#recharge-save")
+    await page.wait_for_selector("#recharge-result >> text=saved")
+    r = await pay_http.get(f"/v1/accounts/{account_id}", headers=OPS)
+    recharge = r.json()["recharge"]
+    assert (recharge["enabled"], recharge["amount_micros"], recharge["threshold_micros"]) == (
+        True, 75_000_000, 10_000_000)
+    await page.evaluate("window.scrollTo(0, 0)")
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-paid.png"), full_page=True)
+
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.click("#card-delete")
+    await page.wait_for_selector("#card-on-file >> text=No card on file")
+    r = await pay_http.get(f"/v1/accounts/{account_id}", headers=OPS)
+    assert r.json()["card"] is None
