@@ -362,3 +362,20 @@ def test_a_message_without_a_balance_never_replaces_a_pending_balance():
     sub.offer("acct-a", 5, "balance at seq 5")
     sub.offer("acct-a", None, "recharge failed", "acct-a#recharge_failed")
     assert sub.take(10) == ["balance at seq 5", "recharge failed"]
+
+
+async def test_pages_billing_items_and_websockets_are_served_and_documented(http):
+    for path in ("/dashboard", "/ops"):
+        r = await http.get(path)
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+        assert r.headers["cache-control"] == "no-store"
+    assert (await http.get("/static/dashboard.js")).status_code == 200
+    assert (await http.get("/v1/billing-items")).status_code == 401
+    r = await http.get("/v1/billing-items", headers=OPS)
+    labels = {i["item"]: (i["label"], i["direction"]) for i in r.json()["items"]}
+    assert labels["sms_outbound"] == ("outgoing text message", "debit")
+    assert labels["funds_added"] == ("adding funds", "credit")
+    doc = (await http.get("/openapi.json")).json()
+    sockets = doc["x-websockets"]
+    assert set(sockets) >= {"/v1/accounts/{account_id}/live", "/v1/ops/live"}
+    assert {"4401", "4403", "4404", "4408"} <= set(sockets["close_codes"])

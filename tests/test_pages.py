@@ -303,7 +303,7 @@ async def test_ops_page_lists_every_account_live_and_sorts(page, gateway, http, 
 
 def test_screenshot_for_the_readme_is_committed():
     """The README shows docs/dashboard.png; refresh it from the test artifact with
-    `cp tests/artifacts/dashboard.png docs/dashboard.png` when the page changes."""
+    `cp tests/artifacts/dashboard-paid.png docs/dashboard.png` when the page changes."""
     committed = ROOT / "docs" / "dashboard.png"
     assert committed.exists() and committed.stat().st_size > 10_000
 
