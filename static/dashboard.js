@@ -353,7 +353,8 @@ async function start() {
     const items = await api(token, "GET", "/v1/billing-items");
     for (const it of items.items) state.labels[it.item] = it.label;
   } catch (err) { /* labels also come with each activity entry */ }
-  loadActivity(false);
+  await loadActivity(false);
+  document.body.dataset.ready = "1"; // every part knows whether it is served
 }
 
 start();

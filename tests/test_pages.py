@@ -165,7 +165,7 @@ async def test_dashboard_parts_without_an_endpoint_are_disabled_with_a_message(
     account_id = await make_account(http, balance_micros=1_000_000)
     token = await token_for(http, account_id)
     await open_dashboard(page, gateway, account_id, token)
-    await page.wait_for_timeout(300)  # the OpenAPI check runs after the socket opens
+    await page.wait_for_selector("body[data-ready='1']")
     parts = {
         "pay": ("POST /v1/accounts/{account_id}/payments", "#pay-submit"),
         "recharge": ("PUT /v1/accounts/{account_id}/recharge", "#recharge-save"),
