@@ -20,7 +20,8 @@ from gateway.live_hub import LiveHub
 from gateway.openapi import build_openapi
 from gateway.pages import page_routes
 from gateway.responses import JSONResponse
-from metering.postgres import open_database
+from metering.database import create_pool
+from metering.ledger_writer import run_in_process as run_ledger_writer
 from metering.settings import Settings
 from metering.store import open_store
 from metering.stripe_client import build_stripe_client, close_stripe_client
@@ -35,8 +36,9 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         store = await open_store(settings)
-        # Postgres pool (connects lazily) and the one Stripe client (payments, issue 5).
-        db = await open_database(settings)
+        # Postgres pool: lazy (min_size=0), so the gateway starts without Postgres;
+        # the authorize path never uses it. One Stripe client (payments, issue 5).
+        db = await create_pool(settings)
         stripe_client = build_stripe_client(settings)
         stop = asyncio.Event()
         tasks = []
@@ -45,6 +47,8 @@ def create_app(settings: Settings) -> Starlette:
         tasks.append(asyncio.create_task(live_hub.run(stop), name="live-hub"))
         if settings.reservation_sweep_interval_s > 0:
             tasks.append(asyncio.create_task(run_sweeper(store, stop), name="sweeper"))
+        if settings.ledger_writer_in_gateway:
+            tasks.append(asyncio.create_task(run_ledger_writer(store, stop), name="ledger"))
         try:
             yield {"settings": settings, "store": store, "db": db, "stripe": stripe_client,
                    "live_hub": live_hub}

@@ -88,6 +88,20 @@ class Settings:
     ledger_claim_idle_ms: int = 30_000
     ledger_consumer_group: str = "ledger-writer"
 
+    # Durable ledger (issue 4): Postgres pool, writer retries, activity export.
+    # Seconds to wait for a Postgres connection or statement before giving up.
+    database_timeout_s: float = 5.0
+    # Writer attempts at one batch while Postgres is down (backoff doubles from
+    # 0.1 s up to ledger_retry_backoff_max_s); then the writer exits non-zero.
+    ledger_retry_max: int = 60
+    ledger_retry_backoff_max_s: float = 2.0
+    # How often a writer looks for entries a dead writer left pending.
+    ledger_claim_interval_ms: int = 5_000
+    # Run one ledger writer task inside each gateway process (demo, small set-ups).
+    ledger_writer_in_gateway: bool = False
+    # Rows one CSV export may hold (narrow the date range beyond this).
+    activity_export_rows_max: int = 100_000
+
     # Stripe (pay now, card on file, automatic recharge).
     stripe_api_key: str = "sk_test_local"
     stripe_api_base: str = "http://127.0.0.1:8420"
@@ -150,7 +164,8 @@ class Settings:
                      "request_body_bytes_max", "idempotency_window_s", "ledger_backlog_max",
                      "ledger_batch_rows_max", "activity_page_max", "workers", "call_extends_max",
                      "reservation_sweep_batch_max", "payment_micros_min",
-                     "recharge_batch_max", "recharge_attempts_max", "live_sockets_max",
+                     "recharge_batch_max", "recharge_attempts_max", "ledger_retry_max",
+                     "activity_export_rows_max", "database_pool_max", "live_sockets_max",
                      "live_pending_accounts_max", "live_frame_accounts_max",
                      "live_ops_accounts_max", "live_client_frame_bytes_max"):
             if getattr(self, name) < 1:

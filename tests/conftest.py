@@ -132,6 +132,22 @@ def clean_test_redis(settings: Settings) -> Iterator[None]:
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+async def migrated_test_database(settings: Settings) -> None:
+    """The test Postgres database exists and carries every migration (account
+    creation writes through to it)."""
+    import asyncpg
+
+    from metering.migrate import apply_migrations, ensure_database
+
+    await ensure_database(settings.database_url)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
 async def store(settings: Settings) -> AsyncIterator[Store]:
     s = await open_store(settings)

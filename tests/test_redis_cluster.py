@@ -146,3 +146,43 @@ async def test_scripts_run_unchanged_on_a_redis_cluster(cluster_ports: list[int]
         assert await sweeper.expire_due_reservations(store) == 0
     finally:
         await store.redis.aclose()
+
+
+async def test_ledger_writer_drains_a_redis_cluster(cluster_ports: list[int]) -> None:
+    """The writer, trim and lag scripts and reconcile on the cluster (issue 4)."""
+    import asyncpg
+
+    from metering.database import create_pool
+    from metering.ledger_lag import ledger_lag
+    from metering.ledger_writer import LedgerWriter
+    from metering.reconcile import reconcile
+    from tests.fixtures_ledger import Traffic, assert_postgres_matches, postgres_schema
+
+    # The cluster is this module's own: start from empty nodes.
+    for port in cluster_ports:
+        redis_sync.Redis(port=port).flushall()
+    async with postgres_schema() as url:
+        settings = test_settings(redis_url=f"redis://127.0.0.1:{cluster_ports[0]}/0",
+                                 redis_cluster=True, database_url=url, shard_count=32,
+                                 ledger_batch_wait_ms=20)
+        store = await open_store(settings)
+        pool = await create_pool(settings)
+        conn = await asyncpg.connect(url)
+        try:
+            traffic = Traffic(store, seed=5)
+            ids = await traffic.make_accounts(pool, 40, 100_000_000)
+            await traffic.run(ids, 1_000, concurrency=50)
+            assert (await ledger_lag(store)).entries_behind == len(traffic.expected)
+            writer = LedgerWriter(store, list(range(32)), "cluster-writer")
+            stats = await writer.run(asyncio.Event(), drain=True)
+            assert stats.rows_inserted == len(traffic.expected)
+            rows = await conn.fetch("SELECT * FROM ledger_entries")
+            assert_postgres_matches(traffic.expected,
+                                    {(r["account_id"], r["seq"]): dict(r) for r in rows})
+            assert (await ledger_lag(store)).entries_behind == 0
+            report = await reconcile(store, conn)
+            assert report.ok, [d.line() for d in report.differences]
+        finally:
+            await conn.close()
+            await pool.close()
+            await store.redis.aclose()
