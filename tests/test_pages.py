@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +228,8 @@ async def test_activity_filters_change_the_list(page, ledger_gateway):
     assert any("outgoing text message" in r for r in all_rows)
     assert any("ring-through connection attempt" in r for r in all_rows)
     assert any("adding funds" in r for r in all_rows)
+    await page.evaluate("window.scrollTo(0, 0)")
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-activity.png"), full_page=True)
     await page.check("input[name=show][value=credits]")
     credits = await rows_when(1)
     assert len(credits) == 1 and "adding funds" in credits[0]
@@ -238,8 +240,6 @@ async def test_activity_filters_change_the_list(page, ledger_gateway):
     await page.fill("#activity-from", "2000-01-01")
     await page.dispatch_event("#activity-form", "change")
     await page.wait_for_selector("#activity-rows >> text=No activity in this range")
-    await page.evaluate("window.scrollTo(0, 0)")
-    await page.screenshot(path=str(ARTIFACTS / "dashboard-activity.png"), full_page=True)
 
 
 async def test_a_bad_recharge_amount_shows_the_error_next_to_the_field(page, gateway, http):
@@ -339,11 +339,32 @@ def test_screenshot_for_the_readme_is_committed():
     assert committed.exists() and committed.stat().st_size > 10_000
 
 
-async def test_card_register_pay_now_and_delete_through_the_page(page, pay_gateway, pay_http):
-    """Against a gateway wired to a local Stripe (tests/fixtures_payments.py)."""
+@pytest.fixture(scope="module")
+def showcase_gateway(pay_settings: Settings, pay_db: Any) -> Iterator[GatewayProcess]:
+    """Local Stripe (tests/fixtures_payments.py) and its own ledger writer: every
+    part of the page works, as in the README's screenshot."""
+    process = GatewayProcess(pay_settings.replace(ledger_writer_in_gateway=True))
+    yield process
+    process.stop()
+
+
+async def test_card_register_pay_now_and_delete_through_the_page(page, showcase_gateway):
+    gateway = showcase_gateway
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as pay_http:
+        await card_pay_and_delete(page, gateway, pay_http)
+
+
+async def card_pay_and_delete(page: Page, gateway: GatewayProcess,
+                              pay_http: httpx.AsyncClient) -> None:
     account_id = await make_account(pay_http, balance_micros=3_000_000)
     token = await token_for(pay_http, account_id)
-    await open_dashboard(page, pay_gateway, account_id, token)
+    for path, body in [
+            ("/v1/numbers/purchases", {"purchase_id": "n1", "number": "+15550100"}),
+            ("/v1/messages", {"message_id": "m1", "direction": "outbound"}),
+            ("/v1/messages", {"message_id": "m2", "direction": "inbound"}),
+            ("/v1/ring-through-attempts", {"attempt_id": "a1"})]:
+        await charge(pay_http, path, {"account_id": account_id, **body})
+    await open_dashboard(page, gateway, account_id, token)
     assert await page.is_hidden("#card-delete")
     await page.fill("#card-pm", "pm_card_visa")
     await page.click("#card-register")
@@ -356,7 +377,7 @@ async def test_card_register_pay_now_and_delete_through_the_page(page, pay_gatew
     await page.click("#pay-submit")
     # The balance rises through the live socket, not a page reload.
     await page.wait_for_function(
-        "document.getElementById('balance').dataset.balanceMicros === '28000000'", timeout=10_000)
+        "document.getElementById('balance').dataset.balanceMicros === '26989500'", timeout=10_000)
     assert await page.text_content("#pay-amount-error") == ""
 
     await page.fill("#recharge-amount", "75.00")
@@ -369,6 +390,12 @@ async def test_card_register_pay_now_and_delete_through_the_page(page, pay_gatew
     recharge = r.json()["recharge"]
     assert (recharge["enabled"], recharge["amount_micros"], recharge["threshold_micros"]) == (
         True, 75_000_000, 10_000_000)
+    await charge(pay_http, "/v1/messages", {"account_id": account_id, "message_id": "m3",
+                                            "direction": "outbound"})
+    # The activity list catches up through the ledger writer (it reloads itself).
+    await page.wait_for_selector("#activity-rows tr:nth-child(7)", timeout=10_000)
+    labels = await page.locator("#activity-rows tr td:nth-child(2)").all_inner_texts()
+    assert "adding funds" in labels and "outgoing text message" in labels
     await page.evaluate("window.scrollTo(0, 0)")
     await page.screenshot(path=str(ARTIFACTS / "dashboard-paid.png"), full_page=True)
 
