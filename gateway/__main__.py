@@ -26,6 +26,8 @@ def main() -> None:
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=5,
+        ws_per_message_deflate=settings.live_deflate,
+        ws_max_size=settings.live_client_frame_bytes_max,
     )
 
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import accounts_api, activity_api, payments_api, switch_api
+from gateway import accounts_api, activity_api, pages, payments_api, switch_api
 from gateway.bodies import Body
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -98,4 +98,6 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/v1/stripe/webhook", payments_api.post_stripe_webhook, (),
              "Stripe events (payment_intent.succeeded / payment_failed), signature-verified.",
              errors=(400, 413)),
+    Endpoint("GET", "/v1/billing-items", pages.get_billing_items, ("customer", "ops", "switch"),
+             "Every billing item with its label in the product's words (for the pages)."),
 ]

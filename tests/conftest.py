@@ -55,6 +55,9 @@ def test_settings(**changes: Any) -> Settings:
         switch_token="test-switch-token",
         ops_token="test-ops-token",
         reservation_sweep_interval_s=0.2,
+        # Pub/sub channels are global to a Redis server (not per database): a
+        # suite's own channel keeps other suites' balance changes out of its sockets.
+        live_channel="m:live:test:" + TEST_REDIS_URL.rsplit("/", 1)[-1],
     )
     return base.replace(**changes) if changes else base
 
