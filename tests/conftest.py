@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -74,6 +75,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = "1" if value else "0"
         env["METERING_" + name.upper()] = str(value)
     return env
+
+
+def url_with_port(url: str, port: int) -> str:
+    """The same server URL (user, database) on another port of the same host: the test
+    Postgres is not always on 5432 (`./dev test` may start its own elsewhere)."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, _, _ = parts.netloc.rpartition("@")
+    host = f"{parts.hostname}:{port}"
+    return parts._replace(netloc=f"{userinfo}@{host}" if userinfo else host).geturl()
+
+
+def url_port(url: str, default_port: int = 5432) -> int:
+    return urllib.parse.urlsplit(url).port or default_port
 
 
 def free_port() -> int:

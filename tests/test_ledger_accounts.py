@@ -10,7 +10,7 @@ import pytest
 
 from metering import accounts, credits
 from metering.rate_card import RateCard
-from tests.conftest import OPS, RATE_CARD, SWITCH, GatewayProcess, free_port
+from tests.conftest import OPS, RATE_CARD, SWITCH, GatewayProcess, free_port, url_with_port
 from tests.fixtures_ledger import LedgerWorld, ledger_world
 
 
@@ -23,7 +23,7 @@ async def world() -> AsyncIterator[LedgerWorld]:
 
 def _without_postgres(world: LedgerWorld) -> GatewayProcess:
     # Nothing listens on a fresh free port: every Postgres connection is refused.
-    dead = world.settings.database_url.replace(":5432/", f":{free_port()}/")
+    dead = url_with_port(world.settings.database_url, free_port())
     return GatewayProcess(world.settings.replace(database_url=dead, database_timeout_s=1.0))
 
 

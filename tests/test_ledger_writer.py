@@ -108,13 +108,13 @@ async def test_postgres_outage_authorize_keeps_answering_then_ledger_catches_up(
         world: LedgerWorld) -> None:
     import httpx
 
-    from tests.conftest import OPS, RATE_CARD, SWITCH, GatewayProcess
+    from tests.conftest import OPS, RATE_CARD, SWITCH, GatewayProcess, url_port, url_with_port
     from tests.fixtures_ledger import Expected, TcpProxy
 
-    proxy = TcpProxy("127.0.0.1", 5432)
+    proxy = TcpProxy("127.0.0.1", url_port(world.settings.database_url))
     proxy.start()
     # Gateway and writer reach Postgres only through the proxy we cut.
-    via_proxy = world.settings.database_url.replace(":5432/", f":{proxy.port}/")
+    via_proxy = url_with_port(world.settings.database_url, proxy.port)
     gateway = GatewayProcess(world.settings.replace(database_url=via_proxy))
     writer = world.start_writer(database_url=via_proxy, ledger_retry_max=1_000,
                                 ledger_retry_backoff_max_s=0.3)
@@ -248,12 +248,12 @@ async def test_writer_stops_promptly_during_an_outage_and_acks_nothing(
         world: LedgerWorld) -> None:
     import signal
 
-    from tests.conftest import free_port
+    from tests.conftest import free_port, url_with_port
 
     traffic = Traffic(world.store, seed=8)
     accounts = await traffic.make_accounts(world.pool, 5, 100_000_000)
     await traffic.run(accounts, 50, concurrency=10)
-    dead = world.settings.database_url.replace(":5432/", f":{free_port()}/")
+    dead = url_with_port(world.settings.database_url, free_port())
     writer = world.start_writer(database_url=dead, ledger_retry_max=1_000)
     await asyncio.sleep(1.5)
     assert writer.poll() is None, "still retrying"
