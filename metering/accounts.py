@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 from metering import fields
@@ -118,13 +119,19 @@ async def get_account(store: Store, account_id: str) -> AccountView:
     return AccountView.from_redis(account_id, stored, open_calls)
 
 
+async def account_ids_by_shard(store: Store) -> AsyncIterator[list[str]]:
+    """Each non-empty shard's account ids, sorted, one shard at a time (so a
+    caller pipelines per shard, which a cluster client serves from one node)."""
+    for shard in all_shards(store.settings.shard_count):
+        ids = sorted(await store.redis.smembers(shard.accounts))
+        if ids:
+            yield ids
+
+
 async def list_accounts(store: Store, accounts_max: int = 100_000) -> list[AccountView]:
     """Every account (the ops view), bounded by accounts_max."""
     views: list[AccountView] = []
-    for shard in all_shards(store.settings.shard_count):
-        ids = sorted(await store.redis.smembers(shard.accounts))
-        if not ids:
-            continue
+    async for ids in account_ids_by_shard(store):
         async with store.redis.pipeline(transaction=False) as pipe:
             for account_id in ids:
                 keys = store.account_keys(account_id)

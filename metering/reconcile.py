@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 from typing import Any
 
+from metering.accounts import account_ids_by_shard
 from metering.database import connect
 from metering.keys import all_shards
 from metering.ledger_entries import LedgerEntry
@@ -86,10 +87,7 @@ class ReconcileReport:
 async def _redis_accounts(store: Store) -> dict[str, tuple[int, int]]:
     """account id -> (balance_micros, seq), shard by shard."""
     out: dict[str, tuple[int, int]] = {}
-    for shard in all_shards(store.settings.shard_count):
-        ids = sorted(await store.redis.smembers(shard.accounts))
-        if not ids:
-            continue
+    async for ids in account_ids_by_shard(store):
         async with store.redis.pipeline(transaction=False) as pipe:
             for account_id in ids:
                 pipe.hmget(store.account_keys(account_id).account, "balance", "seq")

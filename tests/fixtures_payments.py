@@ -32,9 +32,9 @@ from tests.conftest import (
     OPS,
     RATE_CARD,
     ROOT,
+    GatewayProcess,
     free_port,
     new_account_id,
-    settings_env,
     test_settings,
     wait_for_http,
 )
@@ -92,34 +92,16 @@ class Mailbox:
             return [m for rcpts, m in self.messages if address in rcpts]
 
 
-class PaymentsGateway:
-    """A real `python -m gateway` for payments, its output kept in a log file."""
+class PaymentsGateway(GatewayProcess):
+    """A real `python -m gateway` at info level, its output kept in a log file
+    (the card-data test reads it)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        self.settings = settings.replace(port=self.port, host="127.0.0.1", log_level="info")
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.mkstemp(prefix="payments-gateway-", suffix=".log")[1])
-        self._log_file = self.log.open("wb")
-        env = settings_env(self.settings)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway"],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_http(self.url + "/healthz", proc=self.proc)
+        super().__init__(settings.replace(log_level="info"), log_path=self.log)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_file.close()
+        super().stop()
         self.log.unlink(missing_ok=True)
 
 
