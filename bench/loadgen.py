@@ -1,0 +1,293 @@
+"""The Python load generator, run as its own process: `python -m bench.loadgen '<json>'`.
+
+Modes (the JSON's "mode"), each printing one JSON line of figures at the end:
+
+- evalsha: closed loop; `concurrency` tasks each call debit.lua by EVALSHA through
+  redis-py's asyncio client (the gateway's client), no HTTP: the Python-client ceiling.
+- debit-open: open loop at a fixed `rate_rps` of SMS debits over HTTP keep-alive.
+  Request i is due at start + i / rate; its latency is measured from that due
+  time, not from when it was sent, so a stalled server cannot hide its stall
+  by slowing the client down (no coordinated omission).
+- calls: closed loop; `concurrency` tasks each run reserve, extend, commit cycles.
+
+Latencies are kept whole (a list of floats) and cut into percentiles at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import uvloop
+
+CONNECT_TIMEOUT_S = 5.0
+OPEN_CONNECTIONS_MAX = 256
+
+
+def percentiles_ms(latencies_s: list[float]) -> dict[str, float]:
+    if not latencies_s:
+        return {"p50_ms": 0.0, "p99_ms": 0.0, "p999_ms": 0.0, "max_ms": 0.0}
+    ordered = sorted(latencies_s)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "p999_ms": at(0.999),
+            "max_ms": round(ordered[-1] * 1000, 3)}
+
+
+class HttpConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request in flight at a time."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.waiter is None:
+            return
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buf[:end]).lower()
+        at = head.find(b"content-length:")
+        if at < 0:
+            self.waiter.set_exception(RuntimeError("response without content-length"))
+            return
+        stop = head.find(b"\r\n", at)
+        length = int(head[at + 15: stop if stop > 0 else len(head)])
+        total = end + 4 + length
+        if len(self.buf) < total:
+            return
+        status = int(head[9:12])
+        body = bytes(self.buf[end + 4: total])
+        del self.buf[:total]
+        waiter, self.waiter = self.waiter, None
+        waiter.set_result((status, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc or ConnectionError("connection closed"))
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None and self.waiter is None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await self.waiter
+
+
+async def connect(host: str, port: int) -> HttpConnection:
+    loop = asyncio.get_running_loop()
+    _, proto = await asyncio.wait_for(
+        loop.create_connection(HttpConnection, host, port), CONNECT_TIMEOUT_S)
+    return proto
+
+
+def post(host: str, port: int, path: str, token: str, body: dict[str, Any]) -> bytes:
+    payload = orjson.dumps(body)
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+
+
+def account_for(i: int, accounts: int) -> str:
+    return "bench-hot" if accounts == 1 else f"bench-{i % accounts}"
+
+
+async def run_evalsha(cfg: dict[str, Any]) -> dict[str, Any]:
+    from metering.settings import Settings
+    from metering.store import open_store
+
+    settings = Settings.from_env({}).replace(
+        redis_url=cfg["redis_url"], redis_connections_max=cfg["concurrency"],
+        ledger_backlog_max=cfg["ledger_backlog_max"])
+    store = await open_store(settings)
+    nonce = uuid.uuid4().hex[:8]
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + cfg["seconds"]
+    counter = iter(range(1 << 62))
+
+    async def worker() -> None:
+        nonlocal errors
+        s = store.settings
+        while time.perf_counter() < deadline:
+            i = next(counter)
+            account_id = account_for(i, cfg["accounts"])
+            keys = store.account_keys(account_id)
+            request_id = f"{nonce}-{i}"
+            t0 = time.perf_counter()
+            r = await store.scripts.debit(
+                store.redis,
+                [keys.account, keys.request("message", request_id), keys.shard.ledger,
+                 keys.shard.recharge],
+                [account_id, "sms_outbound", "sms_outbound_micros", request_id, "outbound",
+                 s.idempotency_window_s, s.ledger_backlog_max, s.live_channel, ""])
+            latencies.append(time.perf_counter() - t0)
+            if r[0] != "ok":
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(cfg["concurrency"])))
+    elapsed = time.perf_counter() - started
+    await store.redis.aclose()
+    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 3),
+            "throughput_rps": round(len(latencies) / elapsed, 1), **percentiles_ms(latencies)}
+
+
+class ConnectionPool:
+    """Keep-alive connections handed out one request at a time, opened on demand up to a bound."""
+
+    def __init__(self, host: str, port: int, size_max: int) -> None:
+        self.host, self.port, self.size_max = host, port, size_max
+        self.idle: collections.deque[HttpConnection] = collections.deque()
+        self.waiters: collections.deque[asyncio.Future[HttpConnection]] = collections.deque()
+        self.opened = 0
+
+    async def prewarm(self, count: int) -> None:
+        for _ in range(min(count, self.size_max)):
+            self.idle.append(await connect(self.host, self.port))
+            self.opened += 1
+
+    async def acquire(self) -> HttpConnection:
+        if self.idle:
+            return self.idle.popleft()
+        if self.opened < self.size_max:
+            self.opened += 1
+            return await connect(self.host, self.port)
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        return await waiter
+
+    def release(self, conn: HttpConnection) -> None:
+        if self.waiters:
+            self.waiters.popleft().set_result(conn)
+        else:
+            self.idle.append(conn)
+
+    def close(self) -> None:
+        for conn in self.idle:
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+async def run_debit_open(cfg: dict[str, Any]) -> dict[str, Any]:
+    host, port, path, token = cfg["host"], cfg["port"], cfg["path"], cfg["token"]
+    rate = float(cfg["rate_rps"])
+    total = max(1, int(rate * cfg["seconds"]))
+    pool = ConnectionPool(host, port, cfg.get("connections_max", OPEN_CONNECTIONS_MAX))
+    await pool.prewarm(cfg.get("connections", 16))
+    nonce = uuid.uuid4().hex[:8]
+    latencies: list[float] = []
+    statuses: collections.Counter[int] = collections.Counter()
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(i: int, due: float) -> None:
+        account_id = account_for(i, cfg["accounts"])
+        data = post(host, port, path, token, {"account_id": account_id,
+                                              "message_id": f"{nonce}-{i}",
+                                              "direction": "outbound"})
+        conn = await pool.acquire()
+        status, _ = await conn.request(data)
+        latencies.append(time.perf_counter() - due)
+        statuses[status] += 1
+        pool.release(conn)
+
+    start = time.perf_counter() + 0.05
+    i = 0
+    lag_max_s = 0.0
+    while i < total:
+        now = time.perf_counter()
+        # Send everything now due; each request's clock started at its due time.
+        while i < total and start + i / rate <= now:
+            due = start + i / rate
+            lag_max_s = max(lag_max_s, now - due)
+            task = asyncio.get_running_loop().create_task(one(i, due))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            i += 1
+        if i < total:
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+    if pending:
+        await asyncio.wait(pending, timeout=cfg["seconds"] + 30)
+    elapsed = time.perf_counter() - start
+    pool.close()
+    ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
+    return {"requests": len(latencies), "errors": len(latencies) - ok,
+            "statuses": {str(k): v for k, v in statuses.items()},
+            "offered_rps": rate, "seconds": round(elapsed, 3),
+            "throughput_rps": round(len(latencies) / elapsed, 1),
+            "connections_opened": pool.opened, "send_lag_max_ms": round(lag_max_s * 1000, 3),
+            **percentiles_ms(latencies)}
+
+
+async def run_calls(cfg: dict[str, Any]) -> dict[str, Any]:
+    host, port, token = cfg["host"], cfg["port"], cfg["token"]
+    nonce = uuid.uuid4().hex[:8]
+    latencies: list[float] = []
+    statuses: collections.Counter[int] = collections.Counter()
+    cycles = 0
+    deadline = time.perf_counter() + cfg["seconds"]
+    counter = iter(range(1 << 62))
+
+    async def timed(conn: HttpConnection, path: str, body: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        status, answer = await conn.request(post(host, port, path, token, body))
+        latencies.append(time.perf_counter() - t0)
+        statuses[status] += 1
+        if status != 200:
+            raise RuntimeError(f"{path}: {status} {answer[:200]!r}")
+
+    async def worker() -> None:
+        nonlocal cycles
+        conn = await connect(host, port)
+        try:
+            while time.perf_counter() < deadline:
+                i = next(counter)
+                account_id = account_for(i, cfg["accounts"])
+                call_id = f"{nonce}-{i}"
+                await timed(conn, "/v1/calls", {"account_id": account_id, "call_id": call_id,
+                                                "direction": "outbound"})
+                await timed(conn, f"/v1/calls/{call_id}/extend", {"account_id": account_id})
+                await timed(conn, f"/v1/calls/{call_id}/commit",
+                            {"account_id": account_id, "duration_seconds": 420})
+                cycles += 1
+        finally:
+            if conn.transport is not None:
+                conn.transport.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(cfg["concurrency"])))
+    elapsed = time.perf_counter() - started
+    ok = sum(n for s, n in statuses.items() if s == 200)
+    return {"requests": len(latencies), "errors": len(latencies) - ok, "cycles": cycles,
+            "cycles_per_s": round(cycles / elapsed, 1), "seconds": round(elapsed, 3),
+            "throughput_rps": round(len(latencies) / elapsed, 1), **percentiles_ms(latencies)}
+
+
+MODES: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+    "evalsha": run_evalsha,
+    "debit-open": run_debit_open,
+    "calls": run_calls,
+}
+
+
+def main() -> None:
+    cfg = orjson.loads(sys.argv[1])
+    result = uvloop.run(MODES[cfg["mode"]](cfg))
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The printed table, the ratios, the targets of issue 8, and the JSON file."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.procs import ROOT
+
+# (name, numerator key, denominator key): throughputs measured in the same run.
+RATIOS = [
+    ("authorize / bare debit (1 process, hot)", "authorize_hot_1", "bare"),
+    ("authorize / ceiling (2 processes vs Python EVALSHA, hot)", "authorize_hot_2",
+     "python_evalsha"),
+    ("authorize / redis-benchmark EVALSHA (2 processes, hot)", "authorize_hot_2",
+     "redis_benchmark"),
+    ("authorize / postgres-row-lock (1 process, hot)", "authorize_hot_1", "pg_hot"),
+    ("authorize / postgres-row-lock (1 process, spread)", "authorize_spread_1", "pg_spread"),
+    ("authorize / redis-watch (1 process, hot)", "authorize_hot_1", "watch_hot"),
+]
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu_model": model or platform.processor(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "kernel": platform.release(),
+            "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip()
+    sha = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return sha + ("-dirty" if dirty else "")
+
+
+def _by_key(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["key"]: r for r in rows if r.get("key") and r["status"] != "skipped"}
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    found = _by_key(rows)
+    out = []
+    for name, top, bottom in RATIOS:
+        if top in found and bottom in found and found[bottom]["throughput_rps"] > 0:
+            value = found[top]["throughput_rps"] / found[bottom]["throughput_rps"]
+            out.append({"name": name, "value": round(value, 3)})
+        else:
+            out.append({"name": name, "value": None})
+    return out
+
+
+def _target(name: str, value: float | None, goal: float, at_least: bool, unit: str,
+            why_missing: str = "") -> dict[str, Any]:
+    if value is None:
+        return {"name": name, "goal": goal, "value": None, "verdict": "SKIPPED",
+                "note": why_missing or "not measured in this run"}
+    ok = value >= goal if at_least else value < goal
+    gap = (goal - value) if at_least else (value - goal)
+    note = "" if ok else f"short by {gap:.3g}{unit} ({abs(gap) / goal:.0%} of the goal)"
+    return {"name": name, "goal": goal, "value": round(value, 3),
+            "verdict": "PASS" if ok else "MISS", "note": note}
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    found = _by_key(rows)
+    skipped = {r["key"]: r["reason"] for r in rows if r["status"] == "skipped" and r.get("key")}
+
+    def ratio(top: str, bottom: str) -> float | None:
+        if top in found and bottom in found and found[bottom]["throughput_rps"] > 0:
+            return float(found[top]["throughput_rps"] / found[bottom]["throughput_rps"])
+        return None
+
+    def figure(key: str, field: str) -> float | None:
+        return float(found[key][field]) if key in found and field in found[key] else None
+
+    return [
+        _target("1 process >= 80% of the bare Starlette debit", ratio("authorize_hot_1", "bare"),
+                0.80, True, ""),
+        _target("2 processes >= 50% of the Python-client ceiling",
+                ratio("authorize_hot_2", "python_evalsha"), 0.50, True, ""),
+        _target("2 processes: p99 < 5 ms at half the peak rate (open loop)",
+                figure("authorize_open_2", "p99_ms"), 5.0, False, " ms"),
+        _target(">= 5x postgres-row-lock on one hot account", ratio("authorize_hot_1", "pg_hot"),
+                5.0, True, "x"),
+        _target("ledger writer keeps up, entry lag p99 < 1 s", figure("ledger", "lag_p99_s"),
+                1.0, False, " s", skipped.get("ledger", "")),
+        _target("push p99 < 50 ms with 1,000 sockets", figure("push", "p99_ms"), 50.0, False,
+                " ms", skipped.get("push", "")),
+    ]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'scenario':<18} {'variant':<56} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'p99.9 ms':>9} {'errors':>7}  load")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r["status"] == "skipped":
+            lines.append(f"{r['scenario']:<18} {r['variant']:<56} skipped: {r['reason']}")
+            continue
+        load = f"{r.get('tool', '')} {r.get('mode', '')}"
+        if r.get("offered_rps"):
+            load += f" @{r['offered_rps']:.0f}/s"
+        elif r.get("concurrency"):
+            load += f" c={r['concurrency']}"
+        lines.append(f"{r['scenario']:<18} {r['variant']:<56} {r['throughput_rps']:>9.0f} "
+                     f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p999_ms']:>9.2f} "
+                     f"{r['errors']:>7}  {load}")
+    return "\n".join(lines)
+
+
+def summary(report: dict[str, Any]) -> str:
+    out = [table(report["results"]), "", "ratios (throughput, same run):"]
+    for r in report["ratios"]:
+        value = "n/a" if r["value"] is None else f"{r['value']:.2f}"
+        out.append(f"  {r['name']:<62} {value}")
+    out += ["", "targets (issue 8):"]
+    for t in report["targets"]:
+        value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+        out.append(f"  {t['verdict']:<8} {t['name']:<62} {value:>8}  {t['note']}")
+    m = report["machine"]
+    out += ["", f"machine: {m['cpu_model']}, {m['cores']} cores, load average "
+            f"{m['load_average_start']} at start, {m['load_average_end']} at end; "
+            f"commit {report['commit']}; {report['date']}"]
+    return "\n".join(out)
+
+
+def write(report: dict[str, Any], results_dir: Path, smoke: bool) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    name = f"{date}-{report['commit']}{'-smoke' if smoke else ''}.json"
+    path = results_dir / name
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    return path
