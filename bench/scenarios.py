@@ -180,6 +180,7 @@ def authorize(run: Run) -> None:
                                "rate_rps": round(rate, 1), "seconds": run.seconds,
                                "connections": run.connections}, run.seconds),
                            "authorize_open_2")
+                open_loop_floor(run, rate)
         finally:
             gateway.stop()
     command = ledger_writer_command()
@@ -187,6 +188,21 @@ def authorize(run: Run) -> None:
         run.skip("authorize", "hot account, 2 processes, ledger writer running",
                  "no `python -m metering ledger-writer` on this commit yet",
                  "authorize_ledger_2")
+
+
+def open_loop_floor(run: Run, rate: float) -> None:
+    """The bare debit at the same offered rate: what the machine and the client
+    cost in the tail, so a miss can be put on the gateway or not."""
+    app = start_bare_app(run.settings())
+    try:
+        run.record("authorize", "(floor) bare Starlette debit, open loop, same rate",
+                   tools.loadgen({
+                       "mode": "debit-open", "host": "127.0.0.1", "port": app.port,
+                       "path": "/debit", "token": SWITCH_TOKEN, "accounts": 1,
+                       "rate_rps": round(rate, 1), "seconds": run.seconds,
+                       "connections": run.connections}, run.seconds), "bare_open")
+    finally:
+        app.stop()
 
 
 def calls(run: Run) -> None:

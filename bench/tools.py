@@ -41,9 +41,14 @@ def _run(argv: list[str], timeout_s: float) -> str:
 
 def wrk(url: str, path: str, token: str, accounts: int, connections: int,
         seconds: int) -> dict[str, Any]:
-    """Closed loop: `connections` keep-alive connections on one wrk thread for `seconds`."""
+    """Closed loop: `connections` keep-alive connections on one wrk thread for `seconds`
+    (bench/loadgen.py's closed loop if wrk is not installed)."""
     if shutil.which("wrk") is None:
-        raise ToolMissing("wrk is not installed (apt-get install -y wrk)")
+        # Slower than wrk (it may saturate first), but the harness still runs.
+        host, _, port = url.removeprefix("http://").partition(":")
+        return loadgen({"mode": "debit-closed", "host": host, "port": int(port), "path": path,
+                        "token": token, "accounts": accounts, "concurrency": connections,
+                        "seconds": seconds}, seconds)
     out = _run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT_S}",
                 "-s", str(WRK_SCRIPT), url, "--", path, str(accounts), token,
                 uuid.uuid4().hex[:8]], seconds + TOOL_GRACE_S)
