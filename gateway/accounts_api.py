@@ -32,10 +32,11 @@ async def post_account(request: Request) -> Response:
     await authenticate(request, state.settings, state.store, OPS_ONLY)
     b = await read_json(request, CREATE_BODY, state.settings.request_body_bytes_max)
     rate_card = RateCard.parse(b["rate_card"])
-    account, created = await accounts.create_account(
+    # A repeated identical creation answers like the first (201); a different one is a 409.
+    account, _ = await accounts.create_account(
         state.store, b["account_id"], rate_card, b.get("max_concurrent_calls", 0)
     )
-    return JSONResponse(account.as_dict(), 201 if created else 200)
+    return JSONResponse(account.as_dict(), 201)
 
 
 async def get_account(request: Request) -> Response:

@@ -44,7 +44,8 @@ class Body:
             raise MalformedBody("the request body must be a JSON object")
         for name in data:
             if name not in self.fields:
-                raise MissingField(name, f"unknown field {name!r}; expected: {', '.join(self.fields)}")
+                expected = ", ".join(self.fields)
+                raise MissingField(name, f"unknown field {name!r}; expected: {expected}")
         for name, field in self.fields.items():
             if field.required and name not in data:
                 raise MissingField(name, f"{name} is required")

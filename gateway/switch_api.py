@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -46,12 +48,14 @@ EXTEND_BODY = Body({
 })
 COMMIT_BODY = Body({
     "account_id": ACCOUNT,
-    "duration_seconds": Field("integer", True, "The call's real duration.", minimum=0),
+    "duration_seconds": Field(
+        "integer", True, "The call's real duration (release a call that never connected).",
+        minimum=1),
 })
 RELEASE_BODY = Body({"account_id": ACCOUNT})
 
 
-async def _switch_body(request: Request, body: Body) -> dict:
+async def _switch_body(request: Request, body: Body) -> dict[str, Any]:
     state = request.state
     await authenticate(request, state.settings, state.store, SWITCH_ONLY)
     return await read_json(request, body, state.settings.request_body_bytes_max)

@@ -76,7 +76,9 @@ async def number_purchase(store: Store, account_id: str, purchase_id: str, numbe
     fields.account_id(account_id)
     fields.request_id(purchase_id, "purchase_id")
     fields.phone_number(number)
-    return await debit(store, account_id, "number_purchase", "purchase", purchase_id, number, number)
+    return await debit(
+        store, account_id, "number_purchase", "purchase", purchase_id, number, number
+    )
 
 
 async def number_renewal(store: Store, account_id: str, renewal_id: str, number: str) -> Charge:

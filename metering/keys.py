@@ -29,7 +29,7 @@ def shard_of(account_id: str, shard_count: int) -> int:
 
 
 def shard_tag(shard: int) -> str:
-    return "{s%03d}" % shard
+    return f"{{s{shard:03d}}}"
 
 
 class ShardKeys:

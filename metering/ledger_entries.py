@@ -10,7 +10,8 @@ Ledger stream `m:{sNNN}:ledger`, one XADD per balance change, fields:
     balance_after_micros  the balance right after this entry
     request_id            the client's id (call id, message id, credit id, ...)
     at_us                 Redis server time, microseconds since the epoch
-    detail                free text: the number bought, the call's billed seconds, the credit's source
+    detail                free text: the number bought, the call's billed seconds,
+                          the credit's source
 
 Recharge stream `m:{sNNN}:recharge`, one XADD when a change takes the account's
 available balance below its threshold while no recharge is pending:

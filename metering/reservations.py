@@ -13,7 +13,7 @@ from typing import Any
 
 from metering import fields
 from metering.debits import DIRECTIONS
-from metering.errors import raise_refusal
+from metering.errors import InvalidRequest, raise_refusal
 from metering.store import Store
 
 
@@ -138,7 +138,11 @@ async def commit(store: Store, account_id: str, call_id: str, duration_seconds: 
     """Charge the real duration (see the rule in lua/commit.lua) and close the call."""
     fields.account_id(account_id)
     fields.request_id(call_id, "call_id")
-    fields.integer(duration_seconds, "duration_seconds", 0, store.settings.call_duration_s_max)
+    if duration_seconds == 0:
+        # A call that never connected is released, not committed at zero.
+        raise InvalidRequest("duration_seconds", "duration_seconds must be at least 1; "
+                             "release a call that never connected")
+    fields.integer(duration_seconds, "duration_seconds", 1, store.settings.call_duration_s_max)
     keys, call_keys = _call_keys(store, account_id, call_id)
     s = store.settings
     r = await store.scripts.commit(

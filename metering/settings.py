@@ -114,7 +114,9 @@ class Settings:
         if self.call_validity_grace_s < 0:
             raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
         if self.call_grant_s > self.call_duration_s_max:
-            raise SettingsError("METERING_CALL_GRANT_S must not exceed METERING_CALL_DURATION_S_MAX")
+            raise SettingsError(
+                "METERING_CALL_GRANT_S must not exceed METERING_CALL_DURATION_S_MAX"
+            )
         if not self.switch_token or not self.ops_token:
             raise SettingsError("METERING_SWITCH_TOKEN and METERING_OPS_TOKEN must not be empty")
 

@@ -8,36 +8,50 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from metering.keys import PREFIX, all_shards
+from metering.keys import PREFIX, ShardKeys, all_shards
 from metering.store import Store
 
 log = logging.getLogger(__name__)
 
 
+# Concurrent per-shard sweeps on a cluster (its pipelines refuse EVALSHA).
+CLUSTER_SWEEP_CONCURRENCY = 16
+
+
 async def expire_due_reservations(store: Store) -> int:
     """One pass over every shard; returns how many calls it expired."""
     s = store.settings
-    expired = 0
     shards = all_shards(s.shard_count)
-    # One pipelined round trip for all shards (a cluster client splits it per node).
+    args = [s.reservation_sweep_batch_max, s.idempotency_window_s, s.ledger_backlog_max,
+            s.live_channel]
+    script = store.scripts.expire_reservations
+
+    async def sweep(shard: ShardKeys) -> int:
+        keys = [shard.expiry, shard.ledger, shard.recharge]
+        return int((await script(store.redis, keys, [PREFIX + shard.tag, *args]))[0])
+
+    if s.redis_cluster:
+        limit = asyncio.Semaphore(CLUSTER_SWEEP_CONCURRENCY)
+
+        async def bounded(shard: ShardKeys) -> int:
+            async with limit:
+                return await sweep(shard)
+
+        return sum(await asyncio.gather(*(bounded(shard) for shard in shards)))
+
+    # One pipelined round trip for all shards on a single server.
     async with store.redis.pipeline(transaction=False) as pipe:
         for shard in shards:
-            pipe.evalsha(
-                store.scripts.expire_reservations.sha, 3,
-                shard.expiry, shard.ledger, shard.recharge,
-                PREFIX + shard.tag, s.reservation_sweep_batch_max, s.idempotency_window_s,
-                s.ledger_backlog_max, s.live_channel,
-            )
+            pipe.evalsha(script.sha, 3, shard.expiry, shard.ledger, shard.recharge,
+                         PREFIX + shard.tag, *args)
         answers = await pipe.execute(raise_on_error=False)
+    expired = 0
     for shard, answer in zip(shards, answers, strict=True):
         if isinstance(answer, Exception):
-            # NOSCRIPT after a Redis restart: run this shard through the reloading path.
-            answer = await store.scripts.expire_reservations(
-                store.redis, [shard.expiry, shard.ledger, shard.recharge],
-                [PREFIX + shard.tag, s.reservation_sweep_batch_max, s.idempotency_window_s,
-                 s.ledger_backlog_max, s.live_channel],
-            )
-        expired += int(answer[0])
+            # NOSCRIPT after a Redis restart: this shard goes through the reloading path.
+            expired += await sweep(shard)
+        else:
+            expired += int(answer[0])
     return expired
 
 

@@ -59,6 +59,9 @@ def test_settings(**changes: Any) -> Settings:
     return base.replace(**changes) if changes else base
 
 
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as METERING_* variables, for subprocesses."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
