@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.util
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,13 +17,17 @@ import asyncpg
 
 from bench import tools
 from bench.alternatives import PG_DROP, pg_seed
+from bench.loadgen import percentiles_ms
 from bench.procs import (
+    ROOT,
     SWITCH_TOKEN,
     RedisServer,
     bench_settings,
     ensure_database,
+    settings_env,
     start_bare_app,
     start_gateway,
+    stop,
 )
 from metering.accounts import create_account
 from metering.credits import add_funds
@@ -183,11 +191,7 @@ def authorize(run: Run) -> None:
                 open_loop_floor(run, rate)
         finally:
             gateway.stop()
-    command = ledger_writer_command()
-    if command is None:
-        run.skip("authorize", "hot account, 2 processes, ledger writer running",
-                 "no `python -m metering ledger-writer` on this commit yet",
-                 "authorize_ledger_2")
+    with_ledger_writer(run)
 
 
 def open_loop_floor(run: Run, rate: float) -> None:
@@ -266,20 +270,142 @@ def redis_watch(run: Run) -> None:
         app.stop()
 
 
-def ledger_writer_command() -> list[str] | None:
-    """The ledger writer's command line, if this commit has one."""
+LEDGER_VARIANT = "{n:,} accounts, 2 processes, ledger writer running"
+LEDGER_ROW = "writer rows/s; entry lag (oldest unwritten entry, sampled) at that load"
+LAG_SAMPLE_INTERVAL_S = 0.1
+DRAIN_TIMEOUT_S = 60.0
+
+
+def ledger_available() -> bool:
+    """Whether this commit has the ledger writer (issue 4) and its lag probe."""
     from metering.cli import COMMANDS
-    return ["-m", "metering", "ledger-writer"] if "ledger-writer" in COMMANDS else None
+    return ("ledger-writer" in COMMANDS
+            and importlib.util.find_spec("metering.ledger_lag") is not None)
+
+
+def ledger_database_url(run: Run) -> str:
+    """The writer's database: the bench's own, recreated for each run."""
+    return run.database_url + "_ledger"
+
+
+async def _fresh_ledger_database(url: str) -> None:
+    from metering.migrate import apply_migrations
+    base, _, name = url.rpartition("/")
+    if not (name.startswith("metering_") and name.endswith("_ledger")):
+        raise RuntimeError(f"refusing to recreate {name!r}: not a bench ledger database")
+    admin = await asyncpg.connect(base + "/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(url)
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
+
+
+class LagSampler:
+    """Every LAG_SAMPLE_INTERVAL_S, the age of the oldest entry not yet in Postgres
+    (metering.ledger_lag). That age bounds every waiting entry's age, so the
+    percentiles of the samples are an upper bound of the entries' lag at commit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ages_ms: list[int] = []
+        self.behind_max = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._sample()))
+
+    async def _sample(self) -> None:
+        from metering.ledger_lag import ledger_lag
+        store = await open_store(self.settings)
+        try:
+            while not self._stop.is_set():
+                lag = await ledger_lag(store)
+                self.ages_ms.append(max(0, lag.oldest_age_ms))
+                self.behind_max = max(self.behind_max, lag.entries_behind)
+                await asyncio.sleep(LAG_SAMPLE_INTERVAL_S)
+        finally:
+            await store.redis.aclose()
+
+    def __enter__(self) -> LagSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+async def _ledger_rows(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM ledger_entries"))
+    finally:
+        await conn.close()
+
+
+async def _entries_behind(settings: Settings) -> int:
+    from metering.ledger_lag import ledger_lag
+    store = await open_store(settings)
+    try:
+        return (await ledger_lag(store)).entries_behind
+    finally:
+        await store.redis.aclose()
+
+
+def with_ledger_writer(run: Run) -> None:
+    """Authorize (spread accounts, 2 gateway processes) with `python -m metering
+    ledger-writer` draining the shard streams into Postgres; records the authorize
+    figures and the writer's rows/s and entry lag at that load."""
+    variant = LEDGER_VARIANT.format(n=run.spread_accounts)
+    if not ledger_available():
+        reason = "no `python -m metering ledger-writer` on this commit yet (ledger branch)"
+        run.skip("authorize", variant, reason, "authorize_ledger_2")
+        run.skip("ledger", LEDGER_ROW, reason, "ledger")
+        return
+    url = ledger_database_url(run)
+    asyncio.run(_fresh_ledger_database(url))
+    seed(run, spread=True)
+    settings = run.settings(database_url=url)
+    writer = subprocess.Popen([sys.executable, "-m", "metering", "--log-level", "warning",
+                               "ledger-writer"], cwd=ROOT, env=settings_env(settings))
+    try:
+        gateway = start_gateway(settings, 2)
+        try:
+            rows_before = asyncio.run(_ledger_rows(url))
+            with LagSampler(settings) as sampler:
+                figures = run.http(gateway.url, "/v1/messages", run.spread_accounts)
+            rows_after = asyncio.run(_ledger_rows(url))
+        finally:
+            gateway.stop()
+        run.record("authorize", variant, figures, "authorize_ledger_2")
+        waited = time.monotonic()
+        while (asyncio.run(_entries_behind(settings)) > 0
+               and time.monotonic() - waited < DRAIN_TIMEOUT_S):
+            time.sleep(LAG_SAMPLE_INTERVAL_S)
+        drain_s = time.monotonic() - waited
+    finally:
+        stop(writer)
+    window_s = run.seconds + run.warmup_s
+    lag = percentiles_ms([a / 1000 for a in sampler.ages_ms])
+    run.record("ledger", LEDGER_ROW, {
+        "tool": "metering.ledger_lag", "mode": f"sampled every {LAG_SAMPLE_INTERVAL_S}s",
+        "requests": rows_after - rows_before, "errors": 0,
+        "throughput_rps": round((rows_after - rows_before) / window_s, 1),
+        "authorize_rps": figures["throughput_rps"], **lag,
+        "lag_p99_s": lag["p99_ms"] / 1000, "entries_behind_max": sampler.behind_max,
+        "drain_after_load_s": round(drain_s, 2), "writer_exit_code": writer.returncode,
+    }, "ledger")
 
 
 def ledger(run: Run) -> None:
-    if ledger_writer_command() is None:
-        run.skip("ledger", "writer rows/s and entry lag p99 at the authorize peak",
-                 "no `python -m metering ledger-writer` on this commit yet (ledger branch)",
-                 "ledger")
+    """The writer at the authorize peak (measured once, with the authorize variant)."""
+    if any(r.get("key") == "ledger" for r in run.results):
         return
-    run.skip("ledger", "writer rows/s and entry lag p99 at the authorize peak",
-             "ledger writer present but not yet wired into the bench")
+    with_ledger_writer(run)
 
 
 def push(run: Run) -> None:
