@@ -63,8 +63,9 @@ class Run:
     results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def settings(self, **changes: Any) -> Settings:
-        return bench_settings(self.redis.url, self.database_url,
-                              ledger_backlog_max=LEDGER_BACKLOG_MAX, **changes)
+        settings = bench_settings(self.redis.url, self.database_url,
+                                  ledger_backlog_max=LEDGER_BACKLOG_MAX)
+        return settings.replace(**changes) if changes else settings
 
     def record(self, scenario: str, variant: str, figures: dict[str, Any], key: str = ""
                ) -> dict[str, Any]:
@@ -356,6 +357,30 @@ async def _entries_behind(settings: Settings) -> int:
         await store.redis.aclose()
 
 
+def _wait_for_writer(settings: Settings, writer: subprocess.Popen[bytes]) -> None:
+    """Until the writer has joined its consumer group on the shard streams, so its
+    start-up is not counted as lag."""
+    async def joined() -> bool:
+        store = await open_store(settings)
+        try:
+            key = AccountKeys(HOT, settings.shard_count).shard.ledger
+            try:
+                groups = await store.redis.xinfo_groups(key)
+            except Exception:  # the stream does not exist yet
+                return False
+            return any(g["name"] == settings.ledger_consumer_group for g in groups)
+        finally:
+            await store.redis.aclose()
+
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while not asyncio.run(joined()):
+        if writer.poll() is not None:
+            raise RuntimeError(f"the ledger writer exited with {writer.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the ledger writer did not join its consumer group")
+        time.sleep(LAG_SAMPLE_INTERVAL_S)
+
+
 def with_ledger_writer(run: Run) -> None:
     """Authorize (spread accounts, 2 gateway processes) with `python -m metering
     ledger-writer` draining the shard streams into Postgres; records the authorize
@@ -373,6 +398,7 @@ def with_ledger_writer(run: Run) -> None:
     writer = subprocess.Popen([sys.executable, "-m", "metering", "--log-level", "warning",
                                "ledger-writer"], cwd=ROOT, env=settings_env(settings))
     try:
+        _wait_for_writer(settings, writer)
         gateway = start_gateway(settings, 2)
         try:
             rows_before = asyncio.run(_ledger_rows(url))
@@ -396,7 +422,8 @@ def with_ledger_writer(run: Run) -> None:
         "requests": rows_after - rows_before, "errors": 0,
         "throughput_rps": round((rows_after - rows_before) / window_s, 1),
         "authorize_rps": figures["throughput_rps"], **lag,
-        "lag_p99_s": lag["p99_ms"] / 1000, "entries_behind_max": sampler.behind_max,
+        "lag_p99_s": lag["p99_ms"] / 1000, "lag_samples": len(sampler.ages_ms),
+        "entries_behind_max": sampler.behind_max,
         "drain_after_load_s": round(drain_s, 2), "writer_exit_code": writer.returncode,
     }, "ledger")
 
