@@ -9,6 +9,8 @@ Modes (the JSON's "mode"), each printing one JSON line of figures at the end:
   time, not from when it was sent, so a stalled server cannot hide its stall
   by slowing the client down (no coordinated omission).
 - debit-closed: closed loop of SMS debits over HTTP, used when wrk is not installed.
+- push: `sockets` live websockets open, debits at a fixed rate, time from each
+  debit's HTTP answer to its frame on the account's socket.
 - calls: closed loop; `concurrency` tasks each run reserve, extend, commit cycles.
 
 Latencies are kept whole (a list of floats) and cut into percentiles at the end.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import sys
 import time
@@ -29,6 +32,8 @@ import orjson
 import uvloop
 
 CONNECT_TIMEOUT_S = 5.0
+SOCKET_OPEN_BATCH = 50
+PUSH_SETTLE_S = 0.5
 
 
 def percentiles_ms(latencies_s: list[float]) -> dict[str, float]:
@@ -314,11 +319,103 @@ async def run_calls(cfg: dict[str, Any]) -> dict[str, Any]:
             "throughput_rps": round(len(latencies) / elapsed, 1), **percentiles_ms(latencies)}
 
 
+async def run_push(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`sockets` live websockets, one per account, all open on the gateway; debits
+    at a fixed rate over HTTP; for each debit, the time from its HTTP answer to
+    the frame carrying its seq (or a later one: frames are coalesced per account)
+    on that account's socket."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    host, port, token = cfg["host"], cfg["port"], cfg["token"]
+    accounts = [f"bench-{n}" for n in range(cfg["sockets"])]
+    frames: dict[str, list[tuple[int, float]]] = {a: [] for a in accounts}
+    sockets: list[Any] = []
+    readers: list[asyncio.Task[None]] = []
+
+    async def reader(account_id: str, ws: Any) -> None:
+        seen = frames[account_id]
+        with contextlib.suppress(Exception):
+            async for message in ws:
+                at = time.perf_counter()
+                frame = orjson.loads(message)
+                if frame.get("type") == "update":
+                    seen.append((int(frame["seq"]), at))
+
+    async def open_socket(account_id: str) -> None:
+        ws = await ws_connect(f"ws://{host}:{port}/v1/accounts/{account_id}/live?token={token}",
+                              open_timeout=CONNECT_TIMEOUT_S * 4, max_queue=None)
+        first = orjson.loads(await ws.recv())
+        assert first.get("type") == "snapshot", first
+        sockets.append(ws)
+        readers.append(asyncio.get_running_loop().create_task(reader(account_id, ws)))
+
+    for start in range(0, len(accounts), SOCKET_OPEN_BATCH):
+        await asyncio.gather(*(open_socket(a) for a in accounts[start:start + SOCKET_OPEN_BATCH]))
+
+    pool = ConnectionPool(host, port, cfg["connections"])
+    await pool.prewarm(cfg["connections"])
+    nonce = uuid.uuid4().hex[:8]
+    answered: list[tuple[str, int, float]] = []
+    failed = 0
+    rate = float(cfg["rate_rps"])
+    total = max(1, int(rate * cfg["seconds"]))
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(i: int) -> None:
+        nonlocal failed
+        account_id = accounts[i % len(accounts)]
+        conn = await pool.acquire()
+        status, body = await conn.request(post(host, port, "/v1/messages", cfg["switch_token"], {
+            "account_id": account_id, "message_id": f"{nonce}-{i}", "direction": "outbound"}))
+        at = time.perf_counter()
+        pool.release(conn)
+        if status != 200:
+            failed += 1
+            return
+        answered.append((account_id, int(orjson.loads(body)["seq"]), at))
+
+    begin = time.perf_counter() + 0.05
+    i = 0
+    while i < total:
+        now = time.perf_counter()
+        while i < total and begin + i / rate <= now:
+            task = asyncio.get_running_loop().create_task(one(i))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            i += 1
+        if i < total:
+            await asyncio.sleep(max(0.0, begin + i / rate - time.perf_counter()))
+    if pending:
+        await asyncio.wait(pending, timeout=30)
+    await asyncio.sleep(PUSH_SETTLE_S)  # the last frames are still on their way
+    elapsed = time.perf_counter() - begin
+    pool.close()
+    for ws in sockets:
+        await ws.close()
+    for task in readers:
+        task.cancel()
+
+    latencies: list[float] = []
+    missing = 0
+    for account_id, seq, at in answered:
+        # The first frame at or past this debit's seq carried it (coalescing may skip seqs).
+        arrival = next((t for s, t in frames[account_id] if s >= seq), None)
+        if arrival is None:
+            missing += 1
+            continue
+        # A frame may beat the HTTP answer (the script publishes before it returns): 0.
+        latencies.append(max(0.0, arrival - at))
+    return {"requests": len(answered), "errors": failed + missing, "missing_frames": missing,
+            "sockets": len(sockets), "offered_rps": rate, "seconds": round(elapsed, 3),
+            "throughput_rps": round(len(latencies) / elapsed, 1), **percentiles_ms(latencies)}
+
+
 MODES: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "evalsha": run_evalsha,
     "debit-open": run_debit_open,
     "debit-closed": run_debit_closed,
     "calls": run_calls,
+    "push": run_push,
 }
 
 

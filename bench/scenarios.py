@@ -19,6 +19,7 @@ from bench import tools
 from bench.alternatives import PG_DROP, pg_seed
 from bench.loadgen import percentiles_ms
 from bench.procs import (
+    OPS_TOKEN,
     ROOT,
     SWITCH_TOKEN,
     RedisServer,
@@ -435,13 +436,26 @@ def ledger(run: Run) -> None:
     with_ledger_writer(run)
 
 
+PUSH_SOCKETS = 1_000
+PUSH_RATE_RPS = 500
+
+
 def push(run: Run) -> None:
-    if importlib.util.find_spec("bench.push_latency") is None:
-        run.skip("push", "debit answered -> websocket message, 1,000 sockets",
-                 "no live push on this commit yet (live branch: bench/push_latency.py)", "push")
+    """Debit answered -> websocket frame received, 1,000 sockets on one gateway process."""
+    sockets = min(PUSH_SOCKETS, run.spread_accounts)
+    variant = f"debit answered -> websocket frame, {sockets:,} sockets, 1 process"
+    if importlib.util.find_spec("gateway.live_api") is None:
+        run.skip("push", variant, "no live websockets on this commit yet (live branch)", "push")
         return
-    run.skip("push", "debit answered -> websocket message, 1,000 sockets",
-             "bench/push_latency.py present but not yet wired into the bench")
+    seed(run, spread=True)
+    gateway = start_gateway(run.settings(), 1)
+    try:
+        run.record("push", variant, tools.loadgen({
+            "mode": "push", "host": "127.0.0.1", "port": gateway.port, "token": OPS_TOKEN,
+            "switch_token": SWITCH_TOKEN, "sockets": sockets, "rate_rps": PUSH_RATE_RPS,
+            "seconds": run.seconds, "connections": run.connections}, run.seconds + 60), "push")
+    finally:
+        gateway.stop()
 
 
 SCENARIOS: dict[str, Callable[[Run], None]] = {
