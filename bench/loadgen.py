@@ -355,7 +355,7 @@ async def run_push(cfg: dict[str, Any]) -> dict[str, Any]:
     pool = ConnectionPool(host, port, cfg["connections"])
     await pool.prewarm(cfg["connections"])
     nonce = uuid.uuid4().hex[:8]
-    answered: list[tuple[str, int, float]] = []
+    answered: list[tuple[str, int, float, float]] = []
     failed = 0
     rate = float(cfg["rate_rps"])
     total = max(1, int(rate * cfg["seconds"]))
@@ -365,6 +365,7 @@ async def run_push(cfg: dict[str, Any]) -> dict[str, Any]:
         nonlocal failed
         account_id = accounts[i % len(accounts)]
         conn = await pool.acquire()
+        sent = time.perf_counter()
         status, body = await conn.request(post(host, port, "/v1/messages", cfg["switch_token"], {
             "account_id": account_id, "message_id": f"{nonce}-{i}", "direction": "outbound"}))
         at = time.perf_counter()
@@ -372,7 +373,7 @@ async def run_push(cfg: dict[str, Any]) -> dict[str, Any]:
         if status != 200:
             failed += 1
             return
-        answered.append((account_id, int(orjson.loads(body)["seq"]), at))
+        answered.append((account_id, int(orjson.loads(body)["seq"]), sent, at))
 
     begin = time.perf_counter() + 0.05
     i = 0
@@ -396,8 +397,9 @@ async def run_push(cfg: dict[str, Any]) -> dict[str, Any]:
         task.cancel()
 
     latencies: list[float] = []
+    from_send: list[float] = []
     missing = 0
-    for account_id, seq, at in answered:
+    for account_id, seq, sent, at in answered:
         # The first frame at or past this debit's seq carried it (coalescing may skip seqs).
         arrival = next((t for s, t in frames[account_id] if s >= seq), None)
         if arrival is None:
@@ -405,9 +407,11 @@ async def run_push(cfg: dict[str, Any]) -> dict[str, Any]:
             continue
         # A frame may beat the HTTP answer (the script publishes before it returns): 0.
         latencies.append(max(0.0, arrival - at))
+        from_send.append(arrival - sent)
     return {"requests": len(answered), "errors": failed + missing, "missing_frames": missing,
             "sockets": len(sockets), "offered_rps": rate, "seconds": round(elapsed, 3),
-            "throughput_rps": round(len(latencies) / elapsed, 1), **percentiles_ms(latencies)}
+            "throughput_rps": round(len(latencies) / elapsed, 1),
+            "from_send": percentiles_ms(from_send), **percentiles_ms(latencies)}
 
 
 MODES: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
