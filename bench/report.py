@@ -147,3 +147,41 @@ def write(report: dict[str, Any], results_dir: Path, smoke: bool) -> Path:
     path = results_dir / name
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     return path
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The figures as the README's table (`python -m bench.report FILE`)."""
+    out = ["| scenario | variant | req/s | p50 ms | p99 ms | p99.9 ms | load |",
+           "|---|---|---:|---:|---:|---:|---|"]
+    for r in report["results"]:
+        if r["status"] == "skipped":
+            out.append(f"| {r['scenario']} | {r['variant']} | skipped: {r['reason']} | | | | |")
+            continue
+        load = f"{r.get('tool', '')} {r.get('mode', '')}"
+        if r.get("offered_rps"):
+            load += f" at {r['offered_rps']:.0f}/s"
+        elif r.get("concurrency"):
+            load += f", {r['concurrency']} conns"
+        errors = f" ({r['errors']} errors)" if r.get("errors") else ""
+        out.append(f"| {r['scenario']} | {r['variant']}{errors} | {r['throughput_rps']:,.0f} | "
+                   f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {load} |")
+    out += ["", "| ratio (throughput, same run) | value |", "|---|---:|"]
+    for r in report["ratios"]:
+        value = "n/a" if r["value"] is None else f"{r['value']:.2f}"
+        out.append(f"| {r['name']} | {value} |")
+    out += ["", "| target (issue 8) | goal | measured | verdict |", "|---|---:|---:|---|"]
+    for t in report["targets"]:
+        value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+        verdict = t["verdict"] + (f": {t['note']}" if t["note"] else "")
+        out.append(f"| {t['name']} | {t['goal']:g} | {value} | {verdict} |")
+    m = report["machine"]
+    out += ["", f"Machine: {m['cpu_model']}, {m['cores']} cores; load average "
+            f"{m['load_average_start'][0]} at start, {m['load_average_end'][0]} at end; "
+            f"commit {report['commit']}; {report['date']}; `{report['command']}`."]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(markdown(orjson.loads(Path(sys.argv[1]).read_bytes())))

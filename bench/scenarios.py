@@ -175,11 +175,12 @@ def authorize(run: Run) -> None:
     settings = run.settings()
     n = run.spread_accounts
     for workers in (1, 2):
+        processes = "1 process" if workers == 1 else f"{workers} processes"
         gateway = start_gateway(settings, workers)
         try:
-            hot = run.record("authorize", f"hot account, {workers} process(es)",
+            hot = run.record("authorize", f"hot account, {processes}",
                              run.http(gateway.url, "/v1/messages", 1), f"authorize_hot_{workers}")
-            run.record("authorize", f"{n:,} accounts, {workers} process(es)",
+            run.record("authorize", f"{n:,} accounts, {processes}",
                        run.http(gateway.url, "/v1/messages", n), f"authorize_spread_{workers}")
             if workers == 2:
                 rate = max(10.0, hot["throughput_rps"] / 2)
