@@ -25,7 +25,7 @@ import gc
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -172,7 +172,7 @@ class ConnectionPool:
         if self.opened < self.size_max:
             self.opened += 1
             return await connect(self.host, self.port)
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[HttpConnection] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         return await waiter
 
@@ -414,7 +414,7 @@ async def run_push(cfg: dict[str, Any]) -> dict[str, Any]:
             "from_send": percentiles_ms(from_send), **percentiles_ms(latencies)}
 
 
-MODES: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+MODES: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]] = {
     "evalsha": run_evalsha,
     "debit-open": run_debit_open,
     "debit-closed": run_debit_closed,

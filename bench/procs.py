@@ -37,7 +37,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes],
+                  timeout_s: float = START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -48,7 +49,7 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = START_TI
     raise TimeoutError(f"port {port} not open within {timeout_s}s")
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop one process we started (SIGTERM, then SIGKILL after a bound)."""
     if proc.poll() is None:
         proc.terminate()

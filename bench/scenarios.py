@@ -354,7 +354,7 @@ async def _entries_behind(settings: Settings) -> int:
     from metering.ledger_lag import ledger_lag
     store = await open_store(settings)
     try:
-        return (await ledger_lag(store)).entries_behind
+        return int((await ledger_lag(store)).entries_behind)
     finally:
         await store.redis.aclose()
 

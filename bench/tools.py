@@ -94,8 +94,12 @@ def redis_benchmark(port: int, command: list[str], connections: int,
                timeout_s + TOOL_GRACE_S)
     if "Error from server" in out:
         raise RuntimeError("redis-benchmark: " + out[out.index("Error from server"):][:300])
-    rps = float(re.search(r"throughput summary: ([\d.]+) requests per second", out).group(1))
-    table = re.search(r"avg\s+min\s+p50\s+p95\s+p99\s+max\s*\n\s*([\d.\s]+)", out).group(1).split()
+    rps_match = re.search(r"throughput summary: ([\d.]+) requests per second", out)
+    table_match = re.search(r"avg\s+min\s+p50\s+p95\s+p99\s+max\s*\n\s*([\d.\s]+)", out)
+    if rps_match is None or table_match is None:
+        raise RuntimeError("redis-benchmark printed no summary: " + out[-300:])
+    rps = float(rps_match.group(1))
+    table = table_match.group(1).split()
     avg, _min, p50, _p95, p99, max_ms = map(float, table[:6])
     p999 = max_ms
     for pct, ms in _PERCENTILE.findall(out):
