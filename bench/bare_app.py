@@ -1,7 +1,7 @@
 """The thinnest HTTP debit, and the alternative designs behind the same HTTP stack.
 
 `python -m bench.bare_app` serves, with the gateway's server settings (uvicorn,
-uvloop, httptools, one process, no access log):
+uvloop, httptools, METERING_WORKERS processes, no access log):
 
     POST /debit        parse the body, one EVALSHA of debit.lua, nothing else
                        (no auth, no validation): the HTTP ceiling of the product
@@ -107,7 +107,7 @@ def app_from_env() -> Starlette:
 def main() -> None:
     settings = Settings.from_env()
     uvicorn.run("bench.bare_app:app_from_env", factory=True, host=settings.host,
-                port=settings.port, workers=1, loop="uvloop", http="httptools",
+                port=settings.port, workers=settings.workers, loop="uvloop", http="httptools",
                 log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
 
 

@@ -133,10 +133,10 @@ def start_gateway(settings: Settings, workers: int) -> Server:
     return Server([sys.executable, "-m", "gateway"], env, port)
 
 
-def start_bare_app(settings: Settings) -> Server:
-    """The bare Starlette comparison app (bench/bare_app.py), one process, same server stack."""
+def start_bare_app(settings: Settings, workers: int = 1) -> Server:
+    """The bare Starlette comparison app (bench/bare_app.py), same server stack."""
     port = free_port()
-    env = settings_env(settings.replace(port=port, host="127.0.0.1", workers=1))
+    env = settings_env(settings.replace(port=port, host="127.0.0.1", workers=workers))
     return Server([sys.executable, "-m", "bench.bare_app"], env, port)
 
 

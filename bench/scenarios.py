@@ -241,24 +241,33 @@ async def _pg(database_url: str, sql: str, *seed_args: Any) -> int:
         await conn.close()
 
 
+LEDGER_COUNT = "SELECT count(*) FROM bench_ledger"
+
+
 def postgres_row_lock(run: Run) -> None:
-    """One Postgres transaction per debit behind the same HTTP stack: hot and spread."""
+    """One Postgres transaction per debit behind the same HTTP stack: hot and spread,
+    1 and 2 processes (a pool of METERING_DATABASE_POOL_MAX connections each)."""
     asyncio.run(ensure_database(run.database_url))
     asyncio.run(_pg(run.database_url, "", [HOT, *run.spread_ids()], HOT_BALANCE_MICROS,
                     RATE_CARD.sms_outbound_micros))
     run.redis.flush()
-    app = start_bare_app(run.settings())
+    spread = f"{run.spread_accounts:,} accounts"
     try:
-        for accounts, label in ((1, "hot account"), (run.spread_accounts,
-                                                      f"{run.spread_accounts:,} accounts")):
-            before = asyncio.run(_pg(run.database_url, "SELECT count(*) FROM bench_ledger"))
-            figures = run.http(app.url, "/pg-debit", accounts)
-            after = asyncio.run(_pg(run.database_url, "SELECT count(*) FROM bench_ledger"))
-            figures["ledger_rows"] = after - before
-            run.record("postgres-row-lock", f"{label}, 1 process", figures,
-                       "pg_hot" if accounts == 1 else "pg_spread")
+        for workers in (1, 2):
+            processes = "1 process" if workers == 1 else f"{workers} processes"
+            app = start_bare_app(run.settings(), workers)
+            try:
+                for accounts, label in ((1, "hot account"), (run.spread_accounts, spread)):
+                    before = asyncio.run(_pg(run.database_url, LEDGER_COUNT))
+                    figures = run.http(app.url, "/pg-debit", accounts)
+                    after = asyncio.run(_pg(run.database_url, LEDGER_COUNT))
+                    # Rows include the warm-up and requests in flight when wrk stopped.
+                    figures["ledger_rows"] = after - before
+                    key = f"pg_{'hot' if accounts == 1 else 'spread'}_{workers}"
+                    run.record("postgres-row-lock", f"{label}, {processes}", figures, key)
+            finally:
+                app.stop()
     finally:
-        app.stop()
         asyncio.run(_pg(run.database_url, PG_DROP))
 
 
