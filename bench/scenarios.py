@@ -174,6 +174,7 @@ def authorize(run: Run) -> None:
     seed(run, spread=True)
     settings = run.settings()
     n = run.spread_accounts
+    rate = 0.0
     for workers in (1, 2):
         processes = "1 process" if workers == 1 else f"{workers} processes"
         gateway = start_gateway(settings, workers)
@@ -191,18 +192,18 @@ def authorize(run: Run) -> None:
                                "rate_rps": round(rate, 1), "seconds": run.seconds,
                                "connections": run.connections}, run.seconds),
                            "authorize_open_2")
-                open_loop_floor(run, rate)
         finally:
             gateway.stop()
+    open_loop_floor(run, rate)
     with_ledger_writer(run)
 
 
 def open_loop_floor(run: Run, rate: float) -> None:
-    """The bare debit at the same offered rate: what the machine and the client
-    cost in the tail, so a miss can be put on the gateway or not."""
-    app = start_bare_app(run.settings())
+    """The bare debit, 2 processes, at the same offered rate: what the machine and
+    the client cost in the tail, so a miss can be put on the gateway or not."""
+    app = start_bare_app(run.settings(), 2)
     try:
-        run.record("authorize", "(floor) bare Starlette debit, open loop, same rate",
+        run.record("authorize", "(floor) bare Starlette debit, 2 processes, open loop, same rate",
                    tools.loadgen({
                        "mode": "debit-open", "host": "127.0.0.1", "port": app.port,
                        "path": "/debit", "token": SWITCH_TOKEN, "accounts": 1,
@@ -227,16 +228,26 @@ def calls(run: Run) -> None:
         gateway.stop()
 
 
-async def _pg(database_url: str, sql: str, *seed_args: Any) -> int:
+async def _pg_execute(database_url: str, sql: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        if seed_args:
-            await pg_seed(conn, *seed_args)
-            return 0
-        if sql.startswith("SELECT"):
-            return int(await conn.fetchval(sql))
         await conn.execute(sql)
-        return 0
+    finally:
+        await conn.close()
+
+
+async def _pg_count(database_url: str, sql: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+async def _pg_seed(database_url: str, account_ids: list[str]) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await pg_seed(conn, account_ids, HOT_BALANCE_MICROS, RATE_CARD.sms_outbound_micros)
     finally:
         await conn.close()
 
@@ -248,8 +259,7 @@ def postgres_row_lock(run: Run) -> None:
     """One Postgres transaction per debit behind the same HTTP stack: hot and spread,
     1 and 2 processes (a pool of METERING_DATABASE_POOL_MAX connections each)."""
     asyncio.run(ensure_database(run.database_url))
-    asyncio.run(_pg(run.database_url, "", [HOT, *run.spread_ids()], HOT_BALANCE_MICROS,
-                    RATE_CARD.sms_outbound_micros))
+    asyncio.run(_pg_seed(run.database_url, [HOT, *run.spread_ids()]))
     run.redis.flush()
     spread = f"{run.spread_accounts:,} accounts"
     try:
@@ -258,9 +268,9 @@ def postgres_row_lock(run: Run) -> None:
             app = start_bare_app(run.settings(), workers)
             try:
                 for accounts, label in ((1, "hot account"), (run.spread_accounts, spread)):
-                    before = asyncio.run(_pg(run.database_url, LEDGER_COUNT))
+                    before = asyncio.run(_pg_count(run.database_url, LEDGER_COUNT))
                     figures = run.http(app.url, "/pg-debit", accounts)
-                    after = asyncio.run(_pg(run.database_url, LEDGER_COUNT))
+                    after = asyncio.run(_pg_count(run.database_url, LEDGER_COUNT))
                     # Rows include the warm-up and requests in flight when wrk stopped.
                     figures["ledger_rows"] = after - before
                     key = f"pg_{'hot' if accounts == 1 else 'spread'}_{workers}"
@@ -268,7 +278,7 @@ def postgres_row_lock(run: Run) -> None:
             finally:
                 app.stop()
     finally:
-        asyncio.run(_pg(run.database_url, PG_DROP))
+        asyncio.run(_pg_execute(run.database_url, PG_DROP))
 
 
 def redis_watch(run: Run) -> None:
