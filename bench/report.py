@@ -53,6 +53,14 @@ def commit() -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+# (name, numerator key, denominator key) of server CPU per request: less disturbed
+# by the machine's other tenants than throughput, when the server is CPU-bound.
+CPU_RATIOS = [
+    ("bare debit / authorize, server CPU per request (1 process, hot)", "bare",
+     "authorize_hot_1"),
+]
+
+
 def _by_key(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["key"]: r for r in rows if r.get("key") and r["status"] != "skipped"}
 
@@ -66,6 +74,11 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({"name": name, "value": round(value, 3)})
         else:
             out.append({"name": name, "value": None})
+    for name, top, bottom in CPU_RATIOS:
+        cpu_top = found.get(top, {}).get("server_cpu_us_per_req")
+        cpu_bottom = found.get(bottom, {}).get("server_cpu_us_per_req")
+        value = round(cpu_top / cpu_bottom, 3) if cpu_top and cpu_bottom else None
+        out.append({"name": name, "value": value})
     return out
 
 
@@ -113,20 +126,21 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'scenario':<18} {'variant':<56} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-            f"{'p99.9 ms':>9} {'errors':>7}  load")
+            f"{'p99.9 ms':>9} {'errors':>7} {'cpu µs':>7}  load")
     lines = [head, "-" * len(head)]
     for r in rows:
         if r["status"] == "skipped":
             lines.append(f"{r['scenario']:<18} {r['variant']:<56} skipped: {r['reason']}")
             continue
         load = f"{r.get('tool', '')} {r.get('mode', '')}"
+        cpu = f"{r['server_cpu_us_per_req']:.0f}" if r.get("server_cpu_us_per_req") else ""
         if r.get("offered_rps"):
             load += f" @{r['offered_rps']:.0f}/s"
         elif r.get("concurrency"):
             load += f" c={r['concurrency']}"
         lines.append(f"{r['scenario']:<18} {r['variant']:<56} {r['throughput_rps']:>9.0f} "
                      f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p999_ms']:>9.2f} "
-                     f"{r['errors']:>7}  {load}")
+                     f"{r['errors']:>7} {cpu:>7}  {load}")
     return "\n".join(lines)
 
 
@@ -157,11 +171,11 @@ def write(report: dict[str, Any], results_dir: Path, smoke: bool) -> Path:
 
 def markdown(report: dict[str, Any]) -> str:
     """The figures as the README's table (`python -m bench.report FILE`)."""
-    out = ["| scenario | variant | req/s | p50 ms | p99 ms | p99.9 ms | load |",
-           "|---|---|---:|---:|---:|---:|---|"]
+    out = ["| scenario | variant | req/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | load |",
+           "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in report["results"]:
         if r["status"] == "skipped":
-            out.append(f"| {r['scenario']} | {r['variant']} | skipped: {r['reason']} | | | | |")
+            out.append(f"| {r['scenario']} | {r['variant']} | skipped: {r['reason']} | | | | | |")
             continue
         load = f"{r.get('tool', '')} {r.get('mode', '')}"
         if r.get("offered_rps"):
@@ -169,8 +183,9 @@ def markdown(report: dict[str, Any]) -> str:
         elif r.get("concurrency"):
             load += f", {r['concurrency']} conns"
         errors = f" ({r['errors']} errors)" if r.get("errors") else ""
+        cpu = f"{r['server_cpu_us_per_req']:.0f}" if r.get("server_cpu_us_per_req") else ""
         out.append(f"| {r['scenario']} | {r['variant']}{errors} | {r['throughput_rps']:,.0f} | "
-                   f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {load} |")
+                   f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {cpu} | {load} |")
     out += ["", "| ratio (throughput, same run) | value |", "|---|---:|"]
     for r in report["ratios"]:
         value = "n/a" if r["value"] is None else f"{r['value']:.2f}"

@@ -23,7 +23,9 @@ from bench.procs import (
     ROOT,
     SWITCH_TOKEN,
     RedisServer,
+    Server,
     bench_settings,
+    cpu_seconds,
     ensure_database,
     settings_env,
     start_bare_app,
@@ -87,12 +89,22 @@ class Run:
     def spread_ids(self) -> list[str]:
         return [f"bench-{n}" for n in range(self.spread_accounts)]
 
-    def http(self, url: str, path: str, accounts: int, token: str = SWITCH_TOKEN
-             ) -> dict[str, Any]:
-        """Closed-loop wrk run after a short warm-up (connections, caches, JIT of the script)."""
+    def http(self, server: Server, path: str, accounts: int) -> dict[str, Any]:
+        """Closed-loop wrk run after a short warm-up (connections, caches, JIT of the
+        script), with the CPU time the server and Redis spent per answered request:
+        a figure the other tenants of the machine disturb less than throughput."""
         if self.warmup_s:
-            tools.wrk(url, path, token, accounts, self.connections, self.warmup_s)
-        return tools.wrk(url, path, token, accounts, self.connections, self.seconds)
+            tools.wrk(server.url, path, SWITCH_TOKEN, accounts, self.connections, self.warmup_s)
+        pids = server.pids()
+        server_cpu_s, redis_cpu_s = cpu_seconds(pids), cpu_seconds([self.redis.proc.pid])
+        figures = tools.wrk(server.url, path, SWITCH_TOKEN, accounts, self.connections,
+                            self.seconds)
+        answered = max(1, figures["requests"] - figures["errors"])
+        figures["server_cpu_us_per_req"] = round(
+            (cpu_seconds(pids) - server_cpu_s) * 1e6 / answered, 1)
+        figures["redis_cpu_us_per_req"] = round(
+            (cpu_seconds([self.redis.proc.pid]) - redis_cpu_s) * 1e6 / answered, 1)
+        return figures
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -164,7 +176,7 @@ def ceiling(run: Run) -> None:
     app = start_bare_app(settings)
     try:
         run.record("ceiling", "bare Starlette route + one EVALSHA, hot",
-                   run.http(app.url, "/debit", 1), "bare")
+                   run.http(app, "/debit", 1), "bare")
     finally:
         app.stop()
 
@@ -180,9 +192,9 @@ def authorize(run: Run) -> None:
         gateway = start_gateway(settings, workers)
         try:
             hot = run.record("authorize", f"hot account, {processes}",
-                             run.http(gateway.url, "/v1/messages", 1), f"authorize_hot_{workers}")
+                             run.http(gateway, "/v1/messages", 1), f"authorize_hot_{workers}")
             run.record("authorize", f"{n:,} accounts, {processes}",
-                       run.http(gateway.url, "/v1/messages", n), f"authorize_spread_{workers}")
+                       run.http(gateway, "/v1/messages", n), f"authorize_spread_{workers}")
             if workers == 2:
                 rate = max(10.0, hot["throughput_rps"] / 2)
                 run.record("authorize", "hot account, 2 processes, open loop at half the peak",
@@ -269,7 +281,7 @@ def postgres_row_lock(run: Run) -> None:
             try:
                 for accounts, label in ((1, "hot account"), (run.spread_accounts, spread)):
                     before = asyncio.run(_pg_count(run.database_url, LEDGER_COUNT))
-                    figures = run.http(app.url, "/pg-debit", accounts)
+                    figures = run.http(app, "/pg-debit", accounts)
                     after = asyncio.run(_pg_count(run.database_url, LEDGER_COUNT))
                     # Rows include the warm-up and requests in flight when wrk stopped.
                     figures["ledger_rows"] = after - before
@@ -286,7 +298,7 @@ def redis_watch(run: Run) -> None:
     seed(run, spread=False)
     app = start_bare_app(run.settings())
     try:
-        run.record("redis-watch", "hot account, 1 process", run.http(app.url, "/watch-debit", 1),
+        run.record("redis-watch", "hot account, 1 process", run.http(app, "/watch-debit", 1),
                    "watch_hot")
     finally:
         app.stop()
@@ -424,7 +436,7 @@ def with_ledger_writer(run: Run) -> None:
         try:
             rows_before = asyncio.run(_ledger_rows(url))
             with LagSampler(settings) as sampler:
-                figures = run.http(gateway.url, "/v1/messages", run.spread_accounts)
+                figures = run.http(gateway, "/v1/messages", run.spread_accounts)
             rows_after = asyncio.run(_ledger_rows(url))
         finally:
             gateway.stop()
