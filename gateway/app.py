@@ -17,8 +17,10 @@ from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.openapi import build_openapi
 from gateway.responses import JSONResponse
+from metering.postgres import open_database
 from metering.settings import Settings
 from metering.store import open_store
+from metering.stripe_client import build_stripe_client, close_stripe_client
 from metering.sweeper import run_sweeper
 
 
@@ -28,17 +30,22 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         store = await open_store(settings)
+        # Postgres pool (connects lazily) and the one Stripe client (payments, issue 5).
+        db = await open_database(settings)
+        stripe_client = build_stripe_client(settings)
         stop = asyncio.Event()
         tasks = []
         if settings.reservation_sweep_interval_s > 0:
             tasks.append(asyncio.create_task(run_sweeper(store, stop), name="sweeper"))
         try:
-            yield {"settings": settings, "store": store}
+            yield {"settings": settings, "store": store, "db": db, "stripe": stripe_client}
         finally:
             stop.set()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await close_stripe_client(stripe_client)
+            await db.close()
             await store.redis.aclose()
 
     async def openapi(request: Request) -> Response:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import accounts_api, switch_api
+from gateway import accounts_api, payments_api, switch_api
 from gateway.bodies import Body
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -65,4 +65,23 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/v1/calls/{call_id}/release", switch_api.post_call_release, ("switch",),
              "The call never connected: release its reservation, charge nothing.",
              switch_api.RELEASE_BODY),
+    # ---- payments (issue 5) ----
+    Endpoint("PUT", "/v1/accounts/{account_id}/recharge", payments_api.put_recharge,
+             ("customer", "ops"),
+             "Save the automatic recharge settings as one update (422 names the field).",
+             payments_api.RECHARGE_BODY),
+    Endpoint("POST", "/v1/accounts/{account_id}/payments", payments_api.post_payment,
+             ("customer", "ops"),
+             "Pay now: charge the card on file and add the amount, once per payment_id.",
+             payments_api.PAYMENT_BODY, errors=(400, 401, 402, 403, 404, 409, 422, 503)),
+    Endpoint("PUT", "/v1/accounts/{account_id}/card", payments_api.put_card,
+             ("customer", "ops"),
+             "Register or replace the card on file from a Stripe payment method id.",
+             payments_api.CARD_BODY, errors=(400, 401, 402, 403, 404, 422, 503)),
+    Endpoint("DELETE", "/v1/accounts/{account_id}/card", payments_api.delete_card,
+             ("customer", "ops"),
+             "Delete the card on file (turns automatic recharge off)."),
+    Endpoint("POST", "/v1/stripe/webhook", payments_api.post_stripe_webhook, (),
+             "Stripe events (payment_intent.succeeded / payment_failed), signature-verified.",
+             errors=(400, 413)),
 ]

@@ -34,6 +34,11 @@ STATUS: dict[type[Exception], int] = {
     errors.InvalidRequest: 422,
     errors.BalanceLimit: 422,
     errors.ConcurrentCallLimit: 429,
+    # payments (issue 5)
+    errors.CardDeclined: 402,
+    errors.PaymentFailed: 402,
+    errors.NoCardOnFile: 409,
+    errors.WebhookRejected: 400,
     errors.LedgerBacklogFull: 503,
     errors.Unavailable: 503,
 }

@@ -29,9 +29,9 @@ ERROR_TEXT = {
 def _operation(e: Endpoint) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": e.summary,
-        "description": "Roles: " + ", ".join(e.roles),
+        "description": "Roles: " + (", ".join(e.roles) or "none (signature-verified)"),
         "operationId": e.handler.__name__,
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}] if e.roles else [],
         "responses": {
             str(e.success): {"description": "Success",
                              "content": {"application/json": {"schema": {"type": "object"}}}},

@@ -18,6 +18,8 @@ from metering.settings import Settings, SettingsError
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("metering.migrate", "apply the Postgres migrations (safe to run twice)"),
     "sweep": ("metering.sweeper", "run the reservation sweeper on its own"),
+    "recharge-worker": ("metering.recharge_worker",
+                        "charge cards for automatic recharges, credit them, email failures"),
 }
 
 

@@ -116,3 +116,28 @@ def raise_refusal(result: list[Any], account_id: str, subject: str = "") -> None
             "the ledger writer is behind; charges are paused until it catches up"
         )
     raise AssertionError(f"unexpected script answer {result!r}")
+
+
+# ---- payments (issue 5) ----
+
+
+class CardDeclined(MeteringError):
+    """Stripe refused the charge; nothing was credited. The message says why."""
+
+    code = "card_declined"
+
+
+class NoCardOnFile(MeteringError):
+    code = "no_card_on_file"
+
+
+class PaymentFailed(MeteringError):
+    """A payment id already used for a payment that failed: use a new id to try again."""
+
+    code = "payment_failed"
+
+
+class WebhookRejected(MeteringError):
+    """A Stripe webhook with a bad or missing signature or a stale timestamp."""
+
+    code = "webhook_rejected"

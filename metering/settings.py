@@ -73,6 +73,27 @@ class Settings:
     stripe_api_base: str = "http://127.0.0.1:8420"
     stripe_webhook_secret: str = "whsec_local"
     stripe_timeout_s: float = 10.0
+    # Payments (issue 5): SDK retries of one Stripe call (same idempotency key),
+    # webhook timestamp tolerance, and the bounds of one pay-now payment.
+    stripe_max_network_retries: int = 2
+    stripe_webhook_tolerance_s: int = 300
+    stripe_webhook_bytes_max: int = 262_144
+    stripe_currency: str = "usd"
+    payment_micros_min: int = 1_000_000
+    payment_micros_max: int = 10_000_000_000
+    # Recharge worker: poll period, requests per read, retry rule. Network and
+    # 5xx failures retry with exponential backoff (base, cap, count); a declined
+    # card or a missing card waits recharge_decline_retry_s; an episode gives up
+    # after recharge_attempts_max attempts (a new card restarts it).
+    recharge_poll_interval_s: float = 0.5
+    recharge_batch_max: int = 50
+    recharge_backoff_base_s: float = 2.0
+    recharge_backoff_max_s: float = 300.0
+    recharge_transient_retries_max: int = 5
+    recharge_decline_retry_s: float = 21_600.0
+    recharge_attempts_max: int = 10
+    recharge_lease_s: float = 120.0
+    recharge_consumer_group: str = "recharge-worker"
 
     # Email for recharge failures.
     smtp_host: str = "127.0.0.1"
@@ -108,7 +129,8 @@ class Settings:
         for name in ("call_grant_s", "call_duration_s_max", "redis_connections_max",
                      "request_body_bytes_max", "idempotency_window_s", "ledger_backlog_max",
                      "ledger_batch_rows_max", "activity_page_max", "workers", "call_extends_max",
-                     "reservation_sweep_batch_max"):
+                     "reservation_sweep_batch_max", "payment_micros_min",
+                     "recharge_batch_max", "recharge_attempts_max"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"METERING_{name.upper()} must be at least 1")
         if self.call_validity_grace_s < 0:
@@ -117,6 +139,11 @@ class Settings:
             raise SettingsError(
                 "METERING_CALL_GRANT_S must not exceed METERING_CALL_DURATION_S_MAX"
             )
+        if self.payment_micros_min > self.payment_micros_max:
+            raise SettingsError("METERING_PAYMENT_MICROS_MIN must not exceed "
+                                "METERING_PAYMENT_MICROS_MAX")
+        if not 0 <= self.stripe_max_network_retries <= 5:
+            raise SettingsError("METERING_STRIPE_MAX_NETWORK_RETRIES must be between 0 and 5")
         if not self.switch_token or not self.ops_token:
             raise SettingsError("METERING_SWITCH_TOKEN and METERING_OPS_TOKEN must not be empty")
 

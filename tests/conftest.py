@@ -170,3 +170,7 @@ async def make_account(
             "credit_id": "initial", "amount_micros": balance_micros, "reason": "test funds"})
         assert r.status_code == 200, r.text
     return account_id
+
+
+# Area fixture modules, registered for every test file.
+pytest_plugins = ["tests.fixtures_payments"]

@@ -1,0 +1,363 @@
+"""Pay now and the card on file.
+
+Stripe holds the card: the browser registers it with Stripe's own elements and
+hands this service a payment method id. The service keeps only Stripe ids,
+brand, last four digits and expiry (Postgres `cards_on_file` and the account's
+Redis hash, where the dashboard and the recharge worker read them).
+
+Pay now charges the card on file off-session and credits the balance once per
+payment id: the Postgres row remembers the payment, the Stripe call carries an
+idempotency key derived from the payment id, and the credit script is
+idempotent by the same id, so a repeated request, a retried Stripe call and a
+redelivered `payment_intent.succeeded` webhook all land on the one credit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from typing import Any
+
+import stripe
+
+from metering import accounts, fields
+from metering.credits import add_funds
+from metering.errors import (
+    CardDeclined,
+    IdempotencyConflict,
+    InvalidRequest,
+    NoCardOnFile,
+    PaymentFailed,
+    Unavailable,
+)
+from metering.settings import Settings
+from metering.store import Store
+from metering.stripe_client import charge_off_session, failure_of, idempotency_key, to_cents
+
+log = logging.getLogger(__name__)
+
+PAYMENT_METHOD_ID = re.compile(r"pm_[A-Za-z0-9_]{1,120}")
+CARD_FIELDS = (
+    "card_payment_method_id",
+    "card_brand",
+    "card_last4",
+    "card_exp_month",
+    "card_exp_year",
+)
+
+SQL_CUSTOMER = "SELECT customer_id FROM stripe_customers WHERE account_id = $1"
+SQL_INSERT_CUSTOMER = """
+    INSERT INTO stripe_customers (account_id, customer_id) VALUES ($1, $2)
+    ON CONFLICT (account_id) DO NOTHING"""
+SQL_CARD = """
+    SELECT c.payment_method_id, c.brand, c.last4, c.exp_month, c.exp_year, s.customer_id
+    FROM cards_on_file c JOIN stripe_customers s USING (account_id)
+    WHERE c.account_id = $1"""
+SQL_UPSERT_CARD = """
+    INSERT INTO cards_on_file (account_id, payment_method_id, brand, last4, exp_month, exp_year)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (account_id) DO UPDATE SET payment_method_id = $2, brand = $3, last4 = $4,
+        exp_month = $5, exp_year = $6, updated_at = now()
+    RETURNING (xmax = 0) AS inserted"""
+SQL_DELETE_CARD = "DELETE FROM cards_on_file WHERE account_id = $1 RETURNING payment_method_id"
+SQL_DISABLE_RECHARGE = """
+    UPDATE recharge_settings SET enabled = false, updated_at = now() WHERE account_id = $1"""
+# A new card gives an open recharge episode its next attempt now.
+SQL_RETRY_EPISODE_NOW = """
+    UPDATE recharge_episodes SET next_attempt_at_us = 0, updated_at = now()
+    WHERE account_id = $1 AND status = 'open'"""
+SQL_INSERT_PAYMENT = """
+    INSERT INTO payments (account_id, payment_id, kind, amount_micros, status)
+    VALUES ($1, $2, 'pay_now', $3, 'pending')
+    ON CONFLICT (account_id, payment_id) DO NOTHING RETURNING payment_id"""
+SQL_PAYMENT = """
+    SELECT kind, amount_micros, status, payment_intent_id, failure_reason, credited
+    FROM payments WHERE account_id = $1 AND payment_id = $2"""
+SQL_PAYMENT_SUCCEEDED = """
+    UPDATE payments SET status = 'succeeded', credited = true, payment_intent_id = $3,
+        failure_reason = NULL, updated_at = now()
+    WHERE account_id = $1 AND payment_id = $2"""
+# A failure never overwrites a success (a late payment_failed webhook after a retry).
+SQL_PAYMENT_FAILED = """
+    UPDATE payments SET status = 'failed', payment_intent_id = coalesce($3, payment_intent_id),
+        failure_reason = $4, updated_at = now()
+    WHERE account_id = $1 AND payment_id = $2 AND status <> 'succeeded'"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Card:
+    payment_method_id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    customer_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """What a customer sees: never the Stripe ids."""
+        return {
+            "brand": self.brand,
+            "last4": self.last4,
+            "exp_month": self.exp_month,
+            "exp_year": self.exp_year,
+        }
+
+
+async def card_on_file(db: Any, account_id: str) -> Card | None:
+    row = await db.fetchrow(SQL_CARD, account_id)
+    if row is None:
+        return None
+    return Card(
+        row["payment_method_id"],
+        row["brand"],
+        row["last4"].strip(),
+        int(row["exp_month"]),
+        int(row["exp_year"]),
+        row["customer_id"],
+    )
+
+
+async def ensure_customer(db: Any, client: stripe.StripeClient, account_id: str) -> str:
+    """The account's Stripe customer, created once (idempotent by account id)."""
+    customer_id: str | None = await db.fetchval(SQL_CUSTOMER, account_id)
+    if customer_id:
+        return customer_id
+    try:
+        customer = await client.v1.customers.create_async(
+            {"metadata": {"account_id": account_id}},
+            {"idempotency_key": idempotency_key("customer", account_id)},
+        )
+    except stripe.StripeError as exc:
+        raise Unavailable(f"Stripe did not create the customer: {failure_of(exc).reason}") from None
+    await db.execute(SQL_INSERT_CUSTOMER, account_id, customer.id)
+    # Another request may have won the race: the stored one is the customer.
+    stored: str = await db.fetchval(SQL_CUSTOMER, account_id)
+    return stored
+
+
+async def set_card(
+    store: Store, db: Any, client: stripe.StripeClient, account_id: str, payment_method_id: Any
+) -> Card:
+    """Register (or replace) the card on file from a Stripe payment method id."""
+    fields.account_id(account_id)
+    if not isinstance(payment_method_id, str) or not PAYMENT_METHOD_ID.fullmatch(payment_method_id):
+        raise InvalidRequest(
+            "payment_method_id", "payment_method_id must be a Stripe payment method id (pm_...)"
+        )
+    await accounts.get_account(store, account_id)
+    customer_id = await ensure_customer(db, client, account_id)
+    try:
+        # Attaching is idempotent at Stripe; no key of ours, so re-adding a card
+        # deleted earlier really attaches it again (the SDK still keys its retries).
+        pm = await client.v1.payment_methods.attach_async(
+            payment_method_id, {"customer": customer_id}
+        )
+    except stripe.CardError as exc:
+        raise CardDeclined(f"the card was refused: {failure_of(exc).reason}") from None
+    except stripe.InvalidRequestError as exc:
+        why = exc.user_message or str(exc)
+        raise InvalidRequest(
+            "payment_method_id", f"Stripe refused the payment method: {why}"
+        ) from None
+    except stripe.StripeError as exc:
+        raise Unavailable(f"Stripe did not answer: {failure_of(exc).reason}") from None
+    if pm.type != "card" or pm.card is None:
+        raise InvalidRequest("payment_method_id", "the payment method is not a card")
+    card = Card(
+        pm.id,
+        str(pm.card.brand),
+        str(pm.card.last4),
+        int(pm.card.exp_month),
+        int(pm.card.exp_year),
+        customer_id,
+    )
+    previous = await card_on_file(db, account_id)
+    keys = store.account_keys(account_id)
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            SQL_UPSERT_CARD,
+            account_id,
+            card.payment_method_id,
+            card.brand,
+            card.last4,
+            card.exp_month,
+            card.exp_year,
+        )
+        await conn.execute(SQL_RETRY_EPISODE_NOW, account_id)
+        # Redis inside the transaction: if it fails, Postgres rolls back too.
+        await store.redis.hset(
+            keys.account,
+            mapping={
+                "card_payment_method_id": card.payment_method_id,
+                "card_brand": card.brand,
+                "card_last4": card.last4,
+                "card_exp_month": card.exp_month,
+                "card_exp_year": card.exp_year,
+            },
+        )
+    if previous is not None and previous.payment_method_id != card.payment_method_id:
+        await _detach(client, previous.payment_method_id)
+    return card
+
+
+async def delete_card(store: Store, db: Any, client: stripe.StripeClient, account_id: str) -> bool:
+    """Remove the card on file; automatic recharge is turned off with it (it needs a card).
+    Returns whether there was a card."""
+    fields.account_id(account_id)
+    await accounts.get_account(store, account_id)
+    keys = store.account_keys(account_id)
+    async with db.acquire() as conn, conn.transaction():
+        removed = await conn.fetchval(SQL_DELETE_CARD, account_id)
+        await conn.execute(SQL_DISABLE_RECHARGE, account_id)
+        # Recharge off first: if the second command fails, no recharge can run
+        # against a card the customer removed, and Postgres rolls back.
+        await store.redis.hset(keys.account, "recharge_enabled", "0")
+        await store.redis.hdel(keys.account, *CARD_FIELDS)
+    if removed:
+        await _detach(client, removed)
+    return removed is not None
+
+
+async def _detach(client: stripe.StripeClient, payment_method_id: str) -> None:
+    # Best effort: the card is already gone from this service, which is what
+    # stops it being charged; a leftover attachment at Stripe is harmless.
+    try:
+        await client.v1.payment_methods.detach_async(payment_method_id)
+    except stripe.StripeError as exc:
+        log.warning("could not detach %s at Stripe: %s", payment_method_id, failure_of(exc).reason)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Payment:
+    payment_id: str
+    amount_micros: int
+    status: str
+    balance_micros: int
+    available_micros: int
+    payment_intent_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "payment_id": self.payment_id,
+            "amount_micros": self.amount_micros,
+            "status": self.status,
+            "balance_micros": self.balance_micros,
+            "available_micros": self.available_micros,
+            "payment_intent_id": self.payment_intent_id,
+        }
+
+
+def credit_reason(payment_intent_id: str) -> str:
+    """The ledger detail of a card payment; the same on every path so the credit
+    script sees the same request and answers the first credit again."""
+    return f"card payment {payment_intent_id}"
+
+
+async def pay_now(
+    store: Store,
+    db: Any,
+    client: stripe.StripeClient,
+    settings: Settings,
+    account_id: str,
+    payment_id: Any,
+    amount_micros: Any,
+) -> Payment:
+    """Charge the card on file and credit the balance, once per payment id."""
+    fields.account_id(account_id)
+    fields.request_id(payment_id, "payment_id")
+    fields.integer(
+        amount_micros, "amount_micros", settings.payment_micros_min, settings.payment_micros_max
+    )
+    to_cents(amount_micros)
+    await accounts.get_account(store, account_id)
+    row = await db.fetchrow(SQL_PAYMENT, account_id, payment_id)
+    if row is not None:
+        if row["kind"] != "pay_now" or row["amount_micros"] != amount_micros:
+            raise IdempotencyConflict(
+                f"payment {payment_id} was already used with another amount; "
+                "a retry must repeat the first body exactly"
+            )
+        if row["status"] == "succeeded":
+            return await _credit(
+                store, db, account_id, payment_id, amount_micros, row["payment_intent_id"]
+            )
+        if row["status"] == "failed":
+            raise PaymentFailed(
+                f"payment {payment_id} failed: {row['failure_reason']}; "
+                "nothing was credited (use a new payment_id to try again)",
+                reason=row["failure_reason"],
+            )
+    card = await card_on_file(db, account_id)
+    if card is None:
+        raise NoCardOnFile(f"account {account_id} has no card on file; register a card first")
+    # A concurrent twin may insert first; both then make the same idempotent Stripe call.
+    await db.execute(SQL_INSERT_PAYMENT, account_id, payment_id, amount_micros)
+    outcome = await charge_off_session(
+        client,
+        settings,
+        card.customer_id,
+        card.payment_method_id,
+        amount_micros,
+        {"account_id": account_id, "payment_id": payment_id, "kind": "pay_now"},
+        idempotency_key("pay_now", account_id, payment_id),
+    )
+    if outcome.succeeded:
+        assert outcome.payment_intent_id is not None
+        return await _credit(
+            store, db, account_id, payment_id, amount_micros, outcome.payment_intent_id
+        )
+    if outcome.retryable:
+        # Left pending: the same payment id retried later reuses the idempotency
+        # key, and a succeeded webhook credits it if the charge went through.
+        raise Unavailable(f"{outcome.reason}; retry with the same payment_id")
+    await db.execute(
+        SQL_PAYMENT_FAILED, account_id, payment_id, outcome.payment_intent_id, outcome.reason
+    )
+    raise CardDeclined(
+        f"the card was declined, nothing was credited: {outcome.reason}", reason=outcome.reason
+    )
+
+
+async def _credit(
+    store: Store,
+    db: Any,
+    account_id: str,
+    payment_id: str,
+    amount_micros: int,
+    payment_intent_id: str,
+) -> Payment:
+    credit = await add_funds(
+        store, account_id, payment_id, amount_micros, "pay_now", credit_reason(payment_intent_id)
+    )
+    await db.execute(SQL_PAYMENT_SUCCEEDED, account_id, payment_id, payment_intent_id)
+    return Payment(
+        payment_id,
+        amount_micros,
+        "succeeded",
+        credit.balance_micros,
+        credit.balance_micros - credit.reserved_micros,
+        payment_intent_id,
+    )
+
+
+async def settle_pay_now_event(
+    store: Store, db: Any, intent: dict[str, Any], succeeded: bool
+) -> str:
+    """A payment_intent webhook for a pay-now payment: credit it (once) or mark it failed."""
+    meta = intent.get("metadata") or {}
+    account_id, payment_id = str(meta.get("account_id")), str(meta.get("payment_id"))
+    row = await db.fetchrow(SQL_PAYMENT, account_id, payment_id)
+    if row is None or row["kind"] != "pay_now":
+        log.warning("webhook for unknown payment %s/%s", account_id, payment_id)
+        return "unknown_payment"
+    if to_cents(row["amount_micros"]) != int(intent.get("amount") or 0):
+        log.error("webhook amount differs for payment %s/%s", account_id, payment_id)
+        return "amount_mismatch"
+    if succeeded:
+        await _credit(store, db, account_id, payment_id, row["amount_micros"], intent["id"])
+        return "credited"
+    err = intent.get("last_payment_error") or {}
+    reason = f"{err.get('code') or 'payment_failed'}: {err.get('message') or 'payment failed'}"
+    await db.execute(SQL_PAYMENT_FAILED, account_id, payment_id, intent["id"], reason)
+    return "failed"

@@ -1,0 +1,124 @@
+"""The one Stripe client of a process, and what every Stripe call shares:
+amounts in cents, idempotency keys, and how a failure is classified.
+
+The official SDK is used over HTTP (the real API or a local Stripe-compatible
+server at settings.stripe_api_base); its own retries reuse the idempotency key,
+so a retried call never charges twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import stripe
+
+from metering.errors import InvalidRequest
+from metering.settings import Settings
+
+MICROS_PER_CENT = 10_000
+# Stripe allows 255 characters; a hash keeps long account and payment ids inside it.
+IDEMPOTENCY_KEY_LENGTH_MAX = 255
+
+
+def build_stripe_client(settings: Settings) -> stripe.StripeClient:
+    """One client for the process: bounded time per call and bounded retries."""
+    return stripe.StripeClient(
+        settings.stripe_api_key,
+        base_addresses={"api": settings.stripe_api_base},
+        max_network_retries=settings.stripe_max_network_retries,
+        http_client=stripe.HTTPXClient(timeout=settings.stripe_timeout_s),
+    )
+
+
+async def close_stripe_client(client: stripe.StripeClient) -> None:
+    """Close the async HTTP connections the client opened."""
+    http_client = client._requestor._get_http_client()  # noqa: SLF001 - no public close
+    await http_client.close_async()  # type: ignore[no-untyped-call]
+
+
+def to_cents(amount_micros: int, field: str = "amount_micros") -> int:
+    """Stripe charges whole cents: refuse an amount that is not one."""
+    if amount_micros % MICROS_PER_CENT:
+        raise InvalidRequest(
+            field, f"{field} must be a whole number of cents (a multiple of {MICROS_PER_CENT})"
+        )
+    return amount_micros // MICROS_PER_CENT
+
+
+def idempotency_key(kind: str, *parts: str | int) -> str:
+    """A stable key for one logical Stripe call: the same parts give the same key."""
+    text = ":".join([kind, *(str(p) for p in parts)])
+    if len(text) <= 120:
+        return text
+    return f"{kind}:{hashlib.sha256(text.encode()).hexdigest()}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChargeOutcome:
+    """What one off-session charge came to."""
+
+    succeeded: bool
+    payment_intent_id: str | None
+    reason: str  # empty on success; for people and for the failure email
+    retryable: bool  # network, 5xx, rate limit: worth the same call again later
+
+
+def failure_of(exc: Exception) -> ChargeOutcome:
+    """Classify a Stripe SDK error: declines are final, transport trouble is retryable."""
+    if isinstance(exc, stripe.CardError):
+        err = exc.error
+        code = getattr(err, "decline_code", None) or exc.code or "card_declined"
+        message = exc.user_message or str(exc) or "the card was declined"
+        pi = getattr(err, "payment_intent", None)
+        pi_id = pi.get("id") if isinstance(pi, dict) else None
+        return ChargeOutcome(False, pi_id, f"{code}: {message}", False)
+    if isinstance(exc, (stripe.APIConnectionError, stripe.RateLimitError)):
+        return ChargeOutcome(False, None, f"Stripe unreachable: {_short(exc)}", True)
+    if isinstance(exc, stripe.StripeError):
+        status = exc.http_status or 0
+        if status >= 500 or status in (409, 429):
+            return ChargeOutcome(False, None, f"Stripe error {status}: {_short(exc)}", True)
+        return ChargeOutcome(
+            False, None, f"Stripe refused the request ({status}): {_short(exc)}", False
+        )
+    raise exc
+
+
+def _short(exc: Exception) -> str:
+    text = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+async def charge_off_session(
+    client: stripe.StripeClient,
+    settings: Settings,
+    customer_id: str,
+    payment_method_id: str,
+    amount_micros: int,
+    metadata: dict[str, str],
+    key: str,
+) -> ChargeOutcome:
+    """Create and confirm a PaymentIntent against the saved card, off-session."""
+    params: dict[str, Any] = {
+        "amount": to_cents(amount_micros),
+        "currency": settings.stripe_currency,
+        "customer": customer_id,
+        "payment_method": payment_method_id,
+        "confirm": True,
+        "off_session": True,
+        "metadata": metadata,
+    }
+    try:
+        intent = await client.v1.payment_intents.create_async(
+            params,  # type: ignore[arg-type]
+            {"idempotency_key": key},
+        )
+    except stripe.StripeError as exc:
+        return failure_of(exc)
+    if intent.status == "succeeded":
+        return ChargeOutcome(True, intent.id, "", False)
+    err = getattr(intent, "last_payment_error", None)
+    message = (err.get("message") if err else None) or f"payment {intent.status}"
+    return ChargeOutcome(False, intent.id, f"{intent.status}: {message}", False)

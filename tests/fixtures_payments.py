@@ -1,0 +1,252 @@
+"""Fixtures of the payments tests: a real local Stripe server (localstripe plus
+tests/stripe_local.py) and a real SMTP server (aiosmtpd), each on a free port,
+the payments tables migrated into the suite's own Postgres database, and a
+gateway process wired to all of them whose log is kept for inspection."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import stripe
+from aiosmtpd.controller import Controller
+
+from metering.migrate import apply_migrations, ensure_database
+from metering.recharge_worker import RechargeWorker
+from metering.settings import Settings
+from metering.store import Store, open_store
+from metering.stripe_client import build_stripe_client, close_stripe_client
+from tests.conftest import (
+    OPS,
+    RATE_CARD,
+    ROOT,
+    free_port,
+    new_account_id,
+    settings_env,
+    test_settings,
+    wait_for_http,
+)
+
+WEBHOOK_SECRET = "whsec_test_payments_secret"
+STRIPE_KEY = "sk_test_payments"
+# Each event is delivered to two registered endpoints, both this gateway: every
+# webhook in these tests arrives twice.
+WEBHOOK_ENDPOINT_IDS = ("first", "second")
+
+
+class StripeServer:
+    """`python -m tests.stripe_local` on a free port; stopped (only it) at the end."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.stripe_local", "--port", str(self.port)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_http(self.url + "/_config/counts", proc=self.proc)
+
+    def intents_created(self) -> int:
+        return int(httpx.get(self.url + "/_config/counts").json()["payment_intents_created"])
+
+    def lose_responses(self, count: int) -> None:
+        httpx.post(self.url + f"/_config/lose_responses?count={count}").raise_for_status()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Mailbox:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], Message]] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        with self._lock:
+            self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content)))
+        return "250 OK"
+
+    def to(self, address: str) -> list[Message]:
+        with self._lock:
+            return [m for rcpts, m in self.messages if address in rcpts]
+
+
+class PaymentsGateway:
+    """A real `python -m gateway` for payments, its output kept in a log file."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.settings = settings.replace(port=self.port, host="127.0.0.1", log_level="info")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(tempfile.mkstemp(prefix="payments-gateway-", suffix=".log")[1])
+        self._log_file = self.log.open("wb")
+        env = settings_env(self.settings)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway"],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_http(self.url + "/healthz", proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+        self.log.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def stripe_server() -> Iterator[StripeServer]:
+    server = StripeServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mailbox() -> Iterator[Mailbox]:
+    box = Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    box.port = controller.port  # type: ignore[attr-defined]
+    yield box
+    controller.stop()
+
+
+@pytest.fixture(scope="session")
+def pay_settings(stripe_server: StripeServer, mailbox: Mailbox) -> Settings:
+    return test_settings(
+        stripe_api_base=stripe_server.url,
+        stripe_api_key=STRIPE_KEY,
+        stripe_webhook_secret=WEBHOOK_SECRET,
+        smtp_port=mailbox.port,  # type: ignore[attr-defined]
+        recharge_decline_retry_s=2.0,
+        recharge_backoff_base_s=0.3,
+        recharge_backoff_max_s=1.0,
+        recharge_transient_retries_max=3,
+        recharge_poll_interval_s=0.05,
+    )
+
+
+@pytest.fixture(scope="session")
+async def pay_db(pay_settings: Settings) -> AsyncIterator[Any]:
+    await ensure_database(pay_settings.database_url)
+    conn = await asyncpg.connect(pay_settings.database_url)
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(pay_settings.database_url, min_size=1, max_size=5)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+def pay_gateway(
+    pay_settings: Settings,
+    pay_db: Any,
+    stripe_server: StripeServer,
+) -> Iterator[PaymentsGateway]:
+    gw = PaymentsGateway(pay_settings)
+    for endpoint_id in WEBHOOK_ENDPOINT_IDS:
+        httpx.post(
+            f"{stripe_server.url}/_config/webhooks/{endpoint_id}",
+            data={
+                "url": gw.url + "/v1/stripe/webhook",
+                "secret": WEBHOOK_SECRET,
+            },
+        ).raise_for_status()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+async def pay_http(pay_gateway: PaymentsGateway) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=pay_gateway.url, limits=limits, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def pay_store(pay_settings: Settings) -> AsyncIterator[Store]:
+    s = await open_store(pay_settings)
+    yield s
+    await s.redis.aclose()
+
+
+@pytest.fixture
+async def stripe_client(pay_settings: Settings) -> AsyncIterator[stripe.StripeClient]:
+    client = build_stripe_client(pay_settings)
+    yield client
+    await close_stripe_client(client)
+
+
+@pytest.fixture
+async def worker(
+    pay_store: Store, pay_db: Any, stripe_client: stripe.StripeClient, pay_settings: Settings
+) -> RechargeWorker:
+    w = RechargeWorker(pay_store, pay_db, stripe_client, pay_settings, consumer="tests")
+    await w.ensure_groups()
+    return w
+
+
+async def customer_account(
+    http: httpx.AsyncClient, balance_micros: int = 0, rate_card: dict[str, int] | None = None
+) -> tuple[str, dict[str, str]]:
+    """A new account (optionally funded by an ops credit) and its customer auth header."""
+    account_id = new_account_id("pay")
+    r = await http.post(
+        "/v1/accounts",
+        headers=OPS,
+        json={"account_id": account_id, "rate_card": rate_card or RATE_CARD},
+    )
+    assert r.status_code == 201, r.text
+    if balance_micros:
+        r = await http.post(
+            f"/v1/accounts/{account_id}/credits",
+            headers=OPS,
+            json={"credit_id": "initial", "amount_micros": balance_micros, "reason": "test funds"},
+        )
+        assert r.status_code == 200, r.text
+    r = await http.post(
+        f"/v1/accounts/{account_id}/tokens", headers=OPS, json={"label": "dashboard"}
+    )
+    assert r.status_code == 201, r.text
+    return account_id, {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+async def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.1) -> None:
+    """Poll an async predicate until it holds; fail the test if it never does."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")

@@ -1,0 +1,137 @@
+"""A local Stripe-compatible server for tests and the demo: `localstripe` plus
+the little it lacks, answering as Stripe's API documents.
+
+    python -m tests.stripe_local --port 8420
+
+Added on top of localstripe (which is imported, not copied):
+
+- Idempotency keys (https://docs.stripe.com/api/idempotent_requests): a POST
+  carrying `Idempotency-Key` is executed once; a repeat with the same key and
+  the same parameters gets the saved answer with `Idempotent-Replayed: true`;
+  the same key with other parameters is a 400 `idempotency_error`.
+- Test controls under /_config (as localstripe's own webhook registration is):
+  `POST /_config/lose_responses?count=N` makes the next N POSTs to
+  /v1/payment_intents run and then answer 500 with `Stripe-Should-Retry: true`,
+  as a response lost on the way back; `GET /_config/counts` says how many
+  PaymentIntents were really created.
+- No pickle of the whole store to /tmp after every write: several servers run
+  side by side on one machine, each in memory only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+from typing import Any
+
+from aiohttp import web
+from localstripe import resources, server
+
+# Keep the store in memory (see the module docstring).
+resources.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
+
+IDEMPOTENCY_KEYS_MAX = 100_000
+IDEMPOTENCY_MISMATCH = (
+    "Keys for idempotent requests can only be used with the same parameters "
+    "they were first used with."
+)
+_saved: dict[tuple[str, str], tuple[bytes, int, bytes, str]] = {}
+_locks: dict[tuple[str, str], asyncio.Lock] = {}
+_controls: dict[str, int] = {"lose_responses": 0, "payment_intents_created": 0}
+
+
+@web.middleware
+async def idempotency(request: web.Request, handler: Any) -> web.StreamResponse:
+    key = request.headers.get("Idempotency-Key")
+    creates_intent = request.method == "POST" and request.path == "/v1/payment_intents"
+    if request.method != "POST" or not key or request.path.startswith("/_config/"):
+        return await _counted(request, handler, creates_intent)
+    scope = (request.headers.get("Authorization", ""), key)
+    body = await request.read()
+    fingerprint = request.path.encode() + b"\n" + body
+    lock = _locks.setdefault(scope, asyncio.Lock())
+    async with lock:
+        saved = _saved.get(scope)
+        if saved is not None:
+            saved_fingerprint, status, text, content_type = saved
+            if saved_fingerprint != fingerprint:
+                return web.json_response(
+                    {
+                        "error": {
+                            "type": "idempotency_error",
+                            "message": IDEMPOTENCY_MISMATCH,
+                        }
+                    },
+                    status=400,
+                )
+            return web.Response(
+                body=text,
+                status=status,
+                content_type=content_type,
+                headers={"Idempotent-Replayed": "true", "Idempotency-Key": key},
+            )
+        response = await _counted(request, handler, creates_intent)
+        if isinstance(response, web.Response) and response.body is not None:
+            if len(_saved) >= IDEMPOTENCY_KEYS_MAX:
+                _saved.pop(next(iter(_saved)))
+            body_bytes = response.body if isinstance(response.body, bytes) else b""
+            _saved[scope] = (
+                fingerprint,
+                response.status,
+                body_bytes,
+                response.content_type or "application/json",
+            )
+        if creates_intent and _controls["lose_responses"] > 0:
+            _controls["lose_responses"] -= 1
+            return web.json_response(
+                {"error": {"type": "api_error", "message": "response lost (test control)"}},
+                status=500,
+                headers={"Stripe-Should-Retry": "true"},
+            )
+        return response
+
+
+async def _counted(request: web.Request, handler: Any, creates_intent: bool) -> Any:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    if creates_intent:
+        # Declined charges are created too (Stripe keeps the failed intent).
+        _controls["payment_intents_created"] += 1
+    return response
+
+
+async def lose_responses(request: web.Request) -> web.Response:
+    _controls["lose_responses"] = int(request.query.get("count", "1"))
+    return web.Response()
+
+
+async def counts(request: web.Request) -> web.Response:
+    return web.json_response({"payment_intents_created": _controls["payment_intents_created"]})
+
+
+def _install(app: web.Application) -> None:
+    # Outermost, around localstripe's error middleware, so errors are saved and replayed too.
+    app.middlewares.insert(0, idempotency)
+    app.router.add_post("/_config/lose_responses", lose_responses)
+    app.router.add_get("/_config/counts", counts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8420)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    _install(server.app)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    print(json.dumps({"listening": f"http://{args.host}:{args.port}"}), flush=True)
+    web.run_app(server.app, sock=sock, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
