@@ -89,7 +89,7 @@ def _target(name: str, value: float | None, goal: float, at_least: bool, unit: s
                 "note": why_missing or "not measured in this run"}
     ok = value >= goal if at_least else value < goal
     gap = (goal - value) if at_least else (value - goal)
-    note = "" if ok else f"short by {gap:.3g}{unit} ({abs(gap) / goal:.0%} of the goal)"
+    note = "" if ok else f"missed by {gap:.3g}{unit} ({abs(gap) / goal:.1%} of the goal)"
     return {"name": name, "goal": goal, "value": round(value, 3),
             "verdict": "PASS" if ok else "MISS", "note": note}
 
