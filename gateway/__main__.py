@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 
 from metering.settings import Settings
@@ -9,6 +11,10 @@ from metering.settings import Settings
 
 def main() -> None:
     settings = Settings.from_env()
+    # uvicorn configures only its own loggers; the domain's (sweeper, ledger
+    # writer task, payments) log through the root logger at the same level.
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         "gateway.app:app_from_env",
         factory=True,
@@ -20,6 +26,8 @@ def main() -> None:
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=5,
+        ws_per_message_deflate=settings.live_deflate,
+        ws_max_size=settings.live_client_frame_bytes_max,
     )
 
 

@@ -11,13 +11,17 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.live_api import OPENAPI_WEBSOCKETS, account_live, ops_live
+from gateway.live_hub import LiveHub
 from gateway.openapi import build_openapi
+from gateway.pages import page_routes
 from gateway.responses import JSONResponse
-from metering.postgres import open_database
+from metering.database import create_pool
+from metering.ledger_writer import run_in_process as run_ledger_writer
 from metering.settings import Settings
 from metering.store import open_store
 from metering.stripe_client import build_stripe_client, close_stripe_client
@@ -26,19 +30,28 @@ from metering.sweeper import run_sweeper
 
 def create_app(settings: Settings) -> Starlette:
     openapi_document = build_openapi()
+    # Websockets are outside OpenAPI's model: described as an extension.
+    openapi_document["x-websockets"] = OPENAPI_WEBSOCKETS
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         store = await open_store(settings)
-        # Postgres pool (connects lazily) and the one Stripe client (payments, issue 5).
-        db = await open_database(settings)
+        # Postgres pool: lazy (min_size=0), so the gateway starts without Postgres;
+        # the authorize path never uses it. One Stripe client (payments, issue 5).
+        db = await create_pool(settings)
         stripe_client = build_stripe_client(settings)
         stop = asyncio.Event()
         tasks = []
+        live_hub = LiveHub(settings)
+        await live_hub.start()
+        tasks.append(asyncio.create_task(live_hub.run(stop), name="live-hub"))
         if settings.reservation_sweep_interval_s > 0:
             tasks.append(asyncio.create_task(run_sweeper(store, stop), name="sweeper"))
+        if settings.ledger_writer_in_gateway:
+            tasks.append(asyncio.create_task(run_ledger_writer(store, stop), name="ledger"))
         try:
-            yield {"settings": settings, "store": store, "db": db, "stripe": stripe_client}
+            yield {"settings": settings, "store": store, "db": db, "stripe": stripe_client,
+                   "live_hub": live_hub}
         finally:
             stop.set()
             for task in tasks:
@@ -53,12 +66,17 @@ def create_app(settings: Settings) -> Starlette:
 
     async def health(request: Request) -> Response:
         await request.state.store.redis.ping()
-        return JSONResponse({"status": "ok"})
+        hub = request.state.live_hub
+        return JSONResponse({"status": "ok", "live_sockets": hub.count,
+                             "live_subscribed": hub.subscribed.is_set()})
 
-    routes = [Route(e.path, e.handler, methods=[e.method]) for e in ENDPOINTS]
+    routes: list[BaseRoute] = [Route(e.path, e.handler, methods=[e.method]) for e in ENDPOINTS]
     routes += [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
+        WebSocketRoute("/v1/accounts/{account_id}/live", account_live),
+        WebSocketRoute("/v1/ops/live", ops_live),
+        *page_routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import accounts_api, payments_api, switch_api
+from gateway import accounts_api, activity_api, pages, payments_api, switch_api
 from gateway.bodies import Body
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -65,6 +65,20 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/v1/calls/{call_id}/release", switch_api.post_call_release, ("switch",),
              "The call never connected: release its reservation, charge nothing.",
              switch_api.RELEASE_BODY),
+    # The durable ledger (issue 4): activity view and lag. Query parameters of the
+    # activity endpoints: from, to (YYYY-MM-DD or RFC 3339), show, limit, cursor.
+    Endpoint("GET", "/v1/accounts/{account_id}/activity", activity_api.get_activity,
+             ("customer", "ops"),
+             "Ledger entries newest first: ?from=&to= (inclusive UTC dates or RFC 3339), "
+             "show=all|debits|credits, limit, cursor (next_cursor of the previous page).",
+             errors=(401, 403, 404, 422, 503)),
+    Endpoint("GET", "/v1/accounts/{account_id}/activity.csv", activity_api.get_activity_csv,
+             ("customer", "ops"),
+             "The same selection as /activity (from, to, show), all pages, as CSV.",
+             errors=(401, 403, 404, 422, 503)),
+    Endpoint("GET", "/v1/ops/ledger-lag", activity_api.get_ledger_lag, ("ops",),
+             "Ledger entries not yet in Postgres and the age of the oldest, by shard.",
+             errors=(401, 403)),
     # ---- payments (issue 5) ----
     Endpoint("PUT", "/v1/accounts/{account_id}/recharge", payments_api.put_recharge,
              ("customer", "ops"),
@@ -84,4 +98,6 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/v1/stripe/webhook", payments_api.post_stripe_webhook, (),
              "Stripe events (payment_intent.succeeded / payment_failed), signature-verified.",
              errors=(400, 413)),
+    Endpoint("GET", "/v1/billing-items", pages.get_billing_items, ("customer", "ops", "switch"),
+             "Every billing item with its label in the product's words (for the pages)."),
 ]

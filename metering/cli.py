@@ -20,6 +20,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("metering.sweeper", "run the reservation sweeper on its own"),
     "recharge-worker": ("metering.recharge_worker",
                         "charge cards for automatic recharges, credit them, email failures"),
+    "ledger-writer": ("metering.ledger_writer",
+                      "move ledger entries from the shard streams into Postgres"),
+    "reconcile": ("metering.reconcile",
+                  "compare Redis balances and seqs with the Postgres ledger (exit 1 on any "
+                  "difference)"),
+    "accounts": ("metering.accounts_cli", "list accounts, or create one (with a customer token)"),
+    "rebuild": ("metering.rebuild", "restore accounts, balances and tokens Redis lacks from "
+                "Postgres"),
 }
 
 

@@ -42,12 +42,12 @@ import stripe
 from redis.exceptions import ResponseError
 
 from metering.credits import add_funds
+from metering.database import create_pool
 from metering.errors import raise_refusal
 from metering.keys import all_shards
 from metering.ledger_entries import RechargeRequest
 from metering.notifications import recharge_failure_message, send_email
 from metering.payments import card_on_file, credit_reason
-from metering.postgres import open_database
 from metering.settings import Settings
 from metering.store import Store, open_store
 from metering.stripe_client import (
@@ -429,7 +429,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the worker until SIGTERM or SIGINT."""
     store = await open_store(settings)
-    db = await open_database(settings)
+    db = await create_pool(settings)
     client = build_stripe_client(settings)
     worker = RechargeWorker(store, db, client, settings)
     if args.consumer:

@@ -58,6 +58,26 @@ class Settings:
 
     # Live push.
     live_channel: str = "m:live"
+    # Live websockets (gateway/live_hub.py): each gateway process subscribes once
+    # and fans out to at most live_sockets_max sockets of its own.
+    live_sockets_max: int = 10_000
+    # Distinct accounts waiting to be sent to one socket (coalesced: latest per
+    # account wins); an ops socket that falls further behind is closed.
+    live_pending_accounts_max: int = 100_000
+    # One send to a socket may take this long; a socket stuck longer is closed (4408).
+    live_send_timeout_s: float = 5.0
+    # Accounts per ops frame (snapshot chunks and update batches).
+    live_frame_accounts_max: int = 1_000
+    # Accounts an ops snapshot lists at most.
+    live_ops_accounts_max: int = 100_000
+    # An ops socket gets a fresh snapshot this often (picks up recharge failures).
+    live_ops_refresh_s: float = 30.0
+    # Pause before resubscribing after the pub/sub connection failed.
+    live_reconnect_delay_s: float = 0.5
+    # Largest frame a client may send us (clients only listen).
+    live_client_frame_bytes_max: int = 4_096
+    # Per-message deflate costs CPU on every frame of every socket; off by default.
+    live_deflate: bool = False
 
     # Activity API.
     activity_page_max: int = 500
@@ -67,6 +87,20 @@ class Settings:
     ledger_batch_wait_ms: int = 200
     ledger_claim_idle_ms: int = 30_000
     ledger_consumer_group: str = "ledger-writer"
+
+    # Durable ledger (issue 4): Postgres pool, writer retries, activity export.
+    # Seconds to wait for a Postgres connection or statement before giving up.
+    database_timeout_s: float = 5.0
+    # Writer attempts at one batch while Postgres is down (backoff doubles from
+    # 0.1 s up to ledger_retry_backoff_max_s); then the writer exits non-zero.
+    ledger_retry_max: int = 60
+    ledger_retry_backoff_max_s: float = 2.0
+    # How often a writer looks for entries a dead writer left pending.
+    ledger_claim_interval_ms: int = 5_000
+    # Run one ledger writer task inside each gateway process (demo, small set-ups).
+    ledger_writer_in_gateway: bool = False
+    # Rows one CSV export may hold (narrow the date range beyond this).
+    activity_export_rows_max: int = 100_000
 
     # Stripe (pay now, card on file, automatic recharge).
     stripe_api_key: str = "sk_test_local"
@@ -130,9 +164,15 @@ class Settings:
                      "request_body_bytes_max", "idempotency_window_s", "ledger_backlog_max",
                      "ledger_batch_rows_max", "activity_page_max", "workers", "call_extends_max",
                      "reservation_sweep_batch_max", "payment_micros_min",
-                     "recharge_batch_max", "recharge_attempts_max"):
+                     "recharge_batch_max", "recharge_attempts_max", "ledger_retry_max",
+                     "activity_export_rows_max", "database_pool_max", "live_sockets_max",
+                     "live_pending_accounts_max", "live_frame_accounts_max",
+                     "live_ops_accounts_max", "live_client_frame_bytes_max"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"METERING_{name.upper()} must be at least 1")
+        if self.live_send_timeout_s <= 0 or self.live_ops_refresh_s <= 0:
+            raise SettingsError("METERING_LIVE_SEND_TIMEOUT_S and METERING_LIVE_OPS_REFRESH_S "
+                                "must be positive")
         if self.call_validity_grace_s < 0:
             raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
         if self.call_grant_s > self.call_duration_s_max:

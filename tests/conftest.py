@@ -55,6 +55,9 @@ def test_settings(**changes: Any) -> Settings:
         switch_token="test-switch-token",
         ops_token="test-ops-token",
         reservation_sweep_interval_s=0.2,
+        # Pub/sub channels are global to a Redis server (not per database): a
+        # suite's own channel keeps other suites' balance changes out of its sockets.
+        live_channel="m:live:test:" + TEST_REDIS_URL.rsplit("/", 1)[-1],
     )
     return base.replace(**changes) if changes else base
 
@@ -127,6 +130,22 @@ def clean_test_redis(settings: Settings) -> Iterator[None]:
     client.flushdb()
     client.close()
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def migrated_test_database(settings: Settings) -> None:
+    """The test Postgres database exists and carries every migration (account
+    creation writes through to it)."""
+    import asyncpg
+
+    from metering.migrate import apply_migrations, ensure_database
+
+    await ensure_database(settings.database_url)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session")

@@ -30,37 +30,13 @@ def cluster_ports() -> Iterator[list[int]]:
             "redis-server and redis-cli are needed for the cluster test (./dev test installs them)"
         )
     workdir = Path(tempfile.mkdtemp(prefix="metering-cluster-"))
-    ports = [free_port() for _ in range(3)]
-    procs = []
+    ports: list[int] = []
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        for port in ports:
-            node_dir = workdir / str(port)
-            node_dir.mkdir()
-            procs.append(
-                subprocess.Popen(
-                    [
-                        REDIS_SERVER,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(node_dir),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        for port in ports:
-            _wait_ping(port)
+        for _ in range(3):
+            port, proc = _start_node(workdir)
+            ports.append(port)
+            procs.append(proc)
         subprocess.run(
             [
                 REDIS_CLI,
@@ -92,15 +68,44 @@ def cluster_ports() -> Iterator[list[int]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _wait_ping(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if redis_sync.Redis(port=port).ping():
-                return
-        except redis_sync.ConnectionError:
-            time.sleep(0.05)
-    raise TimeoutError(f"redis on {port} did not start")
+def _start_node(workdir: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """One cluster-mode redis-server on a free port; another port if that one was
+    taken between picking it and binding it (other suites share this machine)."""
+    for _ in range(5):
+        port = free_port()
+        node_dir = workdir / str(port)
+        node_dir.mkdir()
+        proc = subprocess.Popen(
+            [
+                str(REDIS_SERVER),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(node_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if redis_sync.Redis(port=port, socket_connect_timeout=1).ping():
+                    return port, proc
+            except redis_sync.ConnectionError:
+                time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+    raise TimeoutError("could not start a cluster node")
 
 
 async def test_scripts_run_unchanged_on_a_redis_cluster(cluster_ports: list[int]) -> None:
@@ -141,3 +146,43 @@ async def test_scripts_run_unchanged_on_a_redis_cluster(cluster_ports: list[int]
         assert await sweeper.expire_due_reservations(store) == 0
     finally:
         await store.redis.aclose()
+
+
+async def test_ledger_writer_drains_a_redis_cluster(cluster_ports: list[int]) -> None:
+    """The writer, trim and lag scripts and reconcile on the cluster (issue 4)."""
+    import asyncpg
+
+    from metering.database import create_pool
+    from metering.ledger_lag import ledger_lag
+    from metering.ledger_writer import LedgerWriter
+    from metering.reconcile import reconcile
+    from tests.fixtures_ledger import Traffic, assert_postgres_matches, postgres_schema
+
+    # The cluster is this module's own: start from empty nodes.
+    for port in cluster_ports:
+        redis_sync.Redis(port=port).flushall()
+    async with postgres_schema() as url:
+        settings = test_settings(redis_url=f"redis://127.0.0.1:{cluster_ports[0]}/0",
+                                 redis_cluster=True, database_url=url, shard_count=32,
+                                 ledger_batch_wait_ms=20)
+        store = await open_store(settings)
+        pool = await create_pool(settings)
+        conn = await asyncpg.connect(url)
+        try:
+            traffic = Traffic(store, seed=5)
+            ids = await traffic.make_accounts(pool, 40, 100_000_000)
+            await traffic.run(ids, 1_000, concurrency=50)
+            assert (await ledger_lag(store)).entries_behind == len(traffic.expected)
+            writer = LedgerWriter(store, list(range(32)), "cluster-writer")
+            stats = await writer.run(asyncio.Event(), drain=True)
+            assert stats.rows_inserted == len(traffic.expected)
+            rows = await conn.fetch("SELECT * FROM ledger_entries")
+            assert_postgres_matches(traffic.expected,
+                                    {(r["account_id"], r["seq"]): dict(r) for r in rows})
+            assert (await ledger_lag(store)).entries_behind == 0
+            report = await reconcile(store, conn)
+            assert report.ok, [d.line() for d in report.differences]
+        finally:
+            await conn.close()
+            await pool.close()
+            await store.redis.aclose()

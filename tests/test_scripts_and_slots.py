@@ -52,6 +52,11 @@ async def test_every_script_call_uses_keys_of_one_slot(store: Store) -> None:
         await reservations.reserve(s, account, "k2", "inbound")
         await reservations.release(s, account, "k2")
         await recharge_worker.clear_pending_mark(s, account, 0)
+        # The ledger writer's scripts take one shard stream each.
+        keys = AccountKeys(account, s.settings.shard_count)
+        group = s.settings.ledger_consumer_group
+        await s.scripts["trim_ledger"](recording, [keys.shard.ledger], [group])
+        await s.scripts["ledger_lag"](recording, [keys.shard.ledger], [group])
     by_sha = {script.sha: script.name for script in store.scripts.all()}
     used = {by_sha[sha] for sha, _ in recording.calls}
     assert used == set(by_sha.values()) - {"expire_reservations"}

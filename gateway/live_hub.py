@@ -1,0 +1,237 @@
+"""The live hub: one Redis pub/sub subscription per gateway process, fanned out
+to this process's own websockets.
+
+Every balance-changing script PUBLISHes one JSON per change on
+`settings.live_channel`. The hub reads them on a single connection and hands
+each to the sockets that watch the account (a customer dashboard) or every
+account (an ops page). Handing over never waits: each socket has its own
+pending map, coalesced to the latest frame per account, drained by the socket's
+own sender task. A slow socket therefore skips intermediate balances, a stuck
+one is closed by its sender, and neither delays the debit path (which only
+PUBLISHes) nor the other sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from metering.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Close codes a live socket can get (also listed in the OpenAPI document).
+CLOSE_UNAUTHORIZED = 4401  # no token, or an unknown one
+CLOSE_FORBIDDEN = 4403  # the token may not watch this account / the ops channel
+CLOSE_UNKNOWN_ACCOUNT = 4404
+CLOSE_TOO_SLOW = 4408  # a send stayed stuck for live_send_timeout_s, or too far behind
+CLOSE_RESUBSCRIBE = 1012  # the hub lost Redis: reconnect for a fresh snapshot
+CLOSE_TRY_LATER = 1013  # socket limit of this process reached, or Redis unavailable
+
+CLOSE_CODES: dict[int, str] = {
+    CLOSE_UNAUTHORIZED: "unauthorized: missing or invalid token",
+    CLOSE_FORBIDDEN: "forbidden: this token may not watch this channel",
+    CLOSE_UNKNOWN_ACCOUNT: "unknown account",
+    CLOSE_TOO_SLOW: "too slow: the client did not read its updates",
+    CLOSE_RESUBSCRIBE: "live feed interrupted: reconnect for a fresh snapshot",
+    CLOSE_TRY_LATER: "try again later",
+}
+
+
+class Subscriber:
+    """One socket's view of the feed: pending frames keyed by account, the
+    latest per account winning, and a wake-up for its sender task."""
+
+    __slots__ = ("account_id", "pending", "wake", "floor_seq", "close_code", "pending_max")
+
+    def __init__(self, account_id: str | None, pending_max: int) -> None:
+        self.account_id = account_id  # None: the ops channel, every account
+        # account -> (seq, payload): a pre-encoded frame for an account socket,
+        # a row for the ops socket's next batch.
+        self.pending: dict[str, tuple[int, Any]] = {}
+        self.wake = asyncio.Event()
+        # Frames older than the snapshot the socket got are dropped (seq only
+        # grows; reserve/extend/release keep it, so equal seq still passes and
+        # replays history ending at the snapshot's state).
+        self.floor_seq: dict[str, int] = {}
+        self.close_code: int | None = None
+        self.pending_max = pending_max
+
+    def offer(self, account_id: str, seq: int | None, payload: Any,
+              key: str | None = None) -> None:
+        """Queue a frame without waiting (called by the hub for every change).
+        Frames coalesce by `key` (the account for balance changes); seq None
+        (a message that is not a balance change) skips the snapshot check."""
+        if self.close_code is not None:
+            return
+        if seq is not None and seq < self.floor_seq.get(account_id, -1):
+            return
+        self.pending[key or account_id] = (-1 if seq is None else seq, payload)
+        if len(self.pending) > self.pending_max:
+            self.close(CLOSE_TOO_SLOW)
+        self.wake.set()
+
+    def set_floor(self, account_id: str, seq: int) -> None:
+        """The socket was sent the account at `seq`: drop older pending frames."""
+        self.floor_seq[account_id] = seq
+        queued = self.pending.get(account_id)
+        if queued is not None and queued[0] < seq:
+            del self.pending[account_id]
+
+    def take(self, count_max: int) -> list[Any]:
+        """Up to count_max pending payloads, oldest account first."""
+        if len(self.pending) <= count_max:
+            frames = [payload for _, payload in self.pending.values()]
+            self.pending.clear()
+        else:
+            keys = list(self.pending)[:count_max]
+            frames = [self.pending.pop(k)[1] for k in keys]
+        if not self.pending:
+            self.wake.clear()
+        return frames
+
+    def close(self, code: int) -> None:
+        """Ask the sender to close the socket with `code`."""
+        if self.close_code is None:
+            self.close_code = code
+        self.pending.clear()
+        self.wake.set()
+
+
+class LiveHub:
+    """The process's subscription and its subscribers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.by_account: dict[str, set[Subscriber]] = {}
+        self.ops: set[Subscriber] = set()
+        self.count = 0
+        # Debits seen per account since this process subscribed: ops pages turn
+        # differences of this counter into a burn rate, which coalescing cannot skew.
+        self.spent_micros: dict[str, int] = {}
+        self.messages = 0
+        self.subscribed = asyncio.Event()
+        self._redis: Redis | None = None
+        self._pubsub: Any = None
+
+    # ---- subscribers -------------------------------------------------------
+
+    def add(self, account_id: str | None) -> Subscriber | None:
+        """Register a socket; None when this process holds live_sockets_max already."""
+        if self.count >= self.settings.live_sockets_max:
+            return None
+        sub = Subscriber(account_id, self.settings.live_pending_accounts_max)
+        if account_id is None:
+            self.ops.add(sub)
+        else:
+            self.by_account.setdefault(account_id, set()).add(sub)
+        self.count += 1
+        return sub
+
+    def remove(self, sub: Subscriber) -> None:
+        if sub.account_id is None:
+            if sub in self.ops:
+                self.ops.discard(sub)
+                self.count -= 1
+            return
+        subs = self.by_account.get(sub.account_id)
+        if subs is not None and sub in subs:
+            subs.discard(sub)
+            self.count -= 1
+            if not subs:
+                del self.by_account[sub.account_id]
+
+    def close_all(self, code: int) -> None:
+        for subs in list(self.by_account.values()):
+            for sub in subs:
+                sub.close(code)
+        for sub in self.ops:
+            sub.close(code)
+
+    # ---- the feed ----------------------------------------------------------
+
+    def dispatch(self, data: bytes | str) -> None:
+        """Hand one published change to every interested socket; never waits."""
+        try:
+            change = orjson.loads(data)
+            account_id = change["account_id"]
+            # Other publishers (e.g. a recharge outcome) may send messages without
+            # a balance: they get their own coalescing slot, so they never replace
+            # a pending balance, and no snapshot check.
+            is_balance = "balance_micros" in change
+            seq = int(change.get("seq", 0)) if is_balance else None
+            key = account_id if is_balance else f"{account_id}#{change.get('event', '')}"
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("ignoring a malformed live message: %r", data[:200])
+            return
+        self.messages += 1
+        amount = change.get("amount_micros")
+        if isinstance(amount, int) and amount < 0:
+            self.spent_micros[account_id] = self.spent_micros.get(account_id, 0) - amount
+        subs = self.by_account.get(account_id)
+        if subs:
+            # Encoded once, however many dashboards watch the account.
+            text = orjson.dumps({"type": "update", **change}).decode()
+            for sub in subs:
+                sub.offer(account_id, seq, text, key)
+        if self.ops:
+            row = {**change, "spent_micros": self.spent_micros.get(account_id, 0)}
+            for sub in self.ops:
+                sub.offer(account_id, seq, row, key)
+
+    async def _connect(self) -> None:
+        s = self.settings
+        # Plain pub/sub works on Redis Cluster too: a PUBLISH reaches every node,
+        # so one connection to any node (redis_url) hears all changes.
+        self._redis = Redis.from_url(
+            s.redis_url, socket_connect_timeout=s.redis_timeout_s, socket_keepalive=True,
+            health_check_interval=30, client_name=f"metering-live-hub-{os.getpid()}",
+        )
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await asyncio.wait_for(self._pubsub.subscribe(s.live_channel), s.redis_timeout_s)
+        self.subscribed.set()
+
+    async def _disconnect(self) -> None:
+        self.subscribed.clear()
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+        self._pubsub = self._redis = None
+
+    async def start(self) -> None:
+        """Subscribe before the process serves, so no change is missed by a
+        socket that connects as soon as the gateway answers."""
+        await self._connect()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read the channel until stop; on a Redis error, drop every socket (they
+        reconnect for a fresh snapshot, since changes were missed) and resubscribe."""
+        while not stop.is_set():
+            try:
+                if self._pubsub is None:
+                    await self._connect()
+                while not stop.is_set():
+                    message = await self._pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self.dispatch(message["data"])
+            except Exception as exc:  # noqa: BLE001 - the feed must outlive any one failure
+                if isinstance(exc, RedisError | OSError | TimeoutError):
+                    log.warning("live subscription lost (%s); resubscribing", exc)
+                else:
+                    log.exception("live feed failed; resubscribing")
+                self.close_all(CLOSE_RESUBSCRIBE)
+                await self._disconnect()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.live_reconnect_delay_s)
+        await self._disconnect()
+        self.close_all(CLOSE_RESUBSCRIBE)

@@ -1,0 +1,132 @@
+"""`python -m metering rebuild`: restore a lost Redis from Postgres.
+
+For every account in Postgres that Redis lacks: its hash (rate card, limits,
+recharge settings), balance = the ledger's last balance_after_micros, seq = the
+last seq, reserved = 0 (open calls died with Redis: their held money is simply
+available again), and its shard membership; then every customer token.
+Accounts Redis still has are left alone, so a rebuild can never move a live
+balance. Run the writer to drain first if the old Redis is still readable.
+
+What a rebuild cannot bring back: entries Redis accepted but Postgres never got
+(the AOF fsync window and the writer's lag), and the idempotency answers (a
+retry of a request from before the loss is charged again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from metering.account_records import PERSISTED_FIELDS, hash_fields
+from metering.database import connect
+from metering.keys import AccountKeys, token_key
+from metering.settings import Settings
+from metering.store import Store, open_store
+
+# The accounts with their last ledger entry, walked by the primary key index.
+LOAD_SQL = f"""
+SELECT a.id, {", ".join("a." + n for n in PERSISTED_FIELDS)},
+       coalesce(l.seq, 0) AS last_seq, coalesce(l.balance_after_micros, 0) AS balance_micros
+FROM accounts a
+LEFT JOIN LATERAL (
+    SELECT seq, balance_after_micros FROM ledger_entries e
+    WHERE e.account_id = a.id ORDER BY seq DESC LIMIT 1
+) l ON true
+ORDER BY a.id
+"""
+TOKENS_SQL = "SELECT sha256, account_id FROM customer_tokens"
+# Settings that the payments issue keeps in its own tables (migration 0005), as
+# the hash fields they become; read only when the table exists.
+SIDE_TABLES: dict[str, tuple[str, dict[str, str]]] = {
+    "recharge_settings": (
+        "SELECT account_id, enabled, amount_micros, threshold_micros, failure_email "
+        "FROM recharge_settings",
+        {"enabled": "recharge_enabled", "amount_micros": "recharge_amount_micros",
+         "threshold_micros": "recharge_threshold_micros",
+         "failure_email": "recharge_failure_email"}),
+    "cards_on_file": (
+        "SELECT account_id, payment_method_id, brand, last4, exp_month, exp_year "
+        "FROM cards_on_file",
+        {"payment_method_id": "card_payment_method_id", "brand": "card_brand",
+         "last4": "card_last4", "exp_month": "card_exp_month", "exp_year": "card_exp_year"}),
+}
+# Commands per pipelined round trip.
+PIPELINE_COMMANDS_MAX = 1_000
+
+
+@dataclasses.dataclass(slots=True)
+class RebuildReport:
+    accounts_restored: int = 0
+    accounts_kept: int = 0
+    tokens_restored: int = 0
+
+
+async def _side_fields(conn: Any) -> dict[str, dict[str, str]]:
+    """account id -> hash fields from the side tables that exist."""
+    out: dict[str, dict[str, str]] = {}
+    for table, (sql, names) in SIDE_TABLES.items():
+        if await conn.fetchval("SELECT to_regclass($1)", table) is None:
+            continue
+        for row in await conn.fetch(sql):
+            fields = out.setdefault(row["account_id"], {})
+            for column, field in names.items():
+                value = row[column]
+                if isinstance(value, bool):
+                    fields[field] = "1" if value else "0"
+                elif value is not None:
+                    fields[field] = str(value)
+    return out
+
+
+async def rebuild(store: Store, conn: Any) -> RebuildReport:
+    """Restore what Redis lacks from Postgres (see the module docstring)."""
+    report = RebuildReport()
+    rows = await conn.fetch(LOAD_SQL)
+    side = await _side_fields(conn)
+    redis = store.redis
+    for start in range(0, len(rows), PIPELINE_COMMANDS_MAX):
+        chunk = rows[start:start + PIPELINE_COMMANDS_MAX]
+        keys = [AccountKeys(r["id"], store.settings.shard_count) for r in chunk]
+        async with redis.pipeline(transaction=False) as pipe:
+            for k in keys:
+                pipe.exists(k.account)
+            present = await pipe.execute()
+            for row, k, exists in zip(chunk, keys, present, strict=True):
+                if exists:
+                    report.accounts_kept += 1
+                    continue
+                mapping = hash_fields(row)
+                mapping.update(side.get(row["id"], {}))
+                mapping.update(balance=str(row["balance_micros"]), reserved="0",
+                               seq=str(row["last_seq"]))
+                pipe.hset(k.account, mapping=mapping)
+                pipe.sadd(k.shard.accounts, row["id"])
+                report.accounts_restored += 1
+            await pipe.execute()
+    tokens = await conn.fetch(TOKENS_SQL)
+    for start in range(0, len(tokens), PIPELINE_COMMANDS_MAX):
+        async with redis.pipeline(transaction=False) as pipe:
+            for t in tokens[start:start + PIPELINE_COMMANDS_MAX]:
+                pipe.set(token_key(t["sha256"]), t["account_id"], nx=True)
+            answers = await pipe.execute()
+        report.tokens_restored += sum(1 for a in answers if a)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options: rebuild restores every account Redis lacks."""
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    store = await open_store(settings)
+    conn = await connect(settings)
+    try:
+        report = await rebuild(store, conn)
+    finally:
+        await conn.close()
+        await store.redis.aclose()
+    print(f"rebuild: {report.accounts_restored} accounts restored, "
+          f"{report.accounts_kept} already in Redis (kept), "
+          f"{report.tokens_restored} customer tokens restored")
+    return 0

@@ -1,0 +1,258 @@
+"""`python -m metering reconcile`: Redis (live truth) against Postgres (durable).
+
+Per account: Redis balance and seq against the Postgres ledger's last seq, last
+balance_after and sum; every Postgres row's balance_after against the previous
+row's plus its amount (a tampered amount shows at its seq); gaps in the seqs
+(a deleted row shows as missing at its seq). Entries still in the Redis stream
+and not yet in Postgres are lag, not differences: they fill the gap between
+Postgres's last seq and Redis's, and are checked the same way. Exit code 1 on
+any difference.
+
+Read order, so that traffic running meanwhile is never mistaken for a loss:
+Redis accounts first, then the streams, then Postgres. An entry with a seq up to
+Redis's is either still in the stream when read, or was trimmed after its
+commit and is therefore in Postgres when Postgres is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from metering.database import connect
+from metering.keys import all_shards
+from metering.ledger_entries import LedgerEntry
+from metering.ledger_lag import LedgerLag, ledger_lag
+from metering.settings import Settings
+from metering.store import Store, open_store
+
+# Stream entries per XRANGE round trip.
+STREAM_PAGE = 10_000
+# Missing seqs listed per gap (the count is always given).
+SEQS_LISTED_MAX = 20
+
+AGGREGATES_SQL = """
+SELECT account_id, count(*) AS entries, sum(amount_micros) AS sum_micros, max(seq) AS last_seq,
+       (array_agg(balance_after_micros ORDER BY seq DESC))[1] AS last_balance_micros
+FROM ledger_entries GROUP BY account_id
+"""
+# Rows that do not follow their predecessor: a gap before them, or a balance_after
+# that is not the previous balance_after plus this amount (seq 1 starts from 0).
+BREAKS_SQL = """
+SELECT account_id, seq, prev_seq, amount_micros, balance_after_micros, prev_balance_micros
+FROM (
+    SELECT account_id, seq, amount_micros, balance_after_micros,
+           lag(seq, 1, 0::bigint) OVER w AS prev_seq,
+           lag(balance_after_micros, 1, 0::bigint) OVER w AS prev_balance_micros
+    FROM ledger_entries
+    WINDOW w AS (PARTITION BY account_id ORDER BY seq)
+) t
+WHERE seq <> prev_seq + 1 OR balance_after_micros <> prev_balance_micros + amount_micros
+ORDER BY account_id, seq
+"""
+ROWS_SQL = """
+SELECT account_id, seq, item, amount_micros, balance_after_micros, request_id, at_us, detail
+FROM ledger_entries
+WHERE (account_id, seq) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Difference:
+    account_id: str
+    seq: int | None
+    kind: str  # missing_entry, balance_chain, sum, balance, entry_differs, account, conflict
+    message: str
+
+    def line(self) -> str:
+        where = f"account={self.account_id}" + (f" seq={self.seq}" if self.seq is not None else "")
+        return f"DIFFERENCE {where} {self.kind}: {self.message}"
+
+
+@dataclasses.dataclass(slots=True)
+class ReconcileReport:
+    accounts_checked: int = 0
+    postgres_entries: int = 0
+    entries_not_in_postgres: int = 0
+    differences: list[Difference] = dataclasses.field(default_factory=list)
+    lag: LedgerLag | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+async def _redis_accounts(store: Store) -> dict[str, tuple[int, int]]:
+    """account id -> (balance_micros, seq), shard by shard."""
+    out: dict[str, tuple[int, int]] = {}
+    for shard in all_shards(store.settings.shard_count):
+        ids = sorted(await store.redis.smembers(shard.accounts))
+        if not ids:
+            continue
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for account_id in ids:
+                pipe.hmget(store.account_keys(account_id).account, "balance", "seq")
+            answers = await pipe.execute()
+        for account_id, (balance, seq) in zip(ids, answers, strict=True):
+            if balance is not None:
+                out[account_id] = (int(balance), int(seq))
+    return out
+
+
+async def _stream_entries(store: Store) -> dict[tuple[str, int], LedgerEntry]:
+    """Every entry still in the shard streams, by (account, seq)."""
+    out: dict[tuple[str, int], LedgerEntry] = {}
+    for shard in all_shards(store.settings.shard_count):
+        start = "-"
+        while True:
+            page = await store.redis.xrange(shard.ledger, start, "+", count=STREAM_PAGE)
+            for _, fields in page:
+                entry = LedgerEntry.from_stream(fields)
+                out[(entry.account_id, entry.seq)] = entry
+            if len(page) < STREAM_PAGE:
+                break
+            start = "(" + page[-1][0]
+    return out
+
+
+def _check_account(
+    account_id: str, redis_state: tuple[int, int] | None, agg: Any, breaks: list[Any],
+    stream: dict[tuple[str, int], LedgerEntry], report: ReconcileReport,
+) -> None:
+    diffs = report.differences
+    last_seq = int(agg["last_seq"]) if agg else 0
+    last_balance = int(agg["last_balance_micros"]) if agg else 0
+    redis_seq = redis_state[1] if redis_state else last_seq
+    missing: list[int] = []
+
+    def need(seq: int) -> LedgerEntry | None:
+        entry = stream.get((account_id, seq))
+        if entry is None:
+            missing.append(seq)
+        return entry
+
+    for b in breaks:
+        seq, prev_seq = int(b["seq"]), int(b["prev_seq"])
+        if seq != prev_seq + 1:
+            # Seqs between are absent from Postgres: lag if the stream has them.
+            balance = int(b["prev_balance_micros"])
+            for s in range(prev_seq + 1, seq):
+                entry = need(s)
+                if entry is not None:
+                    balance += entry.amount_micros
+            if not any(prev_seq < s < seq for s in missing) and (
+                    int(b["balance_after_micros"]) != balance + int(b["amount_micros"])):
+                diffs.append(Difference(account_id, seq, "balance_chain",
+                                        f"balance_after {b['balance_after_micros']} != "
+                                        f"{balance} + amount {b['amount_micros']}"))
+        else:
+            diffs.append(Difference(
+                account_id, seq, "balance_chain",
+                f"balance_after {b['balance_after_micros']} != previous balance_after "
+                f"{b['prev_balance_micros']} + amount {b['amount_micros']}"))
+    if agg and not breaks and int(agg["sum_micros"]) != last_balance:
+        diffs.append(Difference(account_id, None, "sum",
+                                f"sum of amounts {agg['sum_micros']} != last balance_after "
+                                f"{last_balance}"))
+    if redis_state is None:
+        return
+    redis_balance = redis_state[0]
+    if redis_seq < last_seq:
+        diffs.append(Difference(account_id, redis_seq + 1, "balance",
+                                f"Postgres has seqs up to {last_seq} but Redis is at seq "
+                                f"{redis_seq} (a Redis that lost data without rebuild?)"))
+        return
+    balance = last_balance
+    for s in range(last_seq + 1, redis_seq + 1):
+        entry = need(s)
+        if entry is None:
+            continue
+        report.entries_not_in_postgres += 1
+        if entry.balance_after_micros != balance + entry.amount_micros:
+            diffs.append(Difference(account_id, s, "balance_chain",
+                                    f"stream entry balance_after {entry.balance_after_micros} "
+                                    f"!= {balance} + amount {entry.amount_micros}"))
+        balance = entry.balance_after_micros
+    for i, s in enumerate(missing):
+        if i == SEQS_LISTED_MAX:
+            diffs.append(Difference(account_id, None, "missing_entry",
+                                    f"... {len(missing)} missing entries in all"))
+            break
+        diffs.append(Difference(account_id, s, "missing_entry",
+                                "in neither Postgres nor the Redis stream"))
+    if not missing and balance != redis_balance:
+        diffs.append(Difference(account_id, redis_seq, "balance",
+                                f"Redis balance {redis_balance} != ledger balance_after "
+                                f"{balance}"))
+
+
+async def reconcile(store: Store, conn: Any) -> ReconcileReport:
+    """Compare every account; see the module docstring for what is checked."""
+    report = ReconcileReport()
+    redis_accounts = await _redis_accounts(store)
+    stream = await _stream_entries(store)
+    # One snapshot of Postgres for all its reads, so commits meanwhile cannot make
+    # the aggregates and the row checks disagree.
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        aggregates = {r["account_id"]: r for r in await conn.fetch(AGGREGATES_SQL)}
+        breaks: dict[str, list[Any]] = {}
+        for r in await conn.fetch(BREAKS_SQL):
+            breaks.setdefault(r["account_id"], []).append(r)
+        durable_ids = {r["id"] for r in await conn.fetch("SELECT id FROM accounts")}
+        conflicts = await conn.fetch("SELECT account_id, seq FROM ledger_conflicts ORDER BY 1, 2")
+    report.postgres_entries = sum(int(a["entries"]) for a in aggregates.values())
+    for account_id in sorted(set(redis_accounts) | durable_ids | set(aggregates)):
+        report.accounts_checked += 1
+        if account_id not in durable_ids:
+            where = "Redis" if account_id in redis_accounts else "the ledger"
+            report.differences.append(Difference(
+                account_id, None, "account", f"in {where} but not in the accounts table"))
+        elif account_id not in redis_accounts:
+            report.differences.append(Difference(
+                account_id, None, "account", "in Postgres but not in Redis (run rebuild)"))
+        _check_account(account_id, redis_accounts.get(account_id), aggregates.get(account_id),
+                       breaks.get(account_id, []), stream, report)
+    # Entries both in the stream and in Postgres (committed, not yet trimmed):
+    # they must be the same entry, field for field.
+    overlap = [e for e in stream.values()
+               if e.account_id in aggregates and e.seq <= int(aggregates[e.account_id]["last_seq"])]
+    if overlap:
+        rows = await conn.fetch(ROWS_SQL, [e.account_id for e in overlap], [e.seq for e in overlap])
+        stored = {(r["account_id"], r["seq"]): LedgerEntry(**dict(r)) for r in rows}
+        for e in overlap:
+            row = stored.get((e.account_id, e.seq))
+            if row is not None and row != e:
+                report.differences.append(Difference(
+                    e.account_id, e.seq, "entry_differs",
+                    f"Postgres row {row} differs from the Redis stream entry {e}"))
+    for r in conflicts:
+        report.differences.append(Difference(
+            r["account_id"], int(r["seq"]), "conflict",
+            "a stream entry conflicted with a different Postgres row (see ledger_conflicts)"))
+    report.lag = await ledger_lag(store)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options: reconcile checks every account."""
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    store = await open_store(settings)
+    conn = await connect(settings)
+    try:
+        report = await reconcile(store, conn)
+    finally:
+        await conn.close()
+        await store.redis.aclose()
+    for d in report.differences:
+        print(d.line())
+    lag = report.lag
+    assert lag is not None
+    print(f"reconcile: {report.accounts_checked} accounts, {report.postgres_entries} entries "
+          f"in Postgres, {len(report.differences)} differences; lag: "
+          f"{report.entries_not_in_postgres} entries not yet in Postgres, "
+          f"{lag.entries_behind} behind the writers, oldest "
+          f"{lag.oldest_age_ms if lag.oldest_age_ms >= 0 else '-'} ms")
+    return 0 if report.ok else 1

@@ -1,0 +1,85 @@
+// A small balance-over-time line chart drawn on a canvas: no library needed for
+// one line, two axes and a few thousand points.
+"use strict";
+
+class BalanceChart {
+  constructor(canvas, pointsMax) {
+    this.canvas = canvas;
+    this.points = []; // [time_ms, balance_micros], in time order
+    this.pointsMax = pointsMax || 5000;
+    this.queued = false;
+  }
+
+  add(timeMs, balanceMicros) {
+    const last = this.points[this.points.length - 1];
+    if (last && timeMs < last[0]) timeMs = last[0];
+    this.points.push([timeMs, balanceMicros]);
+    if (this.points.length > this.pointsMax) this.points.splice(0, this.points.length - this.pointsMax);
+    this.schedule();
+  }
+
+  // Older history (e.g. from the activity list) goes in front of live points.
+  prepend(pairs) {
+    const first = this.points.length ? this.points[0][0] : Infinity;
+    const older = pairs.filter((p) => p[0] < first).sort((a, b) => a[0] - b[0]);
+    this.points = older.concat(this.points).slice(-this.pointsMax);
+    this.schedule();
+  }
+
+  schedule() {
+    if (this.queued) return;
+    this.queued = true;
+    requestAnimationFrame(() => { this.queued = false; this.draw(); });
+  }
+
+  draw() {
+    const c = this.canvas;
+    const ratio = window.devicePixelRatio || 1;
+    const width = c.clientWidth, height = c.clientHeight;
+    if (c.width !== width * ratio) { c.width = width * ratio; c.height = height * ratio; }
+    const g = c.getContext("2d");
+    g.setTransform(ratio, 0, 0, ratio, 0, 0);
+    g.clearRect(0, 0, width, height);
+    const pad = { left: 84, right: 12, top: 10, bottom: 24 };
+    g.font = "12px system-ui, sans-serif";
+    g.fillStyle = "#667";
+    if (this.points.length === 0) {
+      g.fillText("Waiting for the balance…", pad.left, height / 2);
+      return;
+    }
+    const now = Date.now();
+    const t0 = this.points[0][0], t1 = Math.max(now, t0 + 1000);
+    // The axis spans the data (with a margin) so small charges stay visible;
+    // a zero balance is always on the axis when the data comes near it.
+    let lo = Infinity, hi = -Infinity;
+    for (const [, v] of this.points) { if (v < lo) lo = v; if (v > hi) hi = v; }
+    const margin = Math.max((hi - lo) * 0.15, 10000);
+    lo = Math.max(0, lo - margin); hi = hi + margin;
+    if (lo < margin * 2) lo = 0;
+    const x = (t) => pad.left + (t - t0) / (t1 - t0) * (width - pad.left - pad.right);
+    const y = (v) => pad.top + (hi - v) / (hi - lo) * (height - pad.top - pad.bottom);
+    // axes and labels
+    g.strokeStyle = "#dde";
+    g.beginPath();
+    for (const v of [lo, (lo + hi) / 2, hi]) {
+      const yy = Math.round(y(v)) + 0.5;
+      g.moveTo(pad.left, yy); g.lineTo(width - pad.right, yy);
+      g.fillText(formatMicros(Math.round(v / 10000) * 10000), 4, yy + 4);
+    }
+    g.stroke();
+    g.fillText(new Date(t0).toLocaleTimeString(), pad.left, height - 6);
+    const nowText = new Date(t1).toLocaleTimeString();
+    g.fillText(nowText, width - pad.right - g.measureText(nowText).width, height - 6);
+    // the balance as a step line: it holds its value until the next change
+    g.strokeStyle = "#2a6df4";
+    g.lineWidth = 2;
+    g.beginPath();
+    let prev = null;
+    for (const [t, v] of this.points) {
+      if (prev === null) g.moveTo(x(t), y(v)); else { g.lineTo(x(t), y(prev)); g.lineTo(x(t), y(v)); }
+      prev = v;
+    }
+    g.lineTo(x(t1), y(prev));
+    g.stroke();
+  }
+}
