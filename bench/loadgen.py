@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import gc
+import resource
 import sys
 import time
 import uuid
@@ -33,6 +34,7 @@ import uvloop
 
 CONNECT_TIMEOUT_S = 5.0
 SOCKET_OPEN_BATCH = 50
+TICK_S = 0.001
 PUSH_SETTLE_S = 0.5
 
 
@@ -188,57 +190,136 @@ class ConnectionPool:
                 conn.transport.close()
 
 
-async def run_debit_open(cfg: dict[str, Any]) -> dict[str, Any]:
-    host, port, path, token = cfg["host"], cfg["port"], cfg["path"], cfg["token"]
-    rate = float(cfg["rate_rps"])
-    total = max(1, int(rate * cfg["seconds"]))
-    # A fixed set of keep-alive connections, as a switch keeps: a request due
-    # while all are busy waits for one, and that wait counts in its latency.
-    connections = cfg.get("connections", 64)
-    pool = ConnectionPool(host, port, connections)
-    await pool.prewarm(connections)
-    nonce = uuid.uuid4().hex[:8]
-    latencies: list[float] = []
-    statuses: collections.Counter[int] = collections.Counter()
-    pending: set[asyncio.Task[None]] = set()
+class OpenLoopConnection(asyncio.Protocol):
+    """A keep-alive connection of the open-loop client, driven by callbacks only
+    (no task or future per request: the client must cost little CPU, since it
+    shares two cores with the server it measures)."""
 
-    async def one(i: int, due: float) -> None:
-        account_id = account_for(i, cfg["accounts"])
-        data = post(host, port, path, token, {"account_id": account_id,
-                                              "message_id": f"{nonce}-{i}",
-                                              "direction": "outbound"})
-        conn = await pool.acquire()
-        status, _ = await conn.request(data)
-        latencies.append(time.perf_counter() - due)
-        statuses[status] += 1
-        pool.release(conn)
+    def __init__(self, client: OpenLoopClient) -> None:
+        self.client = client
+        self.buf = bytearray()
+        self.due = 0.0
+        self.transport: asyncio.Transport | None = None
 
-    start = time.perf_counter() + 0.05
-    i = 0
-    lag_max_s = 0.0
-    while i < total:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.client.idle.append(self)
+
+    def send(self, data: bytes, due: float) -> None:
+        self.due = due
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        at = self.buf.find(b"content-length:", 0, end)
+        if at < 0:
+            at = self.buf.lower().find(b"content-length:", 0, end)
+        stop = self.buf.find(b"\r\n", at)
+        total = end + 4 + int(self.buf[at + 15: stop])
+        if len(self.buf) < total:
+            return
+        status = int(self.buf[9:12])
+        del self.buf[:total]
+        self.client.answered(self, status, time.perf_counter() - self.due)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.lost += 1
+
+
+class OpenLoopClient:
+    """Request i is due at start + i / rate. Due requests go out on an idle
+    connection, or wait in `backlog` for one; either way the clock of each
+    started at its due time."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.rate = float(cfg["rate_rps"])
+        self.total = max(1, int(self.rate * cfg["seconds"]))
+        self.idle: list[OpenLoopConnection] = []
+        self.backlog: collections.deque[tuple[int, float]] = collections.deque()
+        self.latencies: list[float] = []
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self.lost = 0
+        self.sent = 0
+        self.start = 0.0
+        self.lag_max_s = 0.0
+        self.done: asyncio.Future[None] | None = None
+        # The head up to Content-Length is built once.
+        host, port = cfg["host"], cfg["port"]
+        self.nonce = uuid.uuid4().hex[:8]
+        self.head = (f"POST {cfg['path']} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     f"Authorization: Bearer {cfg['token']}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: ").encode()
+
+    def request(self, i: int) -> bytes:
+        body = (f'{{"account_id":"{account_for(i, self.cfg["accounts"])}",'
+                f'"message_id":"{self.nonce}-{i}","direction":"outbound"}}').encode()
+        return self.head + str(len(body)).encode() + b"\r\n\r\n" + body
+
+    def tick(self) -> None:
+        """Send (or queue) everything now due, then sleep until the next is due."""
+        loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        # Send everything now due; each request's clock started at its due time.
-        while i < total and start + i / rate <= now:
-            due = start + i / rate
-            lag_max_s = max(lag_max_s, now - due)
-            task = asyncio.get_running_loop().create_task(one(i, due))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            i += 1
-        if i < total:
-            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-    if pending:
-        await asyncio.wait(pending, timeout=cfg["seconds"] + 30)
-    elapsed = time.perf_counter() - start
-    pool.close()
-    ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
-    return {"requests": len(latencies), "errors": len(latencies) - ok,
-            "statuses": {str(k): v for k, v in statuses.items()},
-            "offered_rps": rate, "seconds": round(elapsed, 3),
-            "throughput_rps": round(len(latencies) / elapsed, 1),
-            "connections_opened": pool.opened, "send_lag_max_ms": round(lag_max_s * 1000, 3),
-            **percentiles_ms(latencies)}
+        while self.sent < self.total:
+            due = self.start + self.sent / self.rate
+            if due > now:
+                break
+            self.lag_max_s = max(self.lag_max_s, now - due)
+            if self.idle:
+                self.idle.pop().send(self.request(self.sent), due)
+            else:
+                self.backlog.append((self.sent, due))
+            self.sent += 1
+        if self.sent < self.total:
+            # The loop's timers tick in milliseconds: a shorter wait would spin and
+            # take the CPU the server needs. Requests due within the millisecond go
+            # out together, a little late, and that lateness counts in their latency.
+            wait_s = self.start + self.sent / self.rate - now
+            loop.call_later(max(TICK_S, wait_s), self.tick)
+
+    def answered(self, conn: OpenLoopConnection, status: int, latency_s: float) -> None:
+        self.latencies.append(latency_s)
+        self.statuses[status] += 1
+        if self.backlog:
+            i, due = self.backlog.popleft()
+            conn.send(self.request(i), due)
+        else:
+            self.idle.append(conn)
+        if len(self.latencies) == self.total and self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    async def run(self) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        for _ in range(cfg["connections"]):
+            await asyncio.wait_for(loop.create_connection(
+                lambda: OpenLoopConnection(self), cfg["host"], cfg["port"]), CONNECT_TIMEOUT_S)
+        conns = list(self.idle)
+        self.done = loop.create_future()
+        self.start = time.perf_counter() + 0.05
+        loop.call_later(0.05, self.tick)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.done, cfg["seconds"] + 30)
+        elapsed = time.perf_counter() - self.start
+        for conn in conns:
+            if conn.transport is not None:
+                conn.transport.close()
+        ok = sum(n for s, n in self.statuses.items() if 200 <= s < 300)
+        unanswered = self.total - len(self.latencies)
+        return {"requests": len(self.latencies), "errors": len(self.latencies) - ok + unanswered,
+                "statuses": {str(k): v for k, v in self.statuses.items()},
+                "offered_rps": self.rate, "seconds": round(elapsed, 3),
+                "throughput_rps": round(ok / elapsed, 1), "connections": cfg["connections"],
+                "send_lag_max_ms": round(self.lag_max_s * 1000, 3),
+                **percentiles_ms(self.latencies)}
+
+
+async def run_debit_open(cfg: dict[str, Any]) -> dict[str, Any]:
+    return await OpenLoopClient(cfg).run()
 
 
 async def run_debit_closed(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -427,7 +508,13 @@ def main() -> None:
     cfg = orjson.loads(sys.argv[1])
     # The generator is short-lived: no collector pauses in the measuring process.
     gc.disable()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     result = uvloop.run(MODES[cfg["mode"]](cfg))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    # What the client itself cost (past its imports): it shares the machine with
+    # what it measures.
+    cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    result["client_cpu_us_per_req"] = round(cpu_s * 1e6 / max(1, result["requests"]), 1)
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
 
 
