@@ -39,6 +39,12 @@ def test_bench_smoke_measures_every_scenario_and_writes_json(tmp_path: Path) -> 
         assert row["status"] in ("ok", "errors"), row
         assert row["throughput_rps"] > 0, row
         assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["p999_ms"], row
+    # The ledger writer and live push are on this branch: measured, not skipped.
+    for key in ("authorize_ledger_2", "ledger", "push"):
+        assert rows[key]["status"] == "ok", rows[key]
+        assert rows[key]["throughput_rps"] > 0 and rows[key]["errors"] == 0, rows[key]
+    assert rows["ledger"]["requests"] > 0 and rows["ledger"]["lag_samples"] > 0
+    assert rows["push"]["sockets"] > 0 and rows["push"]["missing_frames"] == 0
     # The product's own paths answer without errors even in a smoke run
     # (redis-watch may give up under contention: that is its figure, not a bug).
     for key in MEASURED_KEYS - {"watch_hot"}:
