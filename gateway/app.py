@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from gateway import log_redaction
 from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.live_api import OPENAPI_WEBSOCKETS, account_live, ops_live
@@ -83,4 +84,5 @@ def create_app(settings: Settings) -> Starlette:
 
 def app_from_env() -> Starlette:
     """Factory for uvicorn (`--factory`), so each worker process reads settings once."""
+    log_redaction.install()  # runs in the worker, after uvicorn configured its loggers
     return create_app(Settings.from_env())

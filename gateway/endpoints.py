@@ -25,8 +25,17 @@ class Endpoint:
     body: Body | None = None
     success: int = 200
     errors: tuple[int, ...] = (400, 401, 403, 404, 409, 422)
+    # Query parameters: name -> description (all optional strings).
+    query: tuple[tuple[str, str], ...] = ()
 
 
+ACTIVITY_QUERY = (
+    ("from", "First day (YYYY-MM-DD, UTC, inclusive) or an RFC 3339 instant."),
+    ("to", "Last day (YYYY-MM-DD, UTC, inclusive) or an RFC 3339 instant."),
+    ("show", "all (default), debits or credits."),
+    ("limit", "Entries per page, at most METERING_ACTIVITY_PAGE_MAX."),
+    ("cursor", "next_cursor of the previous page."),
+)
 CHARGE_ERRORS = (400, 401, 402, 403, 404, 409, 422, 503)
 
 ENDPOINTS: list[Endpoint] = [
@@ -71,11 +80,11 @@ ENDPOINTS: list[Endpoint] = [
              ("customer", "ops"),
              "Ledger entries newest first: ?from=&to= (inclusive UTC dates or RFC 3339), "
              "show=all|debits|credits, limit, cursor (next_cursor of the previous page).",
-             errors=(401, 403, 404, 422, 503)),
+             errors=(401, 403, 404, 422, 503), query=ACTIVITY_QUERY),
     Endpoint("GET", "/v1/accounts/{account_id}/activity.csv", activity_api.get_activity_csv,
              ("customer", "ops"),
              "The same selection as /activity (from, to, show), all pages, as CSV.",
-             errors=(401, 403, 404, 422, 503)),
+             errors=(401, 403, 404, 422, 503), query=ACTIVITY_QUERY[:3]),
     Endpoint("GET", "/v1/ops/ledger-lag", activity_api.get_ledger_lag, ("ops",),
              "Ledger entries not yet in Postgres and the age of the oldest, by shard.",
              errors=(401, 403)),

@@ -41,10 +41,12 @@ def _operation(e: Endpoint) -> dict[str, Any]:
                for code in e.errors},
         },
     }
-    params = re.findall(r"{(\w+)}", e.path)
-    if params:
-        op["parameters"] = [{"name": p, "in": "path", "required": True,
-                             "schema": {"type": "string"}} for p in params]
+    parameters = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for p in re.findall(r"{(\w+)}", e.path)]
+    parameters += [{"name": name, "in": "query", "required": False, "description": text,
+                    "schema": {"type": "string"}} for name, text in e.query]
+    if parameters:
+        op["parameters"] = parameters
     if e.body is not None:
         props: dict[str, Any] = {}
         for name, f in e.body.fields.items():

@@ -99,13 +99,17 @@ def wait_for_http(url: str, timeout_s: float = 15.0, proc: subprocess.Popen | No
 class GatewayProcess:
     """A real `python -m gateway` on a free port; stopped (only it) at the end."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, log_path: Path | None = None) -> None:
         self.port = free_port()
         self.settings = settings.replace(port=self.port, host="127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port}"
+        log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway"], cwd=ROOT, env=settings_env(self.settings),
+            stdout=log, stderr=subprocess.STDOUT if log else None,
         )
+        if log:
+            log.close()
         wait_for_http(self.url + "/healthz", proc=self.proc)
 
     def stop(self) -> None:

@@ -41,3 +41,12 @@ async def test_every_declared_body_is_enforced_by_its_handler(http: httpx.AsyncC
         r = await http.request(e.method, path, headers=headers, json={"undeclared_field": 1})
         assert r.status_code == 422, (e.path, r.text)
         assert r.json()["field"] == "undeclared_field"
+
+
+async def test_activity_query_parameters_are_documented(http: httpx.AsyncClient) -> None:
+    from metering.activity import QUERY_PARAMS
+
+    document = (await http.get("/openapi.json")).json()
+    op = document["paths"]["/v1/accounts/{account_id}/activity"]["get"]
+    documented = {p["name"] for p in op["parameters"] if p["in"] == "query"}
+    assert documented == set(QUERY_PARAMS)
