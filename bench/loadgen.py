@@ -199,6 +199,7 @@ class OpenLoopConnection(asyncio.Protocol):
         self.client = client
         self.buf = bytearray()
         self.due = 0.0
+        self.busy = False
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -207,6 +208,7 @@ class OpenLoopConnection(asyncio.Protocol):
 
     def send(self, data: bytes, due: float) -> None:
         self.due = due
+        self.busy = True
         assert self.transport is not None
         self.transport.write(data)
 
@@ -224,10 +226,14 @@ class OpenLoopConnection(asyncio.Protocol):
             return
         status = int(self.buf[9:12])
         del self.buf[:total]
+        self.busy = False
         self.client.answered(self, status, time.perf_counter() - self.due)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # A closed connection must not be handed a request that nobody answers.
         self.client.lost += 1
+        if self in self.client.idle:
+            self.client.idle.remove(self)
 
 
 class OpenLoopClient:
@@ -239,7 +245,8 @@ class OpenLoopClient:
         self.cfg = cfg
         self.rate = float(cfg["rate_rps"])
         self.total = max(1, int(self.rate * cfg["seconds"]))
-        self.idle: list[OpenLoopConnection] = []
+        # Round robin (FIFO), so no connection idles past the server's keep-alive timeout.
+        self.idle: collections.deque[OpenLoopConnection] = collections.deque()
         self.backlog: collections.deque[tuple[int, float]] = collections.deque()
         self.latencies: list[float] = []
         self.statuses: collections.Counter[int] = collections.Counter()
@@ -270,7 +277,7 @@ class OpenLoopClient:
                 break
             self.lag_max_s = max(self.lag_max_s, now - due)
             if self.idle:
-                self.idle.pop().send(self.request(self.sent), due)
+                self.idle.popleft().send(self.request(self.sent), due)
             else:
                 self.backlog.append((self.sent, due))
             self.sent += 1
@@ -315,6 +322,7 @@ class OpenLoopClient:
                 "offered_rps": self.rate, "seconds": round(elapsed, 3),
                 "throughput_rps": round(ok / elapsed, 1), "connections": cfg["connections"],
                 "send_lag_max_ms": round(self.lag_max_s * 1000, 3),
+                "connections_lost": self.lost, "unanswered": unanswered,
                 **percentiles_ms(self.latencies)}
 
 
