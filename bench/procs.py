@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -139,18 +139,51 @@ class Server:
         stop(self.proc)
 
 
+def wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen[bytes],
+               timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout_s}s")
+        time.sleep(0.05)
+
+
 def start_gateway(settings: Settings, workers: int) -> Server:
-    """`python -m gateway` with the bench's settings."""
+    """`python -m gateway` with the bench's settings, once every worker is ready:
+    keep-alive connections stay on the worker that accepted them, so a load
+    started while one worker still boots would never reach it. A ready worker
+    has subscribed to the live channel."""
     port = free_port()
     env = settings_env(settings.replace(port=port, host="127.0.0.1", workers=workers))
-    return Server([sys.executable, "-m", "gateway"], env, port)
+    server = Server([sys.executable, "-m", "gateway"], env, port)
+    client = redis_sync.Redis.from_url(settings.redis_url)
+    try:
+        def subscribed() -> bool:
+            return int(client.pubsub_numsub(settings.live_channel)[0][1]) >= workers
+        wait_until(subscribed, f"{workers} gateway workers subscribed", server.proc)
+    finally:
+        client.close()
+    return server
 
 
 def start_bare_app(settings: Settings, workers: int = 1) -> Server:
-    """The bare Starlette comparison app (bench/bare_app.py), same server stack."""
+    """The bare Starlette comparison app (bench/bare_app.py), same server stack,
+    once every worker is ready (each opens one Redis connection at start-up)."""
     port = free_port()
     env = settings_env(settings.replace(port=port, host="127.0.0.1", workers=workers))
-    return Server([sys.executable, "-m", "bench.bare_app"], env, port)
+    client = redis_sync.Redis.from_url(settings.redis_url)
+    try:
+        before = len(client.client_list())
+        server = Server([sys.executable, "-m", "bench.bare_app"], env, port)
+
+        def connected() -> bool:
+            return len(client.client_list()) - before >= workers
+        wait_until(connected, f"{workers} bare app workers connected", server.proc)
+    finally:
+        client.close()
+    return server
 
 
 @contextlib.contextmanager
