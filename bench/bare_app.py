@@ -1,0 +1,115 @@
+"""The thinnest HTTP debit, and the alternative designs behind the same HTTP stack.
+
+`python -m bench.bare_app` serves, with the gateway's server settings (uvicorn,
+uvloop, httptools, METERING_WORKERS processes, no access log):
+
+    POST /debit        parse the body, one EVALSHA of debit.lua, nothing else
+                       (no auth, no validation): the HTTP ceiling of the product
+    POST /watch-debit  the same debit as WATCH/MULTI (bench/alternatives.py)
+    POST /pg-debit     the same debit as one Postgres transaction (bench/alternatives.py)
+
+Bodies are the switch's message body: {"account_id", "message_id", "direction"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from bench.alternatives import Refused, WatchLost, pg_debit, watch_debit
+from metering.settings import Settings
+from metering.store import open_store
+
+
+def _json(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code, media_type="application/json")
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        store = await open_store(settings)
+        # The pool is opened on first use: the Lua routes need no Postgres.
+        pg: dict[str, Any] = {"pool": None, "lock": asyncio.Lock()}
+        try:
+            yield {"store": store, "pg": pg}
+        finally:
+            if pg["pool"] is not None:
+                await pg["pool"].close()
+            await store.redis.aclose()
+
+    async def debit(request: Request) -> Response:
+        b = orjson.loads(await request.body())
+        store = request.state.store
+        s = store.settings
+        keys = store.account_keys(b["account_id"])
+        r = await store.scripts.debit(
+            store.redis,
+            [keys.account, keys.request("message", b["message_id"]), keys.shard.ledger,
+             keys.shard.recharge],
+            [b["account_id"], "sms_outbound", "sms_outbound_micros", b["message_id"],
+             "outbound", s.idempotency_window_s, s.ledger_backlog_max, s.live_channel, ""],
+        )
+        if r[0] != "ok":
+            return _json({"error": r[0]}, 402)
+        return _json({"charged_micros": int(r[2]), "balance_micros": int(r[3])})
+
+    async def debit_watch(request: Request) -> Response:
+        b = orjson.loads(await request.body())
+        store = request.state.store
+        keys = store.account_keys(b["account_id"])
+        try:
+            answer = await watch_debit(store.redis, keys, keys.request("message", b["message_id"]),
+                                       b["account_id"], b["message_id"],
+                                       store.settings.idempotency_window_s)
+        except Refused:
+            return _json({"error": "insufficient_funds"}, 402)
+        except WatchLost:
+            return _json({"error": "unavailable"}, 503)
+        return _json(answer)
+
+    async def debit_pg(request: Request) -> Response:
+        b = orjson.loads(await request.body())
+        holder = request.state.pg
+        if holder["pool"] is None:
+            async with holder["lock"]:
+                if holder["pool"] is None:
+                    holder["pool"] = await asyncpg.create_pool(
+                        settings.database_url, min_size=settings.database_pool_max,
+                        max_size=settings.database_pool_max)
+        try:
+            answer = await pg_debit(holder["pool"], b["account_id"], b["message_id"])
+        except Refused:
+            return _json({"error": "insufficient_funds"}, 402)
+        return _json(answer)
+
+    return Starlette(routes=[
+        Route("/debit", debit, methods=["POST"]),
+        Route("/watch-debit", debit_watch, methods=["POST"]),
+        Route("/pg-debit", debit_pg, methods=["POST"]),
+    ], lifespan=lifespan)
+
+
+def app_from_env() -> Starlette:
+    return create_app(Settings.from_env())
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    uvicorn.run("bench.bare_app:app_from_env", factory=True, host=settings.host,
+                port=settings.port, workers=settings.workers, loop="uvloop", http="httptools",
+                log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    main()
