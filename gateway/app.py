@@ -71,7 +71,10 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse({"status": "ok", "live_sockets": hub.count,
                              "live_subscribed": hub.subscribed.is_set()})
 
-    routes: list[BaseRoute] = [Route(e.path, e.handler, methods=[e.method]) for e in ENDPOINTS]
+    # The router tries routes in order: the switch's endpoints, the hot path, go
+    # first (measured: route matching was 3% of a gateway's CPU under load).
+    by_heat = sorted(ENDPOINTS, key=lambda e: e.roles != ("switch",))
+    routes: list[BaseRoute] = [Route(e.path, e.handler, methods=[e.method]) for e in by_heat]
     routes += [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
