@@ -66,13 +66,16 @@ class WatchLost(Exception):
     """Every retry of an optimistic transaction met a concurrent change."""
 
 
-async def pg_seed(conn: asyncpg.Connection, account_ids: list[str], balance_micros: int,
-                  price_micros: int) -> None:
+async def pg_seed(
+    conn: asyncpg.Connection, account_ids: list[str], balance_micros: int, price_micros: int
+) -> None:
     """Fresh bench tables holding the given accounts."""
     await conn.execute(PG_SCHEMA)
     await conn.copy_records_to_table(
-        "bench_accounts", records=[(a, balance_micros, 0, price_micros) for a in account_ids],
-        columns=["account_id", "balance_micros", "seq", "sms_outbound_micros"])
+        "bench_accounts",
+        records=[(a, balance_micros, 0, price_micros) for a in account_ids],
+        columns=["account_id", "balance_micros", "seq", "sms_outbound_micros"],
+    )
 
 
 async def pg_debit(pool: asyncpg.Pool, account_id: str, request_id: str) -> dict[str, Any]:
@@ -86,8 +89,14 @@ async def pg_debit(pool: asyncpg.Pool, account_id: str, request_id: str) -> dict
     return {"charged_micros": cost, "balance_micros": balance, "seq": seq}
 
 
-async def watch_debit(redis: Any, keys: AccountKeys, request_key: str, account_id: str,
-                      request_id: str, idempotency_window_s: int) -> dict[str, Any]:
+async def watch_debit(
+    redis: Any,
+    keys: AccountKeys,
+    request_key: str,
+    account_id: str,
+    request_id: str,
+    idempotency_window_s: int,
+) -> dict[str, Any]:
     """WATCH the account, read, check, then MULTI the writes; retry on a conflict."""
     async with redis.pipeline(transaction=True) as pipe:
         for _ in range(WATCH_RETRIES_MAX):
@@ -98,21 +107,33 @@ async def watch_debit(redis: Any, keys: AccountKeys, request_key: str, account_i
                     await pipe.unwatch()
                     return {"replayed": prior}
                 balance_s, reserved_s, seq_s, cost_s = await pipe.hmget(
-                    keys.account, "balance", "reserved", "seq", SMS_PRICE_FIELD)
+                    keys.account, "balance", "reserved", "seq", SMS_PRICE_FIELD
+                )
                 if balance_s is None:
                     raise Refused(account_id)
-                balance, reserved, seq, cost = (int(balance_s), int(reserved_s), int(seq_s),
-                                                int(cost_s))
+                balance, reserved, seq, cost = (
+                    int(balance_s),
+                    int(reserved_s),
+                    int(seq_s),
+                    int(cost_s),
+                )
                 if balance - reserved < cost:
                     raise Refused(account_id)
                 balance -= cost
                 seq += 1
                 pipe.multi()
                 pipe.hset(keys.account, mapping={"balance": balance, "seq": seq})
-                pipe.xadd(keys.shard.ledger, {
-                    "account_id": account_id, "seq": seq, "item": SMS_ITEM,
-                    "amount_micros": -cost, "balance_after_micros": balance,
-                    "request_id": request_id})
+                pipe.xadd(
+                    keys.shard.ledger,
+                    {
+                        "account_id": account_id,
+                        "seq": seq,
+                        "item": SMS_ITEM,
+                        "amount_micros": -cost,
+                        "balance_after_micros": balance,
+                        "request_id": request_id,
+                    },
+                )
                 pipe.set(request_key, f"{cost},{balance},{seq}", ex=idempotency_window_s)
                 await pipe.execute()
                 return {"charged_micros": cost, "balance_micros": balance, "seq": seq}

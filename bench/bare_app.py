@@ -55,10 +55,23 @@ def create_app(settings: Settings) -> Starlette:
         keys = store.account_keys(b["account_id"])
         r = await store.scripts.debit(
             store.redis,
-            [keys.account, keys.request("message", b["message_id"]), keys.shard.ledger,
-             keys.shard.recharge],
-            [b["account_id"], "sms_outbound", "sms_outbound_micros", b["message_id"],
-             "outbound", s.idempotency_window_s, s.ledger_backlog_max, s.live_channel, ""],
+            [
+                keys.account,
+                keys.request("message", b["message_id"]),
+                keys.shard.ledger,
+                keys.shard.recharge,
+            ],
+            [
+                b["account_id"],
+                "sms_outbound",
+                "sms_outbound_micros",
+                b["message_id"],
+                "outbound",
+                s.idempotency_window_s,
+                s.ledger_backlog_max,
+                s.live_channel,
+                "",
+            ],
         )
         if r[0] != "ok":
             return _json({"error": r[0]}, 402)
@@ -69,9 +82,14 @@ def create_app(settings: Settings) -> Starlette:
         store = request.state.store
         keys = store.account_keys(b["account_id"])
         try:
-            answer = await watch_debit(store.redis, keys, keys.request("message", b["message_id"]),
-                                       b["account_id"], b["message_id"],
-                                       store.settings.idempotency_window_s)
+            answer = await watch_debit(
+                store.redis,
+                keys,
+                keys.request("message", b["message_id"]),
+                b["account_id"],
+                b["message_id"],
+                store.settings.idempotency_window_s,
+            )
         except Refused:
             return _json({"error": "insufficient_funds"}, 402)
         except WatchLost:
@@ -85,19 +103,24 @@ def create_app(settings: Settings) -> Starlette:
             async with holder["lock"]:
                 if holder["pool"] is None:
                     holder["pool"] = await asyncpg.create_pool(
-                        settings.database_url, min_size=settings.database_pool_max,
-                        max_size=settings.database_pool_max)
+                        settings.database_url,
+                        min_size=settings.database_pool_max,
+                        max_size=settings.database_pool_max,
+                    )
         try:
             answer = await pg_debit(holder["pool"], b["account_id"], b["message_id"])
         except Refused:
             return _json({"error": "insufficient_funds"}, 402)
         return _json(answer)
 
-    return Starlette(routes=[
-        Route("/debit", debit, methods=["POST"]),
-        Route("/watch-debit", debit_watch, methods=["POST"]),
-        Route("/pg-debit", debit_pg, methods=["POST"]),
-    ], lifespan=lifespan)
+    return Starlette(
+        routes=[
+            Route("/debit", debit, methods=["POST"]),
+            Route("/watch-debit", debit_watch, methods=["POST"]),
+            Route("/pg-debit", debit_pg, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
 
 
 def app_from_env() -> Starlette:
@@ -106,9 +129,18 @@ def app_from_env() -> Starlette:
 
 def main() -> None:
     settings = Settings.from_env()
-    uvicorn.run("bench.bare_app:app_from_env", factory=True, host=settings.host,
-                port=settings.port, workers=settings.workers, loop="uvloop", http="httptools",
-                log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        "bench.bare_app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
 
 
 if __name__ == "__main__":

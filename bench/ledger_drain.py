@@ -41,8 +41,10 @@ async def drain(entries: int, accounts: int) -> None:
         print(f"drain: {total} entries made in {made_s:.1f}s ({total / made_s:.0f}/s via Lua)")
         print(f"drain: {done.stdout.strip()}")
         writer_s = float(done.stdout.rsplit(" in ", 1)[1].rstrip("s\n"))
-        print(f"drain: {total / writer_s:.0f} rows/s in the writer; {total / wall_s:.0f} rows/s "
-              f"including process start ({wall_s:.2f}s)")
+        print(
+            f"drain: {total / writer_s:.0f} rows/s in the writer; {total / wall_s:.0f} rows/s "
+            f"including process start ({wall_s:.2f}s)"
+        )
 
 
 async def lag(rate: int, seconds: float, accounts: int, batch_wait_ms: int) -> None:
@@ -62,11 +64,14 @@ async def lag(rate: int, seconds: float, accounts: int, batch_wait_ms: int) -> N
                 batch = []
                 while n < due:
                     n += 1
-                    batch.append(debits.ring_through_attempt(world.store, ids[n % len(ids)],
-                                                              f"lag-{n}"))
-                for charge, account_id in zip(await asyncio.gather(*batch),
-                                              [ids[(n - len(batch) + i + 1) % len(ids)]
-                                               for i in range(len(batch))], strict=True):
+                    batch.append(
+                        debits.ring_through_attempt(world.store, ids[n % len(ids)], f"lag-{n}")
+                    )
+                for charge, account_id in zip(
+                    await asyncio.gather(*batch),
+                    [ids[(n - len(batch) + i + 1) % len(ids)] for i in range(len(batch))],
+                    strict=True,
+                ):
                     latest.append((account_id, charge.seq, time.monotonic()))
                 await asyncio.sleep(0.005)
             stop.set()
@@ -80,8 +85,10 @@ async def lag(rate: int, seconds: float, accounts: int, batch_wait_ms: int) -> N
                 account_id, seq, answered = latest[-1]
                 # Polling Postgres is the measurement itself: nothing signals a commit.
                 while not await world.conn.fetchval(  # noqa: ASYNC110
-                        "SELECT 1 FROM ledger_entries WHERE account_id = $1 AND seq = $2",
-                        account_id, seq):
+                    "SELECT 1 FROM ledger_entries WHERE account_id = $1 AND seq = $2",
+                    account_id,
+                    seq,
+                ):
                     await asyncio.sleep(0.002)
                 lags_ms.append((time.monotonic() - answered) * 1000)
                 await asyncio.sleep(0.05)
@@ -91,10 +98,12 @@ async def lag(rate: int, seconds: float, accounts: int, batch_wait_ms: int) -> N
         finally:
             kill(writer)
         lags_ms.sort()
-        print(f"lag: {rate} debits/s for {seconds:.0f}s over {accounts} accounts, "
-              f"{len(lags_ms)} samples: p50 {statistics.median(lags_ms):.0f} ms, "
-              f"p95 {lags_ms[int(len(lags_ms) * 0.95)]:.0f} ms, max {lags_ms[-1]:.0f} ms "
-              f"(batch wait {batch_wait_ms} ms)")
+        print(
+            f"lag: {rate} debits/s for {seconds:.0f}s over {accounts} accounts, "
+            f"{len(lags_ms)} samples: p50 {statistics.median(lags_ms):.0f} ms, "
+            f"p95 {lags_ms[int(len(lags_ms) * 0.95)]:.0f} ms, max {lags_ms[-1]:.0f} ms "
+            f"(batch wait {batch_wait_ms} ms)"
+        )
 
 
 def main() -> None:
@@ -103,8 +112,11 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=1_000)
     parser.add_argument("--rate", type=int, default=2_000, help="debits per second")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--batch-wait-ms", default="200,20",
-                        help="ledger_batch_wait_ms values to measure the lag with")
+    parser.add_argument(
+        "--batch-wait-ms",
+        default="200,20",
+        help="ledger_batch_wait_ms values to measure the lag with",
+    )
     parser.add_argument("--no-drain", action="store_true")
     args = parser.parse_args()
     if not args.no_drain:

@@ -46,8 +46,12 @@ def percentiles_ms(latencies_s: list[float]) -> dict[str, float]:
     def at(q: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
 
-    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "p999_ms": at(0.999),
-            "max_ms": round(ordered[-1] * 1000, 3)}
+    return {
+        "p50_ms": at(0.50),
+        "p99_ms": at(0.99),
+        "p999_ms": at(0.999),
+        "max_ms": round(ordered[-1] * 1000, 3),
+    }
 
 
 class HttpConnection(asyncio.Protocol):
@@ -74,12 +78,12 @@ class HttpConnection(asyncio.Protocol):
             self.waiter.set_exception(RuntimeError("response without content-length"))
             return
         stop = head.find(b"\r\n", at)
-        length = int(head[at + 15: stop if stop > 0 else len(head)])
+        length = int(head[at + 15 : stop if stop > 0 else len(head)])
         total = end + 4 + length
         if len(self.buf) < total:
             return
         status = int(head[9:12])
-        body = bytes(self.buf[end + 4: total])
+        body = bytes(self.buf[end + 4 : total])
         del self.buf[:total]
         waiter, self.waiter = self.waiter, None
         waiter.set_result((status, body))
@@ -98,15 +102,18 @@ class HttpConnection(asyncio.Protocol):
 async def connect(host: str, port: int) -> HttpConnection:
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
-        loop.create_connection(HttpConnection, host, port), CONNECT_TIMEOUT_S)
+        loop.create_connection(HttpConnection, host, port), CONNECT_TIMEOUT_S
+    )
     return proto
 
 
 def post(host: str, port: int, path: str, token: str, body: dict[str, Any]) -> bytes:
     payload = orjson.dumps(body)
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
 
 
 def account_for(i: int, accounts: int) -> str:
@@ -118,8 +125,10 @@ async def run_evalsha(cfg: dict[str, Any]) -> dict[str, Any]:
     from metering.store import open_store
 
     settings = Settings.from_env({}).replace(
-        redis_url=cfg["redis_url"], redis_connections_max=cfg["concurrency"],
-        ledger_backlog_max=cfg["ledger_backlog_max"])
+        redis_url=cfg["redis_url"],
+        redis_connections_max=cfg["concurrency"],
+        ledger_backlog_max=cfg["ledger_backlog_max"],
+    )
     store = await open_store(settings)
     nonce = uuid.uuid4().hex[:8]
     latencies: list[float] = []
@@ -138,10 +147,24 @@ async def run_evalsha(cfg: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             r = await store.scripts.debit(
                 store.redis,
-                [keys.account, keys.request("message", request_id), keys.shard.ledger,
-                 keys.shard.recharge],
-                [account_id, "sms_outbound", "sms_outbound_micros", request_id, "outbound",
-                 s.idempotency_window_s, s.ledger_backlog_max, s.live_channel, ""])
+                [
+                    keys.account,
+                    keys.request("message", request_id),
+                    keys.shard.ledger,
+                    keys.shard.recharge,
+                ],
+                [
+                    account_id,
+                    "sms_outbound",
+                    "sms_outbound_micros",
+                    request_id,
+                    "outbound",
+                    s.idempotency_window_s,
+                    s.ledger_backlog_max,
+                    s.live_channel,
+                    "",
+                ],
+            )
             latencies.append(time.perf_counter() - t0)
             if r[0] != "ok":
                 errors += 1
@@ -150,8 +173,13 @@ async def run_evalsha(cfg: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(worker() for _ in range(cfg["concurrency"])))
     elapsed = time.perf_counter() - started
     await store.redis.aclose()
-    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 3),
-            "throughput_rps": round(len(latencies) / elapsed, 1), **percentiles_ms(latencies)}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "throughput_rps": round(len(latencies) / elapsed, 1),
+        **percentiles_ms(latencies),
+    }
 
 
 class ConnectionPool:
@@ -221,7 +249,7 @@ class OpenLoopConnection(asyncio.Protocol):
         if at < 0:
             at = self.buf.lower().find(b"content-length:", 0, end)
         stop = self.buf.find(b"\r\n", at)
-        total = end + 4 + int(self.buf[at + 15: stop])
+        total = end + 4 + int(self.buf[at + 15 : stop])
         if len(self.buf) < total:
             return
         status = int(self.buf[9:12])
@@ -258,13 +286,17 @@ class OpenLoopClient:
         # The head up to Content-Length is built once.
         host, port = cfg["host"], cfg["port"]
         self.nonce = uuid.uuid4().hex[:8]
-        self.head = (f"POST {cfg['path']} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                     f"Authorization: Bearer {cfg['token']}\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: ").encode()
+        self.head = (
+            f"POST {cfg['path']} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: Bearer {cfg['token']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: "
+        ).encode()
 
     def request(self, i: int) -> bytes:
-        body = (f'{{"account_id":"{account_for(i, self.cfg["accounts"])}",'
-                f'"message_id":"{self.nonce}-{i}","direction":"outbound"}}').encode()
+        body = (
+            f'{{"account_id":"{account_for(i, self.cfg["accounts"])}",'
+            f'"message_id":"{self.nonce}-{i}","direction":"outbound"}}'
+        ).encode()
         return self.head + str(len(body)).encode() + b"\r\n\r\n" + body
 
     def tick(self) -> None:
@@ -303,8 +335,10 @@ class OpenLoopClient:
         loop = asyncio.get_running_loop()
         cfg = self.cfg
         for _ in range(cfg["connections"]):
-            await asyncio.wait_for(loop.create_connection(
-                lambda: OpenLoopConnection(self), cfg["host"], cfg["port"]), CONNECT_TIMEOUT_S)
+            await asyncio.wait_for(
+                loop.create_connection(lambda: OpenLoopConnection(self), cfg["host"], cfg["port"]),
+                CONNECT_TIMEOUT_S,
+            )
         conns = list(self.idle)
         self.done = loop.create_future()
         self.start = time.perf_counter() + 0.05
@@ -317,13 +351,19 @@ class OpenLoopClient:
                 conn.transport.close()
         ok = sum(n for s, n in self.statuses.items() if 200 <= s < 300)
         unanswered = self.total - len(self.latencies)
-        return {"requests": len(self.latencies), "errors": len(self.latencies) - ok + unanswered,
-                "statuses": {str(k): v for k, v in self.statuses.items()},
-                "offered_rps": self.rate, "seconds": round(elapsed, 3),
-                "throughput_rps": round(ok / elapsed, 1), "connections": cfg["connections"],
-                "send_lag_max_ms": round(self.lag_max_s * 1000, 3),
-                "connections_lost": self.lost, "unanswered": unanswered,
-                **percentiles_ms(self.latencies)}
+        return {
+            "requests": len(self.latencies),
+            "errors": len(self.latencies) - ok + unanswered,
+            "statuses": {str(k): v for k, v in self.statuses.items()},
+            "offered_rps": self.rate,
+            "seconds": round(elapsed, 3),
+            "throughput_rps": round(ok / elapsed, 1),
+            "connections": cfg["connections"],
+            "send_lag_max_ms": round(self.lag_max_s * 1000, 3),
+            "connections_lost": self.lost,
+            "unanswered": unanswered,
+            **percentiles_ms(self.latencies),
+        }
 
 
 async def run_debit_open(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -345,9 +385,17 @@ async def run_debit_closed(cfg: dict[str, Any]) -> dict[str, Any]:
         try:
             while time.perf_counter() < deadline:
                 i = next(counter)
-                data = post(host, port, path, token, {
-                    "account_id": account_for(i, cfg["accounts"]), "message_id": f"{nonce}-{i}",
-                    "direction": "outbound"})
+                data = post(
+                    host,
+                    port,
+                    path,
+                    token,
+                    {
+                        "account_id": account_for(i, cfg["accounts"]),
+                        "message_id": f"{nonce}-{i}",
+                        "direction": "outbound",
+                    },
+                )
                 t0 = time.perf_counter()
                 status, _ = await conn.request(data)
                 latencies.append(time.perf_counter() - t0)
@@ -360,8 +408,13 @@ async def run_debit_closed(cfg: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(worker() for _ in range(cfg["concurrency"])))
     elapsed = time.perf_counter() - started
     ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
-    return {"requests": len(latencies), "errors": len(latencies) - ok, "seconds": round(elapsed, 3),
-            "throughput_rps": round(ok / elapsed, 1), **percentiles_ms(latencies)}
+    return {
+        "requests": len(latencies),
+        "errors": len(latencies) - ok,
+        "seconds": round(elapsed, 3),
+        "throughput_rps": round(ok / elapsed, 1),
+        **percentiles_ms(latencies),
+    }
 
 
 async def run_calls(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -389,11 +442,17 @@ async def run_calls(cfg: dict[str, Any]) -> dict[str, Any]:
                 i = next(counter)
                 account_id = account_for(i, cfg["accounts"])
                 call_id = f"{nonce}-{i}"
-                await timed(conn, "/v1/calls", {"account_id": account_id, "call_id": call_id,
-                                                "direction": "outbound"})
+                await timed(
+                    conn,
+                    "/v1/calls",
+                    {"account_id": account_id, "call_id": call_id, "direction": "outbound"},
+                )
                 await timed(conn, f"/v1/calls/{call_id}/extend", {"account_id": account_id})
-                await timed(conn, f"/v1/calls/{call_id}/commit",
-                            {"account_id": account_id, "duration_seconds": 420})
+                await timed(
+                    conn,
+                    f"/v1/calls/{call_id}/commit",
+                    {"account_id": account_id, "duration_seconds": 420},
+                )
                 cycles += 1
         finally:
             if conn.transport is not None:
@@ -403,9 +462,15 @@ async def run_calls(cfg: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(worker() for _ in range(cfg["concurrency"])))
     elapsed = time.perf_counter() - started
     ok = sum(n for s, n in statuses.items() if s == 200)
-    return {"requests": len(latencies), "errors": len(latencies) - ok, "cycles": cycles,
-            "cycles_per_s": round(cycles / elapsed, 1), "seconds": round(elapsed, 3),
-            "throughput_rps": round(len(latencies) / elapsed, 1), **percentiles_ms(latencies)}
+    return {
+        "requests": len(latencies),
+        "errors": len(latencies) - ok,
+        "cycles": cycles,
+        "cycles_per_s": round(cycles / elapsed, 1),
+        "seconds": round(elapsed, 3),
+        "throughput_rps": round(len(latencies) / elapsed, 1),
+        **percentiles_ms(latencies),
+    }
 
 
 async def run_push(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -431,15 +496,18 @@ async def run_push(cfg: dict[str, Any]) -> dict[str, Any]:
                     seen.append((int(frame["seq"]), at))
 
     async def open_socket(account_id: str) -> None:
-        ws = await ws_connect(f"ws://{host}:{port}/v1/accounts/{account_id}/live?token={token}",
-                              open_timeout=CONNECT_TIMEOUT_S * 4, max_queue=None)
+        ws = await ws_connect(
+            f"ws://{host}:{port}/v1/accounts/{account_id}/live?token={token}",
+            open_timeout=CONNECT_TIMEOUT_S * 4,
+            max_queue=None,
+        )
         first = orjson.loads(await ws.recv())
         assert first.get("type") == "snapshot", first
         sockets.append(ws)
         readers.append(asyncio.get_running_loop().create_task(reader(account_id, ws)))
 
     for start in range(0, len(accounts), SOCKET_OPEN_BATCH):
-        await asyncio.gather(*(open_socket(a) for a in accounts[start:start + SOCKET_OPEN_BATCH]))
+        await asyncio.gather(*(open_socket(a) for a in accounts[start : start + SOCKET_OPEN_BATCH]))
 
     pool = ConnectionPool(host, port, cfg["connections"])
     await pool.prewarm(cfg["connections"])
@@ -455,8 +523,15 @@ async def run_push(cfg: dict[str, Any]) -> dict[str, Any]:
         account_id = accounts[i % len(accounts)]
         conn = await pool.acquire()
         sent = time.perf_counter()
-        status, body = await conn.request(post(host, port, "/v1/messages", cfg["switch_token"], {
-            "account_id": account_id, "message_id": f"{nonce}-{i}", "direction": "outbound"}))
+        status, body = await conn.request(
+            post(
+                host,
+                port,
+                "/v1/messages",
+                cfg["switch_token"],
+                {"account_id": account_id, "message_id": f"{nonce}-{i}", "direction": "outbound"},
+            )
+        )
         at = time.perf_counter()
         pool.release(conn)
         if status != 200:
@@ -497,10 +572,17 @@ async def run_push(cfg: dict[str, Any]) -> dict[str, Any]:
         # A frame may beat the HTTP answer (the script publishes before it returns): 0.
         latencies.append(max(0.0, arrival - at))
         from_send.append(arrival - sent)
-    return {"requests": len(answered), "errors": failed + missing, "missing_frames": missing,
-            "sockets": len(sockets), "offered_rps": rate, "seconds": round(elapsed, 3),
-            "throughput_rps": round(len(latencies) / elapsed, 1),
-            "from_send": percentiles_ms(from_send), **percentiles_ms(latencies)}
+    return {
+        "requests": len(answered),
+        "errors": failed + missing,
+        "missing_frames": missing,
+        "sockets": len(sockets),
+        "offered_rps": rate,
+        "seconds": round(elapsed, 3),
+        "throughput_rps": round(len(latencies) / elapsed, 1),
+        "from_send": percentiles_ms(from_send),
+        **percentiles_ms(latencies),
+    }
 
 
 MODES: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]] = {

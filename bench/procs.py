@@ -37,8 +37,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes],
-                  timeout_s: float = START_TIMEOUT_S) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], timeout_s: float = START_TIMEOUT_S
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -82,9 +83,23 @@ class RedisServer:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="bench-redis-")
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
-             "--loglevel", "warning"],
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
             stdout=subprocess.DEVNULL,
         )
         wait_for_port(self.port, self.proc)
@@ -105,8 +120,12 @@ class RedisServer:
 
 def bench_settings(redis_url: str, database_url: str, **changes: object) -> Settings:
     return Settings.from_env({}).replace(
-        redis_url=redis_url, database_url=database_url, switch_token=SWITCH_TOKEN,
-        ops_token=OPS_TOKEN, **changes)
+        redis_url=redis_url,
+        database_url=database_url,
+        switch_token=SWITCH_TOKEN,
+        ops_token=OPS_TOKEN,
+        **changes,
+    )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -131,16 +150,21 @@ class Server:
 
     def pids(self) -> list[int]:
         """The server's pid and its worker processes' (for the profiler)."""
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
-                             capture_output=True, text=True).stdout.split()
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout.split()
         return [self.proc.pid, *map(int, out)]
 
     def stop(self) -> None:
         stop(self.proc)
 
 
-def wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen[bytes],
-               timeout_s: float = START_TIMEOUT_S) -> None:
+def wait_until(
+    ready: Callable[[], bool],
+    what: str,
+    proc: subprocess.Popen[bytes],
+    timeout_s: float = START_TIMEOUT_S,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not ready():
         if proc.poll() is not None:
@@ -160,8 +184,10 @@ def start_gateway(settings: Settings, workers: int) -> Server:
     server = Server([sys.executable, "-m", "gateway"], env, port)
     client = redis_sync.Redis.from_url(settings.redis_url)
     try:
+
         def subscribed() -> bool:
             return int(client.pubsub_numsub(settings.live_channel)[0][1]) >= workers
+
         wait_until(subscribed, f"{workers} gateway workers subscribed", server.proc)
     finally:
         client.close()
@@ -180,6 +206,7 @@ def start_bare_app(settings: Settings, workers: int = 1) -> Server:
 
         def connected() -> bool:
             return len(client.client_list()) - before >= workers
+
         wait_until(connected, f"{workers} bare app workers connected", server.proc)
     finally:
         client.close()

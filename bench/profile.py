@@ -64,8 +64,11 @@ def summarize(collapsed: str) -> str:
         if not stack:
             continue
         count = int(count_s)
-        frames = [frame_name(f) for f in stack.split(";") if f and not f.startswith("process ")
-                  and not f.startswith("thread ")]
+        frames = [
+            frame_name(f)
+            for f in stack.split(";")
+            if f and not f.startswith("process ") and not f.startswith("thread ")
+        ]
         samples += count
         if frames:
             own[frames[-1]] += count
@@ -92,21 +95,50 @@ def main() -> int:
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
         return 2
     redis = RedisServer()
-    out = Path(__file__).resolve().parent / "results" / (
-        f"profile-{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H%M}.txt")
+    out = (
+        Path(__file__).resolve().parent
+        / "results"
+        / (f"profile-{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H%M}.txt")
+    )
     try:
-        run = Run(seconds=args.seconds, warmup_s=1, connections=args.connections,
-                  spread_accounts=1, database_url="", redis=redis)
+        run = Run(
+            seconds=args.seconds,
+            warmup_s=1,
+            connections=args.connections,
+            spread_accounts=1,
+            database_url="",
+            redis=redis,
+        )
         seed(run, spread=False)
         gateway = start_gateway(run.settings(), 1)  # one worker: uvicorn serves in-process
         try:
-            load = threading.Thread(target=tools.wrk, args=(
-                gateway.url, "/v1/messages", SWITCH_TOKEN, 1, args.connections,
-                args.seconds + 2))
+            load = threading.Thread(
+                target=tools.wrk,
+                args=(
+                    gateway.url,
+                    "/v1/messages",
+                    SWITCH_TOKEN,
+                    1,
+                    args.connections,
+                    args.seconds + 2,
+                ),
+            )
             load.start()
-            command = [py_spy, "record", "--pid", str(gateway.proc.pid), "--duration",
-                       str(args.seconds), "--rate", str(SAMPLE_RATE_HZ), "--format", "raw",
-                       "--output", str(out), "--nonblocking"]
+            command = [
+                py_spy,
+                "record",
+                "--pid",
+                str(gateway.proc.pid),
+                "--duration",
+                str(args.seconds),
+                "--rate",
+                str(SAMPLE_RATE_HZ),
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+            ]
             if args.idle:
                 command.append("--idle")
             subprocess.run(command, check=True, capture_output=True)

@@ -38,10 +38,15 @@ from websockets.asyncio.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE_CARD = {
-    "call_outbound_per_minute_micros": 10_000, "call_inbound_per_minute_micros": 5_000,
-    "call_increment_seconds": 6, "call_minimum_seconds": 6, "sms_outbound_micros": 7_500,
-    "sms_inbound_micros": 1_000, "ring_through_attempt_micros": 2_000,
-    "number_purchase_micros": 1_000_000, "number_renewal_micros": 1_000_000,
+    "call_outbound_per_minute_micros": 10_000,
+    "call_inbound_per_minute_micros": 5_000,
+    "call_increment_seconds": 6,
+    "call_minimum_seconds": 6,
+    "sms_outbound_micros": 7_500,
+    "sms_inbound_micros": 1_000,
+    "ring_through_attempt_micros": 2_000,
+    "number_purchase_micros": 1_000_000,
+    "number_renewal_micros": 1_000_000,
 }
 CONNECT_BATCH = 100
 
@@ -55,8 +60,12 @@ def start_gateway() -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "METERING_HOST": "127.0.0.1", "METERING_PORT": str(port),
-           "METERING_WORKERS": "1"}
+    env = {
+        **os.environ,
+        "METERING_HOST": "127.0.0.1",
+        "METERING_PORT": str(port),
+        "METERING_WORKERS": "1",
+    }
     proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -75,9 +84,13 @@ def stuck_socket(url: str, path: str) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     sock.connect((host, int(port)))
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     head = b""
     while b"\r\n\r\n" not in head:
         head += sock.recv(1)
@@ -95,17 +108,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         run_id = uuid.uuid4().hex[:8]
         account_ids = [f"bench-live-{run_id}-{i}" for i in range(max(1, args.accounts))]
         for i in range(0, len(account_ids), CONNECT_BATCH):
-            for r in await asyncio.gather(*(
-                    http.post("/v1/accounts", headers=ops, json={"account_id": a,
-                                                                 "rate_card": RATE_CARD})
-                    for a in account_ids[i:i + CONNECT_BATCH])):
+            for r in await asyncio.gather(
+                *(
+                    http.post(
+                        "/v1/accounts", headers=ops, json={"account_id": a, "rate_card": RATE_CARD}
+                    )
+                    for a in account_ids[i : i + CONNECT_BATCH]
+                )
+            ):
                 r.raise_for_status()
         account_id = account_ids[0]
-        r = await http.post(f"/v1/accounts/{account_id}/credits", headers=ops, json={
-            "credit_id": "bench", "amount_micros": 10_000_000_000, "reason": "bench"})
+        r = await http.post(
+            f"/v1/accounts/{account_id}/credits",
+            headers=ops,
+            json={"credit_id": "bench", "amount_micros": 10_000_000_000, "reason": "bench"},
+        )
         r.raise_for_status()
-        r = await http.post(f"/v1/accounts/{account_id}/tokens", headers=ops,
-                            json={"label": "bench"})
+        r = await http.post(
+            f"/v1/accounts/{account_id}/tokens", headers=ops, json={"label": "bench"}
+        )
         token = r.json()["token"]
         path = f"/v1/accounts/{account_id}/live?token={token}"
         ws_base = args.url.replace("http://", "ws://")
@@ -114,15 +135,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # Socket i watches account i mod accounts; the others use the ops token.
             if i % len(account_ids) == 0:
                 return ws_base + path
-            return f"{ws_base}/v1/accounts/{account_ids[i % len(account_ids)]}/live?token=" \
-                   f"{args.ops_token}"
+            return (
+                f"{ws_base}/v1/accounts/{account_ids[i % len(account_ids)]}/live?token="
+                f"{args.ops_token}"
+            )
 
         stuck = stuck_socket(args.url, path) if args.stuck else None
         sockets: list[ClientConnection] = []
         t0 = time.perf_counter()
         for i in range(0, args.sockets, CONNECT_BATCH):
-            batch = await asyncio.gather(*(connect(ws_url(j), max_queue=None, ping_interval=None)
-                                           for j in range(i, min(i + CONNECT_BATCH, args.sockets))))
+            batch = await asyncio.gather(
+                *(
+                    connect(ws_url(j), max_queue=None, ping_interval=None)
+                    for j in range(i, min(i + CONNECT_BATCH, args.sockets))
+                )
+            )
             for ws in batch:
                 snapshot = json.loads(await ws.recv())["account"]
                 if snapshot["account_id"] == account_id:
@@ -152,8 +179,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         seqs: list[int] = []
         readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(watching)]
         for n in range(args.debits):
-            r = await http.post("/v1/messages", headers=switch, json={
-                "account_id": account_id, "message_id": f"m{n}", "direction": "outbound"})
+            r = await http.post(
+                "/v1/messages",
+                headers=switch,
+                json={"account_id": account_id, "message_id": f"m{n}", "direction": "outbound"},
+            )
             answered = time.perf_counter()
             r.raise_for_status()
             seq = r.json()["seq"]
@@ -162,10 +192,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.wait_for(done[seq - first_seq[0]].wait(), 30)
         for task in readers:
             task.cancel()
-        reader_ms = [max(0.0, arrivals[0][s] - a) * 1000
-                     for s, a in zip(seqs, answered_at, strict=True)]
-        all_ms = [max(0.0, max(arr[s] for arr in arrivals) - a) * 1000
-                  for s, a in zip(seqs, answered_at, strict=True)]
+        reader_ms = [
+            max(0.0, arrivals[0][s] - a) * 1000 for s, a in zip(seqs, answered_at, strict=True)
+        ]
+        all_ms = [
+            max(0.0, max(arr[s] for arr in arrivals) - a) * 1000
+            for s, a in zip(seqs, answered_at, strict=True)
+        ]
         for ws in sockets:
             await ws.close()
         if stuck is not None:
@@ -178,12 +211,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "connect_s": round(connect_s, 2),
         "stuck_socket": bool(args.stuck),
         "debits": args.debits,
-        "push_ms_one_socket": {"p50": percentile(reader_ms, 0.5),
-                               "p99": percentile(reader_ms, 0.99), "max": round(max(reader_ms), 3)},
-        "push_ms_every_socket": {"p50": percentile(all_ms, 0.5),
-                                 "p99": percentile(all_ms, 0.99), "max": round(max(all_ms), 3)},
+        "push_ms_one_socket": {
+            "p50": percentile(reader_ms, 0.5),
+            "p99": percentile(reader_ms, 0.99),
+            "max": round(max(reader_ms), 3),
+        },
+        "push_ms_every_socket": {
+            "p50": percentile(all_ms, 0.5),
+            "p99": percentile(all_ms, 0.99),
+            "max": round(max(all_ms), 3),
+        },
         "note": "debit answered -> frame received; every_socket waits for the last of them, "
-                "all read by this one client process",
+        "all read by this one client process",
     }
 
 
@@ -192,14 +231,24 @@ def main() -> None:
     parser.add_argument("--url", help="a running gateway; default: start one")
     parser.add_argument("--sockets", type=int, default=1_000)
     parser.add_argument("--debits", type=int, default=1_000)
-    parser.add_argument("--accounts", type=int, default=0,
-                        help="accounts the sockets watch (default: one per socket)")
-    parser.add_argument("--no-stuck", dest="stuck", action="store_false",
-                        help="leave out the socket that never reads")
-    parser.add_argument("--switch-token",
-                        default=os.environ.get("METERING_SWITCH_TOKEN", "dev-switch-token"))
-    parser.add_argument("--ops-token",
-                        default=os.environ.get("METERING_OPS_TOKEN", "dev-ops-token"))
+    parser.add_argument(
+        "--accounts",
+        type=int,
+        default=0,
+        help="accounts the sockets watch (default: one per socket)",
+    )
+    parser.add_argument(
+        "--no-stuck",
+        dest="stuck",
+        action="store_false",
+        help="leave out the socket that never reads",
+    )
+    parser.add_argument(
+        "--switch-token", default=os.environ.get("METERING_SWITCH_TOKEN", "dev-switch-token")
+    )
+    parser.add_argument(
+        "--ops-token", default=os.environ.get("METERING_OPS_TOKEN", "dev-ops-token")
+    )
     args = parser.parse_args()
     args.accounts = args.accounts or args.sockets
     proc = None

@@ -16,16 +16,28 @@ from bench.procs import ROOT
 # (name, numerator key, denominator key): throughputs measured in the same run.
 RATIOS = [
     ("authorize / bare debit (1 process, hot)", "authorize_hot_1", "bare"),
-    ("authorize / ceiling (2 processes vs Python EVALSHA, hot)", "authorize_hot_2",
-     "python_evalsha"),
-    ("authorize / redis-benchmark EVALSHA (2 processes, hot)", "authorize_hot_2",
-     "redis_benchmark"),
+    (
+        "authorize / ceiling (2 processes vs Python EVALSHA, hot)",
+        "authorize_hot_2",
+        "python_evalsha",
+    ),
+    (
+        "authorize / redis-benchmark EVALSHA (2 processes, hot)",
+        "authorize_hot_2",
+        "redis_benchmark",
+    ),
     ("authorize / postgres-row-lock (1 process each, hot)", "authorize_hot_1", "pg_hot_1"),
     ("authorize / postgres-row-lock (2 processes each, hot)", "authorize_hot_2", "pg_hot_2"),
-    ("authorize / postgres-row-lock (1 process each, 10,000 accounts)", "authorize_spread_1",
-     "pg_spread_1"),
-    ("authorize / postgres-row-lock (2 processes each, 10,000 accounts)", "authorize_spread_2",
-     "pg_spread_2"),
+    (
+        "authorize / postgres-row-lock (1 process each, 10,000 accounts)",
+        "authorize_spread_1",
+        "pg_spread_1",
+    ),
+    (
+        "authorize / postgres-row-lock (2 processes each, 10,000 accounts)",
+        "authorize_spread_2",
+        "pg_spread_2",
+    ),
     ("authorize / redis-watch (1 process, hot)", "authorize_hot_1", "watch_hot"),
 ]
 
@@ -39,15 +51,21 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu_model": model or platform.processor(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "kernel": platform.release(),
-            "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "cpu_model": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def commit() -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+
     sha = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return sha + ("-dirty" if dirty else "")
@@ -56,8 +74,7 @@ def commit() -> str:
 # (name, numerator key, denominator key) of server CPU per request: less disturbed
 # by the machine's other tenants than throughput, when the server is CPU-bound.
 CPU_RATIOS = [
-    ("bare debit / authorize, server CPU per request (1 process, hot)", "bare",
-     "authorize_hot_1"),
+    ("bare debit / authorize, server CPU per request (1 process, hot)", "bare", "authorize_hot_1"),
 ]
 
 
@@ -82,16 +99,27 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _target(name: str, value: float | None, goal: float, at_least: bool, unit: str,
-            why_missing: str = "") -> dict[str, Any]:
+def _target(
+    name: str, value: float | None, goal: float, at_least: bool, unit: str, why_missing: str = ""
+) -> dict[str, Any]:
     if value is None:
-        return {"name": name, "goal": goal, "value": None, "verdict": "SKIPPED",
-                "note": why_missing or "not measured in this run"}
+        return {
+            "name": name,
+            "goal": goal,
+            "value": None,
+            "verdict": "SKIPPED",
+            "note": why_missing or "not measured in this run",
+        }
     ok = value >= goal if at_least else value < goal
     gap = (goal - value) if at_least else (value - goal)
     note = "" if ok else f"missed by {gap:.3g}{unit} ({abs(gap) / goal:.1%} of the goal)"
-    return {"name": name, "goal": goal, "value": round(value, 3),
-            "verdict": "PASS" if ok else "MISS", "note": note}
+    return {
+        "name": name,
+        "goal": goal,
+        "value": round(value, 3),
+        "verdict": "PASS" if ok else "MISS",
+        "note": note,
+    }
 
 
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -107,26 +135,65 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return float(found[key][field]) if key in found and field in found[key] else None
 
     return [
-        _target("1 process >= 80% of the bare Starlette debit", ratio("authorize_hot_1", "bare"),
-                0.80, True, ""),
-        _target("2 processes >= 50% of the Python-client ceiling",
-                ratio("authorize_hot_2", "python_evalsha"), 0.50, True, ""),
-        _target("2 processes: p99 < 5 ms at half the peak rate (open loop)",
-                figure("authorize_open_2", "p99_ms"), 5.0, False, " ms"),
-        _target(">= 5x postgres-row-lock on one hot account (1 process each)",
-                ratio("authorize_hot_1", "pg_hot_1"), 5.0, True, "x"),
-        _target(">= 5x postgres-row-lock on one hot account (2 processes each)",
-                ratio("authorize_hot_2", "pg_hot_2"), 5.0, True, "x"),
-        _target("ledger writer keeps up, entry lag p99 < 1 s", figure("ledger", "lag_p99_s"),
-                1.0, False, " s", skipped.get("ledger", "")),
-        _target("push p99 < 50 ms with 1,000 sockets", figure("push", "p99_ms"), 50.0, False,
-                " ms", skipped.get("push", "")),
+        _target(
+            "1 process >= 80% of the bare Starlette debit",
+            ratio("authorize_hot_1", "bare"),
+            0.80,
+            True,
+            "",
+        ),
+        _target(
+            "2 processes >= 50% of the Python-client ceiling",
+            ratio("authorize_hot_2", "python_evalsha"),
+            0.50,
+            True,
+            "",
+        ),
+        _target(
+            "2 processes: p99 < 5 ms at half the peak rate (open loop)",
+            figure("authorize_open_2", "p99_ms"),
+            5.0,
+            False,
+            " ms",
+        ),
+        _target(
+            ">= 5x postgres-row-lock on one hot account (1 process each)",
+            ratio("authorize_hot_1", "pg_hot_1"),
+            5.0,
+            True,
+            "x",
+        ),
+        _target(
+            ">= 5x postgres-row-lock on one hot account (2 processes each)",
+            ratio("authorize_hot_2", "pg_hot_2"),
+            5.0,
+            True,
+            "x",
+        ),
+        _target(
+            "ledger writer keeps up, entry lag p99 < 1 s",
+            figure("ledger", "lag_p99_s"),
+            1.0,
+            False,
+            " s",
+            skipped.get("ledger", ""),
+        ),
+        _target(
+            "push p99 < 50 ms with 1,000 sockets",
+            figure("push", "p99_ms"),
+            50.0,
+            False,
+            " ms",
+            skipped.get("push", ""),
+        ),
     ]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'scenario':<18} {'variant':<56} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-            f"{'p99.9 ms':>9} {'errors':>7} {'cpu µs':>7}  load")
+    head = (
+        f"{'scenario':<18} {'variant':<56} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'p99.9 ms':>9} {'errors':>7} {'cpu µs':>7}  load"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         if r["status"] == "skipped":
@@ -138,9 +205,11 @@ def table(rows: list[dict[str, Any]]) -> str:
             load += f" @{r['offered_rps']:.0f}/s"
         elif r.get("concurrency"):
             load += f" c={r['concurrency']}"
-        lines.append(f"{r['scenario']:<18} {r['variant']:<56} {r['throughput_rps']:>9.0f} "
-                     f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p999_ms']:>9.2f} "
-                     f"{r['errors']:>7} {cpu:>7}  {load}")
+        lines.append(
+            f"{r['scenario']:<18} {r['variant']:<56} {r['throughput_rps']:>9.0f} "
+            f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p999_ms']:>9.2f} "
+            f"{r['errors']:>7} {cpu:>7}  {load}"
+        )
     return "\n".join(lines)
 
 
@@ -154,9 +223,12 @@ def summary(report: dict[str, Any]) -> str:
         value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
         out.append(f"  {t['verdict']:<8} {t['name']:<62} {value:>8}  {t['note']}")
     m = report["machine"]
-    out += ["", f"machine: {m['cpu_model']}, {m['cores']} cores, load average "
-            f"{m['load_average_start']} at start, {m['load_average_end']} at end; "
-            f"commit {report['commit']}; {report['date']}"]
+    out += [
+        "",
+        f"machine: {m['cpu_model']}, {m['cores']} cores, load average "
+        f"{m['load_average_start']} at start, {m['load_average_end']} at end; "
+        f"commit {report['commit']}; {report['date']}",
+    ]
     return "\n".join(out)
 
 
@@ -171,8 +243,10 @@ def write(report: dict[str, Any], results_dir: Path, smoke: bool) -> Path:
 
 def markdown(report: dict[str, Any]) -> str:
     """The figures as the README's table (`python -m bench.report FILE`)."""
-    out = ["| scenario | variant | req/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | load |",
-           "|---|---|---:|---:|---:|---:|---:|---|"]
+    out = [
+        "| scenario | variant | req/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | load |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in report["results"]:
         if r["status"] == "skipped":
             out.append(f"| {r['scenario']} | {r['variant']} | skipped: {r['reason']} | | | | | |")
@@ -184,8 +258,10 @@ def markdown(report: dict[str, Any]) -> str:
             load += f", {r['concurrency']} conns"
         errors = f" ({r['errors']} errors)" if r.get("errors") else ""
         cpu = f"{r['server_cpu_us_per_req']:.0f}" if r.get("server_cpu_us_per_req") else ""
-        out.append(f"| {r['scenario']} | {r['variant']}{errors} | {r['throughput_rps']:,.0f} | "
-                   f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {cpu} | {load} |")
+        out.append(
+            f"| {r['scenario']} | {r['variant']}{errors} | {r['throughput_rps']:,.0f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {cpu} | {load} |"
+        )
     out += ["", "| ratio (throughput, same run) | value |", "|---|---:|"]
     for r in report["ratios"]:
         value = "n/a" if r["value"] is None else f"{r['value']:.2f}"
@@ -196,9 +272,12 @@ def markdown(report: dict[str, Any]) -> str:
         verdict = t["verdict"] + (f": {t['note']}" if t["note"] else "")
         out.append(f"| {t['name']} | {t['goal']:g} | {value} | {verdict} |")
     m = report["machine"]
-    out += ["", f"Machine: {m['cpu_model']}, {m['cores']} cores; load average "
-            f"{m['load_average_start'][0]} at start, {m['load_average_end'][0]} at end; "
-            f"commit {report['commit']}; {report['date']}; `{report['command']}`."]
+    out += [
+        "",
+        f"Machine: {m['cpu_model']}, {m['cores']} cores; load average "
+        f"{m['load_average_start'][0]} at start, {m['load_average_end'][0]} at end; "
+        f"commit {report['commit']}; {report['date']}; `{report['command']}`.",
+    ]
     return "\n".join(out)
 
 

@@ -45,10 +45,16 @@ HOT_BALANCE_MICROS = 10**13  # buys 1.3 billion texts: never runs dry in a bench
 SPREAD_BALANCE_MICROS = 10**10
 SEED_BATCH = 500
 RATE_CARD = RateCard(
-    call_outbound_per_minute_micros=10_000, call_inbound_per_minute_micros=5_000,
-    call_increment_seconds=6, call_minimum_seconds=6, sms_outbound_micros=7_500,
-    sms_inbound_micros=1_000, ring_through_attempt_micros=2_000,
-    number_purchase_micros=1_000_000, number_renewal_micros=1_000_000)
+    call_outbound_per_minute_micros=10_000,
+    call_inbound_per_minute_micros=5_000,
+    call_increment_seconds=6,
+    call_minimum_seconds=6,
+    sms_outbound_micros=7_500,
+    sms_inbound_micros=1_000,
+    ring_through_attempt_micros=2_000,
+    number_purchase_micros=1_000_000,
+    number_renewal_micros=1_000_000,
+)
 # No ledger writer drains the streams in most scenarios, so the backlog guard is
 # raised out of the way (XLEN is O(1): the check costs the same); the private
 # redis-server is flushed between scenarios.
@@ -66,12 +72,14 @@ class Run:
     results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def settings(self, **changes: Any) -> Settings:
-        settings = bench_settings(self.redis.url, self.database_url,
-                                  ledger_backlog_max=LEDGER_BACKLOG_MAX)
+        settings = bench_settings(
+            self.redis.url, self.database_url, ledger_backlog_max=LEDGER_BACKLOG_MAX
+        )
         return settings.replace(**changes) if changes else settings
 
-    def record(self, scenario: str, variant: str, figures: dict[str, Any], key: str = ""
-               ) -> dict[str, Any]:
+    def record(
+        self, scenario: str, variant: str, figures: dict[str, Any], key: str = ""
+    ) -> dict[str, Any]:
         """Keep one measured row; `key` names it for the ratios and targets."""
         row = {"key": key, "scenario": scenario, "variant": variant, "status": "ok", **figures}
         if figures.get("errors"):
@@ -81,8 +89,13 @@ class Run:
         return row
 
     def skip(self, scenario: str, variant: str, reason: str, key: str = "") -> None:
-        row = {"key": key, "scenario": scenario, "variant": variant, "status": "skipped",
-               "reason": reason}
+        row = {
+            "key": key,
+            "scenario": scenario,
+            "variant": variant,
+            "status": "skipped",
+            "reason": reason,
+        }
         self.results.append(row)
         print(_line(row), flush=True)
 
@@ -97,13 +110,16 @@ class Run:
             tools.wrk(server.url, path, SWITCH_TOKEN, accounts, self.connections, self.warmup_s)
         pids = server.pids()
         server_cpu_s, redis_cpu_s = cpu_seconds(pids), cpu_seconds([self.redis.proc.pid])
-        figures = tools.wrk(server.url, path, SWITCH_TOKEN, accounts, self.connections,
-                            self.seconds)
+        figures = tools.wrk(
+            server.url, path, SWITCH_TOKEN, accounts, self.connections, self.seconds
+        )
         answered = max(1, figures["requests"] - figures["errors"])
         figures["server_cpu_us_per_req"] = round(
-            (cpu_seconds(pids) - server_cpu_s) * 1e6 / answered, 1)
+            (cpu_seconds(pids) - server_cpu_s) * 1e6 / answered, 1
+        )
         figures["redis_cpu_us_per_req"] = round(
-            (cpu_seconds([self.redis.proc.pid]) - redis_cpu_s) * 1e6 / answered, 1)
+            (cpu_seconds([self.redis.proc.pid]) - redis_cpu_s) * 1e6 / answered, 1
+        )
         return figures
 
 
@@ -111,19 +127,22 @@ def _line(row: dict[str, Any]) -> str:
     name = f"{row['scenario']}: {row['variant']}"
     if row["status"] == "skipped":
         return f"  {name:<58} skipped: {row['reason']}"
-    return (f"  {name:<58} {row['throughput_rps']:>9.0f}/s  p50 {row['p50_ms']:.2f}  "
-            f"p99 {row['p99_ms']:.2f}  p99.9 {row['p999_ms']:.2f} ms  errors {row['errors']}")
+    return (
+        f"  {name:<58} {row['throughput_rps']:>9.0f}/s  p50 {row['p50_ms']:.2f}  "
+        f"p99 {row['p99_ms']:.2f}  p99.9 {row['p999_ms']:.2f} ms  errors {row['errors']}"
+    )
 
 
 async def _seed(settings: Settings, account_ids: list[str], balance_micros: int) -> None:
     store = await open_store(settings)
     try:
+
         async def one(account_id: str) -> None:
             await create_account(store, account_id, RATE_CARD)
             await add_funds(store, account_id, "bench-seed", balance_micros, "ops_credit", "bench")
 
         for start in range(0, len(account_ids), SEED_BATCH):
-            await asyncio.gather(*(one(a) for a in account_ids[start:start + SEED_BATCH]))
+            await asyncio.gather(*(one(a) for a in account_ids[start : start + SEED_BATCH]))
     finally:
         await store.redis.aclose()
 
@@ -144,6 +163,7 @@ def _hot_seq(run: Run) -> int:
             return int(await store.redis.hget(store.account_keys(HOT).account, "seq"))
         finally:
             await store.redis.aclose()
+
     return asyncio.run(read())
 
 
@@ -151,21 +171,51 @@ def ceiling(run: Run) -> None:
     """debit.lua by EVALSHA from Python and from redis-benchmark; the bare Starlette debit."""
     seed(run, spread=False)
     settings = run.settings()
-    python = run.record("ceiling", "EVALSHA from the Python client, hot", tools.loadgen({
-        "mode": "evalsha", "redis_url": settings.redis_url, "accounts": 1,
-        "concurrency": run.connections, "seconds": run.seconds,
-        "ledger_backlog_max": LEDGER_BACKLOG_MAX}, run.seconds), "python_evalsha")
+    python = run.record(
+        "ceiling",
+        "EVALSHA from the Python client, hot",
+        tools.loadgen(
+            {
+                "mode": "evalsha",
+                "redis_url": settings.redis_url,
+                "accounts": 1,
+                "concurrency": run.connections,
+                "seconds": run.seconds,
+                "ledger_backlog_max": LEDGER_BACKLOG_MAX,
+            },
+            run.seconds,
+        ),
+        "python_evalsha",
+    )
 
     keys = AccountKeys(HOT, settings.shard_count)
     # redis-benchmark is bounded by count: aim at about `seconds` at 3x the Python rate.
     requests = max(5_000, int(python["throughput_rps"] * 3 * run.seconds))
     before = _hot_seq(run)
-    figures = tools.redis_benchmark(run.redis.port, [
-        "EVALSHA", Scripts().debit.sha, "4", keys.account,
-        keys.request("message", "rb-__rand_int__"), keys.shard.ledger, keys.shard.recharge,
-        HOT, "sms_outbound", "sms_outbound_micros", "rb-__rand_int__", "outbound",
-        str(settings.idempotency_window_s), str(LEDGER_BACKLOG_MAX), settings.live_channel, "",
-    ], run.connections, requests, run.seconds * 10)
+    figures = tools.redis_benchmark(
+        run.redis.port,
+        [
+            "EVALSHA",
+            Scripts().debit.sha,
+            "4",
+            keys.account,
+            keys.request("message", "rb-__rand_int__"),
+            keys.shard.ledger,
+            keys.shard.recharge,
+            HOT,
+            "sms_outbound",
+            "sms_outbound_micros",
+            "rb-__rand_int__",
+            "outbound",
+            str(settings.idempotency_window_s),
+            str(LEDGER_BACKLOG_MAX),
+            settings.live_channel,
+            "",
+        ],
+        run.connections,
+        requests,
+        run.seconds * 10,
+    )
     # A refusal is an answer to redis-benchmark, not an error: count what charged.
     # Random ids collide now and then (a replay, charging nothing); more is an error.
     charged = _hot_seq(run) - before
@@ -175,8 +225,9 @@ def ceiling(run: Run) -> None:
 
     app = start_bare_app(settings)
     try:
-        run.record("ceiling", "bare Starlette route + one EVALSHA, hot",
-                   run.http(app, "/debit", 1), "bare")
+        run.record(
+            "ceiling", "bare Starlette route + one EVALSHA, hot", run.http(app, "/debit", 1), "bare"
+        )
     finally:
         app.stop()
 
@@ -191,19 +242,39 @@ def authorize(run: Run) -> None:
         processes = "1 process" if workers == 1 else f"{workers} processes"
         gateway = start_gateway(settings, workers)
         try:
-            hot = run.record("authorize", f"hot account, {processes}",
-                             run.http(gateway, "/v1/messages", 1), f"authorize_hot_{workers}")
-            run.record("authorize", f"{n:,} accounts, {processes}",
-                       run.http(gateway, "/v1/messages", n), f"authorize_spread_{workers}")
+            hot = run.record(
+                "authorize",
+                f"hot account, {processes}",
+                run.http(gateway, "/v1/messages", 1),
+                f"authorize_hot_{workers}",
+            )
+            run.record(
+                "authorize",
+                f"{n:,} accounts, {processes}",
+                run.http(gateway, "/v1/messages", n),
+                f"authorize_spread_{workers}",
+            )
             if workers == 2:
                 rate = max(10.0, hot["throughput_rps"] / 2)
-                run.record("authorize", "hot account, 2 processes, open loop at half the peak",
-                           tools.loadgen({
-                               "mode": "debit-open", "host": "127.0.0.1", "port": gateway.port,
-                               "path": "/v1/messages", "token": SWITCH_TOKEN, "accounts": 1,
-                               "rate_rps": round(rate, 1), "seconds": run.seconds,
-                               "connections": run.connections}, run.seconds),
-                           "authorize_open_2")
+                run.record(
+                    "authorize",
+                    "hot account, 2 processes, open loop at half the peak",
+                    tools.loadgen(
+                        {
+                            "mode": "debit-open",
+                            "host": "127.0.0.1",
+                            "port": gateway.port,
+                            "path": "/v1/messages",
+                            "token": SWITCH_TOKEN,
+                            "accounts": 1,
+                            "rate_rps": round(rate, 1),
+                            "seconds": run.seconds,
+                            "connections": run.connections,
+                        },
+                        run.seconds,
+                    ),
+                    "authorize_open_2",
+                )
         finally:
             gateway.stop()
     open_loop_floor(run, rate)
@@ -215,12 +286,25 @@ def open_loop_floor(run: Run, rate: float) -> None:
     the client cost in the tail, so a miss can be put on the gateway or not."""
     app = start_bare_app(run.settings(), 2)
     try:
-        run.record("authorize", "(floor) bare Starlette debit, 2 processes, open loop, same rate",
-                   tools.loadgen({
-                       "mode": "debit-open", "host": "127.0.0.1", "port": app.port,
-                       "path": "/debit", "token": SWITCH_TOKEN, "accounts": 1,
-                       "rate_rps": round(rate, 1), "seconds": run.seconds,
-                       "connections": run.connections}, run.seconds), "bare_open")
+        run.record(
+            "authorize",
+            "(floor) bare Starlette debit, 2 processes, open loop, same rate",
+            tools.loadgen(
+                {
+                    "mode": "debit-open",
+                    "host": "127.0.0.1",
+                    "port": app.port,
+                    "path": "/debit",
+                    "token": SWITCH_TOKEN,
+                    "accounts": 1,
+                    "rate_rps": round(rate, 1),
+                    "seconds": run.seconds,
+                    "connections": run.connections,
+                },
+                run.seconds,
+            ),
+            "bare_open",
+        )
     finally:
         app.stop()
 
@@ -230,12 +314,24 @@ def calls(run: Run) -> None:
     seed(run, spread=True)
     gateway = start_gateway(run.settings(), 1)
     try:
-        figures = tools.loadgen({
-            "mode": "calls", "host": "127.0.0.1", "port": gateway.port, "token": SWITCH_TOKEN,
-            "accounts": run.spread_accounts, "concurrency": run.connections,
-            "seconds": run.seconds}, run.seconds)
-        run.record("calls", f"reserve+extend+commit, {run.spread_accounts:,} accounts, "
-                   "1 process", figures, "calls")
+        figures = tools.loadgen(
+            {
+                "mode": "calls",
+                "host": "127.0.0.1",
+                "port": gateway.port,
+                "token": SWITCH_TOKEN,
+                "accounts": run.spread_accounts,
+                "concurrency": run.connections,
+                "seconds": run.seconds,
+            },
+            run.seconds,
+        )
+        run.record(
+            "calls",
+            f"reserve+extend+commit, {run.spread_accounts:,} accounts, 1 process",
+            figures,
+            "calls",
+        )
     finally:
         gateway.stop()
 
@@ -298,8 +394,9 @@ def redis_watch(run: Run) -> None:
     seed(run, spread=False)
     app = start_bare_app(run.settings())
     try:
-        run.record("redis-watch", "hot account, 1 process", run.http(app, "/watch-debit", 1),
-                   "watch_hot")
+        run.record(
+            "redis-watch", "hot account, 1 process", run.http(app, "/watch-debit", 1), "watch_hot"
+        )
     finally:
         app.stop()
 
@@ -313,8 +410,10 @@ DRAIN_TIMEOUT_S = 60.0
 def ledger_available() -> bool:
     """Whether this commit has the ledger writer (issue 4) and its lag probe."""
     from metering.cli import COMMANDS
-    return ("ledger-writer" in COMMANDS
-            and importlib.util.find_spec("metering.ledger_lag") is not None)
+
+    return (
+        "ledger-writer" in COMMANDS and importlib.util.find_spec("metering.ledger_lag") is not None
+    )
 
 
 def ledger_database_url(run: Run) -> str:
@@ -324,6 +423,7 @@ def ledger_database_url(run: Run) -> str:
 
 async def _fresh_ledger_database(url: str) -> None:
     from metering.migrate import apply_migrations
+
     base, _, name = url.rpartition("/")
     if not (name.startswith("metering_") and name.endswith("_ledger")):
         raise RuntimeError(f"refusing to recreate {name!r}: not a bench ledger database")
@@ -354,6 +454,7 @@ class LagSampler:
 
     async def _sample(self) -> None:
         from metering.ledger_lag import ledger_lag
+
         store = await open_store(self.settings)
         try:
             while not self._stop.is_set():
@@ -383,6 +484,7 @@ async def _ledger_rows(url: str) -> int:
 
 async def _entries_behind(settings: Settings) -> int:
     from metering.ledger_lag import ledger_lag
+
     store = await open_store(settings)
     try:
         return int((await ledger_lag(store)).entries_behind)
@@ -393,6 +495,7 @@ async def _entries_behind(settings: Settings) -> int:
 def _wait_for_writer(settings: Settings, writer: subprocess.Popen[bytes]) -> None:
     """Until the writer has joined its consumer group on the shard streams, so its
     start-up is not counted as lag."""
+
     async def joined() -> bool:
         store = await open_store(settings)
         try:
@@ -428,8 +531,11 @@ def with_ledger_writer(run: Run) -> None:
     asyncio.run(_fresh_ledger_database(url))
     seed(run, spread=True)
     settings = run.settings(database_url=url)
-    writer = subprocess.Popen([sys.executable, "-m", "metering", "--log-level", "warning",
-                               "ledger-writer"], cwd=ROOT, env=settings_env(settings))
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "metering", "--log-level", "warning", "ledger-writer"],
+        cwd=ROOT,
+        env=settings_env(settings),
+    )
     try:
         _wait_for_writer(settings, writer)
         gateway = start_gateway(settings, 2)
@@ -442,23 +548,35 @@ def with_ledger_writer(run: Run) -> None:
             gateway.stop()
         run.record("authorize", variant, figures, "authorize_ledger_2")
         waited = time.monotonic()
-        while (asyncio.run(_entries_behind(settings)) > 0
-               and time.monotonic() - waited < DRAIN_TIMEOUT_S):
+        while (
+            asyncio.run(_entries_behind(settings)) > 0
+            and time.monotonic() - waited < DRAIN_TIMEOUT_S
+        ):
             time.sleep(LAG_SAMPLE_INTERVAL_S)
         drain_s = time.monotonic() - waited
     finally:
         stop(writer)
     window_s = run.seconds + run.warmup_s
     lag = percentiles_ms([a / 1000 for a in sampler.ages_ms])
-    run.record("ledger", LEDGER_ROW, {
-        "tool": "metering.ledger_lag", "mode": f"sampled every {LAG_SAMPLE_INTERVAL_S}s",
-        "requests": rows_after - rows_before, "errors": 0,
-        "throughput_rps": round((rows_after - rows_before) / window_s, 1),
-        "authorize_rps": figures["throughput_rps"], **lag,
-        "lag_p99_s": lag["p99_ms"] / 1000, "lag_samples": len(sampler.ages_ms),
-        "entries_behind_max": sampler.behind_max,
-        "drain_after_load_s": round(drain_s, 2), "writer_exit_code": writer.returncode,
-    }, "ledger")
+    run.record(
+        "ledger",
+        LEDGER_ROW,
+        {
+            "tool": "metering.ledger_lag",
+            "mode": f"sampled every {LAG_SAMPLE_INTERVAL_S}s",
+            "requests": rows_after - rows_before,
+            "errors": 0,
+            "throughput_rps": round((rows_after - rows_before) / window_s, 1),
+            "authorize_rps": figures["throughput_rps"],
+            **lag,
+            "lag_p99_s": lag["p99_ms"] / 1000,
+            "lag_samples": len(sampler.ages_ms),
+            "entries_behind_max": sampler.behind_max,
+            "drain_after_load_s": round(drain_s, 2),
+            "writer_exit_code": writer.returncode,
+        },
+        "ledger",
+    )
 
 
 def ledger(run: Run) -> None:
@@ -482,10 +600,25 @@ def push(run: Run) -> None:
     seed(run, spread=True)
     gateway = start_gateway(run.settings(), 1)
     try:
-        run.record("push", variant, tools.loadgen({
-            "mode": "push", "host": "127.0.0.1", "port": gateway.port, "token": OPS_TOKEN,
-            "switch_token": SWITCH_TOKEN, "sockets": sockets, "rate_rps": PUSH_RATE_RPS,
-            "seconds": run.seconds, "connections": run.connections}, run.seconds + 60), "push")
+        run.record(
+            "push",
+            variant,
+            tools.loadgen(
+                {
+                    "mode": "push",
+                    "host": "127.0.0.1",
+                    "port": gateway.port,
+                    "token": OPS_TOKEN,
+                    "switch_token": SWITCH_TOKEN,
+                    "sockets": sockets,
+                    "rate_rps": PUSH_RATE_RPS,
+                    "seconds": run.seconds,
+                    "connections": run.connections,
+                },
+                run.seconds + 60,
+            ),
+            "push",
+        )
     finally:
         gateway.stop()
 

@@ -39,38 +39,71 @@ def _run(argv: list[str], timeout_s: float) -> str:
     return done.stdout
 
 
-def wrk(url: str, path: str, token: str, accounts: int, connections: int,
-        seconds: int) -> dict[str, Any]:
+def wrk(
+    url: str, path: str, token: str, accounts: int, connections: int, seconds: int
+) -> dict[str, Any]:
     """Closed loop: `connections` keep-alive connections on one wrk thread for `seconds`
     (bench/loadgen.py's closed loop if wrk is not installed)."""
     if shutil.which("wrk") is None:
         # Slower than wrk (it may saturate first), but the harness still runs.
         host, _, port = url.removeprefix("http://").partition(":")
-        return loadgen({"mode": "debit-closed", "host": host, "port": int(port), "path": path,
-                        "token": token, "accounts": accounts, "concurrency": connections,
-                        "seconds": seconds}, seconds)
-    out = _run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT_S}",
-                "-s", str(WRK_SCRIPT), url, "--", path, str(accounts), token,
-                uuid.uuid4().hex[:8]], seconds + TOOL_GRACE_S)
+        return loadgen(
+            {
+                "mode": "debit-closed",
+                "host": host,
+                "port": int(port),
+                "path": path,
+                "token": token,
+                "accounts": accounts,
+                "concurrency": connections,
+                "seconds": seconds,
+            },
+            seconds,
+        )
+    out = _run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            f"--timeout={WRK_TIMEOUT_S}",
+            "-s",
+            str(WRK_SCRIPT),
+            url,
+            "--",
+            path,
+            str(accounts),
+            token,
+            uuid.uuid4().hex[:8],
+        ],
+        seconds + TOOL_GRACE_S,
+    )
     line = next(x for x in out.splitlines() if x.startswith("BENCH_JSON "))
-    raw = orjson.loads(line[len("BENCH_JSON "):])
+    raw = orjson.loads(line[len("BENCH_JSON ") :])
     seconds_measured = raw["duration_us"] / 1e6
     errors = sum(raw[k] for k in raw if k.startswith("errors_"))
     return {
-        "tool": "wrk", "mode": "closed", "concurrency": connections,
-        "requests": raw["requests"], "errors": errors,
+        "tool": "wrk",
+        "mode": "closed",
+        "concurrency": connections,
+        "requests": raw["requests"],
+        "errors": errors,
         "seconds": round(seconds_measured, 3),
         # Answers that were not 2xx are errors, not throughput.
         "throughput_rps": round((raw["requests"] - raw["errors_status"]) / seconds_measured, 1),
-        "p50_ms": raw["p50_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
-        "p999_ms": raw["p999_us"] / 1000, "max_ms": raw["max_us"] / 1000,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "p999_ms": raw["p999_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
     }
 
 
 def loadgen(config: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """bench/loadgen.py in its own process; returns its figures."""
-    out = _run([sys.executable, "-m", "bench.loadgen", orjson.dumps(config).decode()],
-               timeout_s + TOOL_GRACE_S)
+    out = _run(
+        [sys.executable, "-m", "bench.loadgen", orjson.dumps(config).decode()],
+        timeout_s + TOOL_GRACE_S,
+    )
     result: dict[str, Any] = orjson.loads(out.strip().splitlines()[-1])
     result["tool"] = "bench.loadgen"
     result["mode"] = "open" if "rate_rps" in config else "closed"
@@ -82,18 +115,35 @@ def loadgen(config: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 _PERCENTILE = re.compile(r"^\s*([\d.]+)% <= ([\d.]+) milliseconds", re.M)
 
 
-def redis_benchmark(port: int, command: list[str], connections: int,
-                    requests: int, timeout_s: float) -> dict[str, Any]:
+def redis_benchmark(
+    port: int, command: list[str], connections: int, requests: int, timeout_s: float
+) -> dict[str, Any]:
     """`requests` commands over `connections` connections; __rand_int__ in an
     argument becomes a random number below RANDOM_KEYSPACE on every call, so
     request ids are unique but for rare birthday collisions (replays)."""
     if shutil.which("redis-benchmark") is None:
         raise ToolMissing("redis-benchmark is not installed (apt-get install redis-tools)")
-    out = _run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(connections),
-                "-n", str(requests), "-r", str(RANDOM_KEYSPACE), "--precision", "3", *command],
-               timeout_s + TOOL_GRACE_S)
+    out = _run(
+        [
+            "redis-benchmark",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-c",
+            str(connections),
+            "-n",
+            str(requests),
+            "-r",
+            str(RANDOM_KEYSPACE),
+            "--precision",
+            "3",
+            *command,
+        ],
+        timeout_s + TOOL_GRACE_S,
+    )
     if "Error from server" in out:
-        raise RuntimeError("redis-benchmark: " + out[out.index("Error from server"):][:300])
+        raise RuntimeError("redis-benchmark: " + out[out.index("Error from server") :][:300])
     rps_match = re.search(r"throughput summary: ([\d.]+) requests per second", out)
     table_match = re.search(r"avg\s+min\s+p50\s+p95\s+p99\s+max\s*\n\s*([\d.\s]+)", out)
     if rps_match is None or table_match is None:
@@ -106,6 +156,15 @@ def redis_benchmark(port: int, command: list[str], connections: int,
         if float(pct) >= 99.9:
             p999 = float(ms)
             break
-    return {"tool": "redis-benchmark", "mode": "closed", "concurrency": connections,
-            "requests": requests, "errors": 0, "throughput_rps": rps,
-            "p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "max_ms": max_ms}
+    return {
+        "tool": "redis-benchmark",
+        "mode": "closed",
+        "concurrency": connections,
+        "requests": requests,
+        "errors": 0,
+        "throughput_rps": rps,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "p999_ms": p999,
+        "max_ms": max_ms,
+    }

@@ -13,8 +13,9 @@ def main() -> None:
     settings = Settings.from_env()
     # uvicorn configures only its own loggers; the domain's (sweeper, ledger
     # writer task, payments) log through the root logger at the same level.
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(
         "gateway.app:app_from_env",
         factory=True,

@@ -14,17 +14,21 @@ from metering.rate_card import RateCard
 OPS_ONLY = frozenset({OPS})
 ANY_ROLE = frozenset({OPS, SWITCH, CUSTOMER})
 
-CREATE_BODY = Body({
-    "account_id": Field("string", True, "1-64 letters, digits, '_', '.', '-'."),
-    "rate_card": Field("object", True, "Prices in micros; see RateCard."),
-    "max_concurrent_calls": Field("integer", False, "0 (default) means no limit.", minimum=0),
-})
+CREATE_BODY = Body(
+    {
+        "account_id": Field("string", True, "1-64 letters, digits, '_', '.', '-'."),
+        "rate_card": Field("object", True, "Prices in micros; see RateCard."),
+        "max_concurrent_calls": Field("integer", False, "0 (default) means no limit.", minimum=0),
+    }
+)
 TOKEN_BODY = Body({"label": Field("string", True, "What the token is for, e.g. 'dashboard'.")})
-CREDIT_BODY = Body({
-    "credit_id": Field("string", True, "Idempotency key of this credit."),
-    "amount_micros": Field("integer", True, "Amount to add, > 0.", minimum=1),
-    "reason": Field("string", True, "Why (shown in the activity list)."),
-})
+CREDIT_BODY = Body(
+    {
+        "credit_id": Field("string", True, "Idempotency key of this credit."),
+        "amount_micros": Field("integer", True, "Amount to add, > 0.", minimum=1),
+        "reason": Field("string", True, "Why (shown in the activity list)."),
+    }
+)
 
 
 async def post_account(request: Request) -> Response:
@@ -53,8 +57,9 @@ async def post_token(request: Request) -> Response:
     account_id = request.path_params["account_id"]
     await authenticate(request, state.settings, state.store, OPS_ONLY)
     b = await read_json(request, TOKEN_BODY, state.settings.request_body_bytes_max)
-    token = await account_records.issue_customer_token(state.store, state.db, account_id,
-                                                       b["label"])
+    token = await account_records.issue_customer_token(
+        state.store, state.db, account_id, b["label"]
+    )
     return JSONResponse({"account_id": account_id, "label": b["label"], "token": token}, 201)
 
 
@@ -63,6 +68,7 @@ async def post_credit(request: Request) -> Response:
     account_id = request.path_params["account_id"]
     await authenticate(request, state.settings, state.store, OPS_ONLY)
     b = await read_json(request, CREDIT_BODY, state.settings.request_body_bytes_max)
-    credit = await credits.add_funds(state.store, account_id, b["credit_id"], b["amount_micros"],
-                                     "ops_credit", b["reason"])
+    credit = await credits.add_funds(
+        state.store, account_id, b["credit_id"], b["amount_micros"], "ops_credit", b["reason"]
+    )
     return JSONResponse({"credit_id": b["credit_id"], **credit.as_dict()})

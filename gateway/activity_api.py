@@ -49,8 +49,11 @@ async def get_activity_csv(request: Request) -> Response:
             yield out.getvalue()
 
     filename = f"activity-{account_id}.csv"
-    return StreamingResponse(rows(), media_type="text/csv; charset=utf-8", headers={
-        "Content-Disposition": f'attachment; filename="{filename}"'})
+    return StreamingResponse(
+        rows(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 async def get_ledger_lag(request: Request) -> Response:

@@ -51,8 +51,13 @@ def create_app(settings: Settings) -> Starlette:
         if settings.ledger_writer_in_gateway:
             tasks.append(asyncio.create_task(run_ledger_writer(store, stop), name="ledger"))
         try:
-            yield {"settings": settings, "store": store, "db": db, "stripe": stripe_client,
-                   "live_hub": live_hub}
+            yield {
+                "settings": settings,
+                "store": store,
+                "db": db,
+                "stripe": stripe_client,
+                "live_hub": live_hub,
+            }
         finally:
             stop.set()
             for task in tasks:
@@ -68,8 +73,9 @@ def create_app(settings: Settings) -> Starlette:
     async def health(request: Request) -> Response:
         await request.state.store.redis.ping()
         hub = request.state.live_hub
-        return JSONResponse({"status": "ok", "live_sockets": hub.count,
-                             "live_subscribed": hub.subscribed.is_set()})
+        return JSONResponse(
+            {"status": "ok", "live_sockets": hub.count, "live_subscribed": hub.subscribed.is_set()}
+        )
 
     # The router tries routes in order: the switch's endpoints, the hot path, go
     # first (measured: route matching was 3% of a gateway's CPU under load).

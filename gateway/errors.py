@@ -67,8 +67,9 @@ async def on_known_error(request: Request, exc: Exception) -> Response:
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = HTTP_CODES.get(exc.status_code, "http_error")
-    return JSONResponse(error_body(code, f"{request.method} {request.url.path}: {exc.detail}"),
-                        exc.status_code)
+    return JSONResponse(
+        error_body(code, f"{request.method} {request.url.path}: {exc.detail}"), exc.status_code
+    )
 
 
 async def on_redis_down(request: Request, exc: Exception) -> Response:

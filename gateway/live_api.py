@@ -152,18 +152,27 @@ def _ops_row(view: AccountView, spent_micros: int) -> dict[str, Any]:
 
 
 async def _send_ops_snapshot(
-    ws: WebSocket, sub: Subscriber, hub: LiveHub, views: list[AccountView], refresh: bool,
+    ws: WebSocket,
+    sub: Subscriber,
+    hub: LiveHub,
+    views: list[AccountView],
+    refresh: bool,
     settings: Settings,
 ) -> bool:
     chunk = settings.live_frame_accounts_max
-    chunks = [views[i:i + chunk] for i in range(0, len(views), chunk)] or [[]]
+    chunks = [views[i : i + chunk] for i in range(0, len(views), chunk)] or [[]]
     for i, part in enumerate(chunks):
         rows = []
         for view in part:
             sub.set_floor(view.account_id, view.seq)
             rows.append(_ops_row(view, hub.spent_micros.get(view.account_id, 0)))
-        frame = {"type": "snapshot", "accounts": rows, "first": i == 0,
-                 "last": i == len(chunks) - 1, "refresh": refresh}
+        frame = {
+            "type": "snapshot",
+            "accounts": rows,
+            "first": i == 0,
+            "last": i == len(chunks) - 1,
+            "refresh": refresh,
+        }
         if not await _send(ws, sub, frame, settings):
             return False
     return True
@@ -202,7 +211,8 @@ async def _pump(ws: WebSocket, sub: Subscriber, settings: Settings, refresh: Any
             else:
                 updates = sub.take(settings.live_frame_accounts_max)
                 if updates and not await _send(
-                        ws, sub, {"type": "updates", "updates": updates}, settings):
+                    ws, sub, {"type": "updates", "updates": updates}, settings
+                ):
                     break
     finally:
         reader.cancel()
@@ -236,5 +246,6 @@ async def _send_text(ws: WebSocket, sub: Subscriber, text: str, settings: Settin
 async def _close(ws: WebSocket, code: int, settings: Settings, reason: str | None = None) -> None:
     # A stuck client's close frame may never leave either: bounded like a send.
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.close(code, reason or CLOSE_CODES.get(code, "")),
-                               settings.live_send_timeout_s)
+        await asyncio.wait_for(
+            ws.close(code, reason or CLOSE_CODES.get(code, "")), settings.live_send_timeout_s
+        )

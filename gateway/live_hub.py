@@ -64,8 +64,7 @@ class Subscriber:
         self.close_code: int | None = None
         self.pending_max = pending_max
 
-    def offer(self, account_id: str, seq: int | None, payload: Any,
-              key: str | None = None) -> None:
+    def offer(self, account_id: str, seq: int | None, payload: Any, key: str | None = None) -> None:
         """Queue a frame without waiting (called by the hub for every change).
         Frames coalesce by `key` (the account for balance changes); seq None
         (a message that is not a balance change) skips the snapshot check."""
@@ -196,8 +195,11 @@ class LiveHub:
         # Plain pub/sub works on Redis Cluster too: a PUBLISH reaches every node,
         # so one connection to any node (redis_url) hears all changes.
         self._redis = Redis.from_url(
-            s.redis_url, socket_connect_timeout=s.redis_timeout_s, socket_keepalive=True,
-            health_check_interval=30, client_name=f"metering-live-hub-{os.getpid()}",
+            s.redis_url,
+            socket_connect_timeout=s.redis_timeout_s,
+            socket_keepalive=True,
+            health_check_interval=30,
+            client_name=f"metering-live-hub-{os.getpid()}",
         )
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await asyncio.wait_for(self._pubsub.subscribe(s.live_channel), s.redis_timeout_s)

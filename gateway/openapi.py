@@ -17,12 +17,16 @@ ERROR_SCHEMA = {
     },
 }
 ERROR_TEXT = {
-    400: "Malformed JSON.", 401: "Missing or invalid bearer token.",
+    400: "Malformed JSON.",
+    401: "Missing or invalid bearer token.",
     402: "insufficient_funds: the available balance does not cover the cost.",
     403: "The token's role or account may not do this.",
-    404: "Unknown account or call.", 409: "Idempotency conflict or a closed call.",
-    413: "Body too large.", 422: "A field is missing or invalid (the body names it).",
-    429: "The account's concurrent call limit.", 503: "Redis unavailable or ledger backlog full.",
+    404: "Unknown account or call.",
+    409: "Idempotency conflict or a closed call.",
+    413: "Body too large.",
+    422: "A field is missing or invalid (the body names it).",
+    429: "The account's concurrent call limit.",
+    503: "Redis unavailable or ledger backlog full.",
 }
 
 
@@ -33,18 +37,35 @@ def _operation(e: Endpoint) -> dict[str, Any]:
         "operationId": e.handler.__name__,
         "security": [{"bearer": []}] if e.roles else [],
         "responses": {
-            str(e.success): {"description": "Success",
-                             "content": {"application/json": {"schema": {"type": "object"}}}},
-            **{str(code): {"description": ERROR_TEXT.get(code, "Error"),
-                           "content": {"application/json": {
-                               "schema": {"$ref": "#/components/schemas/Error"}}}}
-               for code in e.errors},
+            str(e.success): {
+                "description": "Success",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            **{
+                str(code): {
+                    "description": ERROR_TEXT.get(code, "Error"),
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                }
+                for code in e.errors
+            },
         },
     }
-    parameters = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for p in re.findall(r"{(\w+)}", e.path)]
-    parameters += [{"name": name, "in": "query", "required": False, "description": text,
-                    "schema": {"type": "string"}} for name, text in e.query]
+    parameters = [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+        for p in re.findall(r"{(\w+)}", e.path)
+    ]
+    parameters += [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": text,
+            "schema": {"type": "string"},
+        }
+        for name, text in e.query
+    ]
     if parameters:
         op["parameters"] = parameters
     if e.body is not None:
@@ -56,10 +77,19 @@ def _operation(e: Endpoint) -> dict[str, Any]:
             if f.minimum is not None:
                 prop["minimum"] = f.minimum
             props[name] = prop
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "additionalProperties": False,
-            "required": [n for n, f in e.body.fields.items() if f.required],
-            "properties": props}}}}
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": [n for n, f in e.body.fields.items() if f.required],
+                        "properties": props,
+                    }
+                }
+            },
+        }
     return op
 
 
@@ -69,9 +99,12 @@ def build_openapi(endpoints: list[Endpoint] | None = None) -> dict[str, Any]:
         paths.setdefault(e.path, {})[e.method.lower()] = _operation(e)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Prepaid metering gateway", "version": "1",
-                 "description": "The switch contract v1: money in integer micro-units, "
-                                "durations in integer seconds."},
+        "info": {
+            "title": "Prepaid metering gateway",
+            "version": "1",
+            "description": "The switch contract v1: money in integer micro-units, "
+            "durations in integer seconds.",
+        },
         "paths": paths,
         "components": {
             "schemas": {"Error": ERROR_SCHEMA},

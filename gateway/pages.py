@@ -24,9 +24,10 @@ async def get_billing_items(request: Request) -> Response:
     """Every billing item with its label in the product's words and its direction."""
     state = request.state
     await authenticate(request, state.settings, state.store, ANY_ROLE)
-    items = [{"item": item, "label": label,
-              "direction": "credit" if item in CREDIT_ITEMS else "debit"}
-             for item, label in ITEM_LABELS.items()]
+    items = [
+        {"item": item, "label": label, "direction": "credit" if item in CREDIT_ITEMS else "debit"}
+        for item, label in ITEM_LABELS.items()
+    ]
     return JSONResponse({"items": items})
 
 

@@ -17,41 +17,63 @@ SWITCH_ONLY = frozenset({SWITCH})
 ACCOUNT = Field("string", True, "The account to charge.")
 DIRECTION = Field("string", True, "outbound or inbound", enum=("outbound", "inbound"))
 
-MESSAGE_BODY = Body({
-    "account_id": ACCOUNT,
-    "message_id": Field("string", True, "The switch's id of the text message (idempotency key)."),
-    "direction": DIRECTION,
-})
-ATTEMPT_BODY = Body({
-    "account_id": ACCOUNT,
-    "attempt_id": Field("string", True, "The id of this ring-through connection attempt."),
-})
-PURCHASE_BODY = Body({
-    "account_id": ACCOUNT,
-    "purchase_id": Field("string", True, "The id of this purchase."),
-    "number": Field("string", True, "The phone number bought, e.g. +15551234567."),
-})
-RENEWAL_BODY = Body({
-    "account_id": ACCOUNT,
-    "renewal_id": Field("string", True, "The id of this renewal."),
-    "number": Field("string", True, "The phone number renewed."),
-})
-RESERVE_BODY = Body({
-    "account_id": ACCOUNT,
-    "call_id": Field("string", True, "The switch's call id (idempotency key)."),
-    "direction": DIRECTION,
-})
-EXTEND_BODY = Body({
-    "account_id": ACCOUNT,
-    "extend_id": Field("string", False,
-                       "Optional id of this extension; a retry with it returns the first grant."),
-})
-COMMIT_BODY = Body({
-    "account_id": ACCOUNT,
-    "duration_seconds": Field(
-        "integer", True, "The call's real duration (release a call that never connected).",
-        minimum=1),
-})
+MESSAGE_BODY = Body(
+    {
+        "account_id": ACCOUNT,
+        "message_id": Field(
+            "string", True, "The switch's id of the text message (idempotency key)."
+        ),
+        "direction": DIRECTION,
+    }
+)
+ATTEMPT_BODY = Body(
+    {
+        "account_id": ACCOUNT,
+        "attempt_id": Field("string", True, "The id of this ring-through connection attempt."),
+    }
+)
+PURCHASE_BODY = Body(
+    {
+        "account_id": ACCOUNT,
+        "purchase_id": Field("string", True, "The id of this purchase."),
+        "number": Field("string", True, "The phone number bought, e.g. +15551234567."),
+    }
+)
+RENEWAL_BODY = Body(
+    {
+        "account_id": ACCOUNT,
+        "renewal_id": Field("string", True, "The id of this renewal."),
+        "number": Field("string", True, "The phone number renewed."),
+    }
+)
+RESERVE_BODY = Body(
+    {
+        "account_id": ACCOUNT,
+        "call_id": Field("string", True, "The switch's call id (idempotency key)."),
+        "direction": DIRECTION,
+    }
+)
+EXTEND_BODY = Body(
+    {
+        "account_id": ACCOUNT,
+        "extend_id": Field(
+            "string",
+            False,
+            "Optional id of this extension; a retry with it returns the first grant.",
+        ),
+    }
+)
+COMMIT_BODY = Body(
+    {
+        "account_id": ACCOUNT,
+        "duration_seconds": Field(
+            "integer",
+            True,
+            "The call's real duration (release a call that never connected).",
+            minimum=1,
+        ),
+    }
+)
 RELEASE_BODY = Body({"account_id": ACCOUNT})
 
 
@@ -63,57 +85,65 @@ async def _switch_body(request: Request, body: Body) -> dict[str, Any]:
 
 async def post_message(request: Request) -> Response:
     b = await _switch_body(request, MESSAGE_BODY)
-    charge = await debits.message(request.state.store, b["account_id"], b["message_id"],
-                                  b["direction"])
+    charge = await debits.message(
+        request.state.store, b["account_id"], b["message_id"], b["direction"]
+    )
     return JSONResponse({"message_id": b["message_id"], **charge.as_dict()})
 
 
 async def post_ring_through_attempt(request: Request) -> Response:
     b = await _switch_body(request, ATTEMPT_BODY)
-    charge = await debits.ring_through_attempt(request.state.store, b["account_id"],
-                                               b["attempt_id"])
+    charge = await debits.ring_through_attempt(
+        request.state.store, b["account_id"], b["attempt_id"]
+    )
     return JSONResponse({"attempt_id": b["attempt_id"], **charge.as_dict()})
 
 
 async def post_number_purchase(request: Request) -> Response:
     b = await _switch_body(request, PURCHASE_BODY)
-    charge = await debits.number_purchase(request.state.store, b["account_id"],
-                                          b["purchase_id"], b["number"])
-    return JSONResponse({"purchase_id": b["purchase_id"], "number": b["number"],
-                         **charge.as_dict()})
+    charge = await debits.number_purchase(
+        request.state.store, b["account_id"], b["purchase_id"], b["number"]
+    )
+    return JSONResponse(
+        {"purchase_id": b["purchase_id"], "number": b["number"], **charge.as_dict()}
+    )
 
 
 async def post_number_renewal(request: Request) -> Response:
     b = await _switch_body(request, RENEWAL_BODY)
-    charge = await debits.number_renewal(request.state.store, b["account_id"],
-                                         b["renewal_id"], b["number"])
-    return JSONResponse({"renewal_id": b["renewal_id"], "number": b["number"],
-                         **charge.as_dict()})
+    charge = await debits.number_renewal(
+        request.state.store, b["account_id"], b["renewal_id"], b["number"]
+    )
+    return JSONResponse({"renewal_id": b["renewal_id"], "number": b["number"], **charge.as_dict()})
 
 
 async def post_call(request: Request) -> Response:
     b = await _switch_body(request, RESERVE_BODY)
-    grant = await reservations.reserve(request.state.store, b["account_id"], b["call_id"],
-                                       b["direction"])
+    grant = await reservations.reserve(
+        request.state.store, b["account_id"], b["call_id"], b["direction"]
+    )
     return JSONResponse(grant.as_dict())
 
 
 async def post_call_extend(request: Request) -> Response:
     b = await _switch_body(request, EXTEND_BODY)
-    grant = await reservations.extend(request.state.store, b["account_id"],
-                                      request.path_params["call_id"], b.get("extend_id"))
+    grant = await reservations.extend(
+        request.state.store, b["account_id"], request.path_params["call_id"], b.get("extend_id")
+    )
     return JSONResponse(grant.as_dict())
 
 
 async def post_call_commit(request: Request) -> Response:
     b = await _switch_body(request, COMMIT_BODY)
-    charge = await reservations.commit(request.state.store, b["account_id"],
-                                       request.path_params["call_id"], b["duration_seconds"])
+    charge = await reservations.commit(
+        request.state.store, b["account_id"], request.path_params["call_id"], b["duration_seconds"]
+    )
     return JSONResponse(charge.as_dict())
 
 
 async def post_call_release(request: Request) -> Response:
     b = await _switch_body(request, RELEASE_BODY)
-    released = await reservations.release(request.state.store, b["account_id"],
-                                          request.path_params["call_id"])
+    released = await reservations.release(
+        request.state.store, b["account_id"], request.path_params["call_id"]
+    )
     return JSONResponse(released.as_dict())

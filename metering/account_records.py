@@ -31,8 +31,13 @@ RATE_CARD_FIELDS = tuple(f.name for f in dataclasses.fields(RateCard))
 # Account hash fields (metering/keys.py) kept in the accounts table, by kind.
 # Columns have the same names as the hash fields. Later issues add theirs here
 # (and a migration): rebuild and the write-through both follow this table.
-INT_FIELDS = (*RATE_CARD_FIELDS, "max_concurrent_calls", "recharge_amount_micros",
-              "recharge_threshold_micros", "created_at_us")
+INT_FIELDS = (
+    *RATE_CARD_FIELDS,
+    "max_concurrent_calls",
+    "recharge_amount_micros",
+    "recharge_threshold_micros",
+    "created_at_us",
+)
 BOOL_FIELDS = ("recharge_enabled",)
 TEXT_FIELDS = ("recharge_failure_email",)
 PERSISTED_FIELDS = (*INT_FIELDS, *BOOL_FIELDS, *TEXT_FIELDS)
@@ -45,8 +50,7 @@ ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
 SELECT_ACCOUNT_SQL = f"SELECT {', '.join(PERSISTED_FIELDS)} FROM accounts WHERE id = $1"
-INSERT_TOKEN_SQL = ("INSERT INTO customer_tokens (sha256, account_id, label) "
-                    "VALUES ($1, $2, $3)")
+INSERT_TOKEN_SQL = "INSERT INTO customer_tokens (sha256, account_id, label) VALUES ($1, $2, $3)"
 
 
 def token_digest(token: str) -> str:
@@ -65,17 +69,23 @@ async def create_account(
     timeout_s = store.settings.database_timeout_s
     async with acquire(pool, timeout_s) as conn:
         inserted = await conn.fetchval(
-            INSERT_ACCOUNT_SQL, account_id, *[card[n] for n in RATE_CARD_FIELDS],
-            max_concurrent_calls, time.time_ns() // 1000)
+            INSERT_ACCOUNT_SQL,
+            account_id,
+            *[card[n] for n in RATE_CARD_FIELDS],
+            max_concurrent_calls,
+            time.time_ns() // 1000,
+        )
         if inserted is None:
             row = await conn.fetchrow(SELECT_ACCOUNT_SQL, account_id)
             same = all(row[n] == card[n] for n in RATE_CARD_FIELDS) and (
-                row["max_concurrent_calls"] == max_concurrent_calls)
+                row["max_concurrent_calls"] == max_concurrent_calls
+            )
             if not same:
                 raise AccountExists(f"account {account_id} exists with another rate card")
     try:
         view, created = await accounts.create_account(
-            store, account_id, rate_card, max_concurrent_calls)
+            store, account_id, rate_card, max_concurrent_calls
+        )
     except AccountExists:
         if inserted is not None:
             # Redis already had this id with another card (made before write-through):
@@ -87,7 +97,9 @@ async def create_account(
     async with acquire(pool, timeout_s) as conn:
         await conn.execute(
             "UPDATE accounts SET created_at_us = $2 WHERE id = $1 AND created_at_us <> $2",
-            account_id, view.created_at_us)
+            account_id,
+            view.created_at_us,
+        )
     return view, created
 
 
@@ -102,8 +114,13 @@ async def issue_customer_token(store: Store, pool: Any, account_id: str, label: 
     async with acquire(pool, store.settings.database_timeout_s) as conn, conn.transaction():
         # An account made before write-through existed (Redis only) gets its
         # durable row here, so the token's row has an account to point to.
-        await conn.execute(INSERT_ACCOUNT_SQL, account_id, *[card[n] for n in RATE_CARD_FIELDS],
-                           view.max_concurrent_calls, view.created_at_us)
+        await conn.execute(
+            INSERT_ACCOUNT_SQL,
+            account_id,
+            *[card[n] for n in RATE_CARD_FIELDS],
+            view.max_concurrent_calls,
+            view.created_at_us,
+        )
         await conn.execute(INSERT_TOKEN_SQL, digest, account_id, label)
     await store.redis.set(token_key(digest), account_id)
     return token
@@ -119,8 +136,9 @@ def _column_value(name: str, value: Any) -> Any:
     return str(value)
 
 
-async def save_account_fields(pool: Any, account_id: str, values: Mapping[str, Any],
-                              timeout_s: float = 5.0) -> None:
+async def save_account_fields(
+    pool: Any, account_id: str, values: Mapping[str, Any], timeout_s: float = 5.0
+) -> None:
     """Write-through of account settings (e.g. automatic recharge): call it BEFORE
     writing the same hash fields to Redis. Keys are hash field names from
     PERSISTED_FIELDS; bools may be given as '1'/'0'."""
@@ -134,7 +152,9 @@ async def save_account_fields(pool: Any, account_id: str, values: Mapping[str, A
     async with acquire(pool, timeout_s) as conn:
         status = await conn.execute(
             f"UPDATE accounts SET {assignments}, updated_at = now() WHERE id = $1",
-            account_id, *[_column_value(n, values[n]) for n in names])
+            account_id,
+            *[_column_value(n, values[n]) for n in names],
+        )
     if status.split()[-1] == "0":
         raise InvalidRequest("account_id", f"account {account_id} has no durable record")
 

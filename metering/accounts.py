@@ -72,9 +72,11 @@ class AccountView:
             recharge={
                 "enabled": h.get("recharge_enabled") == "1",
                 "amount_micros": int(h["recharge_amount_micros"])
-                if h.get("recharge_amount_micros") else None,
+                if h.get("recharge_amount_micros")
+                else None,
                 "threshold_micros": int(h["recharge_threshold_micros"])
-                if h.get("recharge_threshold_micros") else None,
+                if h.get("recharge_threshold_micros")
+                else None,
                 "failure_email": h.get("recharge_failure_email") or None,
                 "pending": bool(pending),
                 "pending_since_us": int(pending) if pending else None,

@@ -45,8 +45,18 @@ WHERE account_id = $1 AND at_us >= $2 AND at_us <= $3 AND seq < $4
   AND ($5 = 'all' OR (item = ANY($6::text[])) = ($5 = 'credits'))
 """
 ACCOUNT_SQL = "SELECT 1 FROM accounts WHERE id = $1"
-CSV_COLUMNS = ("seq", "at", "item", "label", "amount_micros", "amount_usd",
-               "balance_after_micros", "balance_after_usd", "request_id", "detail")
+CSV_COLUMNS = (
+    "seq",
+    "at",
+    "item",
+    "label",
+    "amount_micros",
+    "amount_usd",
+    "balance_after_micros",
+    "balance_after_usd",
+    "request_id",
+    "detail",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,8 +69,14 @@ class ActivityQuery:
     before_seq: int  # SEQ_NONE for the first page
 
     def args(self, limit: int | None = None) -> list[Any]:
-        args: list[Any] = [self.account_id, self.from_us, self.to_us, self.before_seq,
-                           self.show, sorted(CREDIT_ITEMS)]
+        args: list[Any] = [
+            self.account_id,
+            self.from_us,
+            self.to_us,
+            self.before_seq,
+            self.show,
+            sorted(CREDIT_ITEMS),
+        ]
         return args if limit is None else [*args, limit]
 
 
@@ -84,8 +100,11 @@ def _parse_instant(value: str, field: str, end_of_day: bool) -> int:
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:
-        raise InvalidRequest(field, f"{field} must be a date YYYY-MM-DD or an RFC 3339 "
-                                    f"timestamp with a time zone, not {value!r}")
+        raise InvalidRequest(
+            field,
+            f"{field} must be a date YYYY-MM-DD or an RFC 3339 "
+            f"timestamp with a time zone, not {value!r}",
+        )
     return _to_us(moment)
 
 
@@ -93,8 +112,9 @@ def parse_query(account_id: str, params: Mapping[str, str], settings: Settings) 
     """Validate the query string; each bad parameter is an InvalidRequest naming it."""
     for name in params:
         if name not in QUERY_PARAMS:
-            raise InvalidRequest(name, f"unknown parameter {name!r}; expected: "
-                                       f"{', '.join(QUERY_PARAMS)}")
+            raise InvalidRequest(
+                name, f"unknown parameter {name!r}; expected: {', '.join(QUERY_PARAMS)}"
+            )
     from_us = _parse_instant(params["from"], "from", False) if params.get("from") else AT_US_MIN
     to_us = _parse_instant(params["to"], "to", True) if params.get("to") else AT_US_MAX
     if from_us > to_us:
@@ -144,8 +164,11 @@ class ActivityPage:
     next_cursor: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"account_id": self.account_id, "entries": self.entries,
-                "next_cursor": self.next_cursor}
+        return {
+            "account_id": self.account_id,
+            "entries": self.entries,
+            "next_cursor": self.next_cursor,
+        }
 
 
 async def _check_account(conn: Any, account_id: str) -> None:
@@ -159,9 +182,10 @@ async def account_activity(pool: Any, query: ActivityQuery, settings: Settings) 
         await _check_account(conn, query.account_id)
         rows = await conn.fetch(PAGE_SQL, *query.args(query.limit + 1))
     more = len(rows) > query.limit
-    rows = rows[:query.limit]
-    return ActivityPage(query.account_id, [entry_dict(r) for r in rows],
-                        str(rows[-1]["seq"]) if more else None)
+    rows = rows[: query.limit]
+    return ActivityPage(
+        query.account_id, [entry_dict(r) for r in rows], str(rows[-1]["seq"]) if more else None
+    )
 
 
 def usd_text(amount_micros: int) -> str:
@@ -171,9 +195,18 @@ def usd_text(amount_micros: int) -> str:
 
 
 def csv_row(entry: dict[str, Any]) -> list[Any]:
-    return [entry["seq"], entry["at"], entry["item"], entry["label"], entry["amount_micros"],
-            usd_text(entry["amount_micros"]), entry["balance_after_micros"],
-            usd_text(entry["balance_after_micros"]), entry["request_id"], entry["detail"]]
+    return [
+        entry["seq"],
+        entry["at"],
+        entry["item"],
+        entry["label"],
+        entry["amount_micros"],
+        usd_text(entry["amount_micros"]),
+        entry["balance_after_micros"],
+        usd_text(entry["balance_after_micros"]),
+        entry["request_id"],
+        entry["detail"],
+    ]
 
 
 async def check_export(pool: Any, query: ActivityQuery, settings: Settings) -> int:
@@ -183,13 +216,17 @@ async def check_export(pool: Any, query: ActivityQuery, settings: Settings) -> i
         await _check_account(conn, query.account_id)
         count = int(await conn.fetchval(COUNT_SQL, *query.args()))
     if count > settings.activity_export_rows_max:
-        raise InvalidRequest("from", f"the selection holds {count} entries; an export holds at "
-                                     f"most {settings.activity_export_rows_max}: narrow the dates")
+        raise InvalidRequest(
+            "from",
+            f"the selection holds {count} entries; an export holds at "
+            f"most {settings.activity_export_rows_max}: narrow the dates",
+        )
     return count
 
 
-async def export_pages(pool: Any, query: ActivityQuery, settings: Settings
-                       ) -> AsyncIterator[list[dict[str, Any]]]:
+async def export_pages(
+    pool: Any, query: ActivityQuery, settings: Settings
+) -> AsyncIterator[list[dict[str, Any]]]:
     """The whole selection, newest first, a page at a time (keyset, so rows written
     meanwhile never shift a page)."""
     page_rows = settings.activity_page_max

@@ -18,16 +18,23 @@ from metering.settings import Settings, SettingsError
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("metering.migrate", "apply the Postgres migrations (safe to run twice)"),
     "sweep": ("metering.sweeper", "run the reservation sweeper on its own"),
-    "recharge-worker": ("metering.recharge_worker",
-                        "charge cards for automatic recharges, credit them, email failures"),
-    "ledger-writer": ("metering.ledger_writer",
-                      "move ledger entries from the shard streams into Postgres"),
-    "reconcile": ("metering.reconcile",
-                  "compare Redis balances and seqs with the Postgres ledger (exit 1 on any "
-                  "difference)"),
+    "recharge-worker": (
+        "metering.recharge_worker",
+        "charge cards for automatic recharges, credit them, email failures",
+    ),
+    "ledger-writer": (
+        "metering.ledger_writer",
+        "move ledger entries from the shard streams into Postgres",
+    ),
+    "reconcile": (
+        "metering.reconcile",
+        "compare Redis balances and seqs with the Postgres ledger (exit 1 on any difference)",
+    ),
     "accounts": ("metering.accounts_cli", "list accounts, or create one (with a customer token)"),
-    "rebuild": ("metering.rebuild", "restore accounts, balances and tokens Redis lacks from "
-                "Postgres"),
+    "rebuild": (
+        "metering.rebuild",
+        "restore accounts, balances and tokens Redis lacks from Postgres",
+    ),
     "demo": ("metering.demo", "a demo switch: demo accounts, calls and texts over the HTTP API"),
 }
 
@@ -47,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         command = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(command)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

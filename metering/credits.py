@@ -57,9 +57,18 @@ async def add_funds(
     result = await store.scripts.credit(
         store.redis,
         [keys.account, keys.request("credit", credit_id), keys.shard.ledger],
-        [account_id, amount_micros, credit_id, f"{amount_micros};{source};{reason}",
-         settings.idempotency_window_s, settings.ledger_backlog_max, settings.live_channel,
-         detail, "1" if settles_recharge else "0", BALANCE_MICROS_MAX],
+        [
+            account_id,
+            amount_micros,
+            credit_id,
+            f"{amount_micros};{source};{reason}",
+            settings.idempotency_window_s,
+            settings.ledger_backlog_max,
+            settings.live_channel,
+            detail,
+            "1" if settles_recharge else "0",
+            BALANCE_MICROS_MAX,
+        ],
     )
     raise_refusal(result, account_id, f"credit {credit_id}")
     return Credit(int(result[2]), int(result[3]), int(result[4]), int(result[5]), result[1] == 1)

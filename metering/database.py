@@ -59,5 +59,6 @@ async def acquire(pool: Any, timeout_s: float) -> AsyncIterator[Any]:
         async with pool.acquire(timeout=timeout_s) as conn:
             yield conn
     except DATABASE_DOWN as exc:
-        raise Unavailable(f"the ledger database did not answer ({type(exc).__name__}); retry"
-                          ) from exc
+        raise Unavailable(
+            f"the ledger database did not answer ({type(exc).__name__}); retry"
+        ) from exc

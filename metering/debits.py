@@ -38,7 +38,12 @@ class Charge:
 
 
 async def debit(
-    store: Store, account_id: str, item: str, kind: str, request_id: str, fingerprint: str,
+    store: Store,
+    account_id: str,
+    item: str,
+    kind: str,
+    request_id: str,
+    fingerprint: str,
     detail: str = "",
 ) -> Charge:
     """Charge one billing item at the account's rate; idempotent by (kind, request id),
@@ -49,12 +54,22 @@ async def debit(
     result = await store.scripts.debit(
         store.redis,
         [keys.account, keys.request(kind, request_id), keys.shard.ledger, keys.shard.recharge],
-        [account_id, item, price_field, request_id, fingerprint, settings.idempotency_window_s,
-         settings.ledger_backlog_max, settings.live_channel, detail],
+        [
+            account_id,
+            item,
+            price_field,
+            request_id,
+            fingerprint,
+            settings.idempotency_window_s,
+            settings.ledger_backlog_max,
+            settings.live_channel,
+            detail,
+        ],
     )
     raise_refusal(result, account_id, f"{item} {request_id}")
-    return Charge(item, int(result[2]), int(result[3]), int(result[4]), int(result[5]),
-                  result[1] == 1)
+    return Charge(
+        item, int(result[2]), int(result[3]), int(result[4]), int(result[5]), result[1] == 1
+    )
 
 
 async def message(store: Store, account_id: str, message_id: str, direction: str) -> Charge:

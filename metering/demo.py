@@ -62,14 +62,20 @@ class OpenCall:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gateway-url", default="",
-                        help="the gateway to drive (default http://METERING_HOST:METERING_PORT)")
-    parser.add_argument("--interval-s", type=float, default=0.4,
-                        help="pause between two switch requests")
-    parser.add_argument("--time-scale", type=float, default=60.0,
-                        help="billed call seconds per wall-clock second")
-    parser.add_argument("--steps-max", type=int, default=0,
-                        help="stop after this many steps (0: run until stopped)")
+    parser.add_argument(
+        "--gateway-url",
+        default="",
+        help="the gateway to drive (default http://METERING_HOST:METERING_PORT)",
+    )
+    parser.add_argument(
+        "--interval-s", type=float, default=0.4, help="pause between two switch requests"
+    )
+    parser.add_argument(
+        "--time-scale", type=float, default=60.0, help="billed call seconds per wall-clock second"
+    )
+    parser.add_argument(
+        "--steps-max", type=int, default=0, help="stop after this many steps (0: run until stopped)"
+    )
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -101,8 +107,10 @@ def print_urls(base_url: str, settings: Settings, tokens: dict[str, str]) -> Non
     print("", flush=True)
     print("Demo switch is placing calls and sending texts for:", flush=True)
     for account_id, token in tokens.items():
-        print(f"  dashboard {account_id}: {base_url}/dashboard?account={account_id}"
-              f"&token={token}", flush=True)
+        print(
+            f"  dashboard {account_id}: {base_url}/dashboard?account={account_id}&token={token}",
+            flush=True,
+        )
     print(f"  ops page: {base_url}/ops?token={settings.ops_token}", flush=True)
     print(f"  switch token: {settings.switch_token}   ops token: {settings.ops_token}", flush=True)
     for account_id, token in tokens.items():
@@ -126,41 +134,65 @@ class DemoSwitch:
         """Create (or find again) the demo accounts, credit them once, issue tokens."""
         tokens: dict[str, str] = {}
         for account_id in DEMO_ACCOUNTS:
-            r = await self.http.post("/v1/accounts", headers=self.ops, json={
-                "account_id": account_id, "rate_card": DEMO_RATE_CARD})
+            r = await self.http.post(
+                "/v1/accounts",
+                headers=self.ops,
+                json={"account_id": account_id, "rate_card": DEMO_RATE_CARD},
+            )
             expect(r, 200, 201)
             # The same credit id every start: credited once, however often the demo runs.
-            r = await self.http.post(f"/v1/accounts/{account_id}/credits", headers=self.ops,
-                                     json={"credit_id": "demo-initial-credit",
-                                           "amount_micros": INITIAL_CREDIT_MICROS,
-                                           "reason": "demo credit"})
+            r = await self.http.post(
+                f"/v1/accounts/{account_id}/credits",
+                headers=self.ops,
+                json={
+                    "credit_id": "demo-initial-credit",
+                    "amount_micros": INITIAL_CREDIT_MICROS,
+                    "reason": "demo credit",
+                },
+            )
             expect(r, 200)
-            r = await self.http.post(f"/v1/accounts/{account_id}/tokens", headers=self.ops,
-                                     json={"label": "demo dashboard"})
+            r = await self.http.post(
+                f"/v1/accounts/{account_id}/tokens",
+                headers=self.ops,
+                json={"label": "demo dashboard"},
+            )
             expect(r, 201)
             tokens[account_id] = str(r.json()["token"])
             if account_id in DEMO_CARDS:
-                await self.set_up_recharge(account_id, tokens[account_id],
-                                           DEMO_CARDS[account_id])
+                await self.set_up_recharge(account_id, tokens[account_id], DEMO_CARDS[account_id])
         return tokens
 
     async def set_up_recharge(self, account_id: str, token: str, payment_method_id: str) -> None:
         """Card on file and automatic recharge, as the customer's dashboard would do it.
         Best effort: without payments (or a Stripe) the demo runs on top-ups alone."""
         customer = {"Authorization": f"Bearer {token}"}
-        r = await self.http.put(f"/v1/accounts/{account_id}/card", headers=customer,
-                                json={"payment_method_id": payment_method_id})
+        r = await self.http.put(
+            f"/v1/accounts/{account_id}/card",
+            headers=customer,
+            json={"payment_method_id": payment_method_id},
+        )
         if r.status_code != 200:
-            print(f"demo switch: no card for {account_id} ({r.status_code}: {r.text[:200]})",
-                  flush=True)
+            print(
+                f"demo switch: no card for {account_id} ({r.status_code}: {r.text[:200]})",
+                flush=True,
+            )
             return
-        r = await self.http.put(f"/v1/accounts/{account_id}/recharge", headers=customer, json={
-            "amount_micros": RECHARGE_AMOUNT_MICROS,
-            "threshold_micros": RECHARGE_THRESHOLD_MICROS,
-            "failure_email": RECHARGE_FAILURE_EMAIL, "enabled": True})
+        r = await self.http.put(
+            f"/v1/accounts/{account_id}/recharge",
+            headers=customer,
+            json={
+                "amount_micros": RECHARGE_AMOUNT_MICROS,
+                "threshold_micros": RECHARGE_THRESHOLD_MICROS,
+                "failure_email": RECHARGE_FAILURE_EMAIL,
+                "enabled": True,
+            },
+        )
         if r.status_code != 200:
-            print(f"demo switch: no automatic recharge for {account_id} ({r.status_code}: "
-                  f"{r.text[:200]})", flush=True)
+            print(
+                f"demo switch: no automatic recharge for {account_id} ({r.status_code}: "
+                f"{r.text[:200]})",
+                flush=True,
+            )
 
     async def step(self) -> None:
         """One switch action: finish a due call, extend one, start one, or a text."""
@@ -190,13 +222,22 @@ class DemoSwitch:
             await self.reserve(account_id)
         elif roll < 0.85:
             direction = "outbound" if self.random.random() < 0.7 else "inbound"
-            r = await self.http.post("/v1/messages", headers=self.switch, json={
-                "account_id": account_id, "message_id": new_id("sms"),
-                "direction": direction})
+            r = await self.http.post(
+                "/v1/messages",
+                headers=self.switch,
+                json={
+                    "account_id": account_id,
+                    "message_id": new_id("sms"),
+                    "direction": direction,
+                },
+            )
             await self.after_charge(account_id, r)
         else:
-            r = await self.http.post("/v1/ring-through-attempts", headers=self.switch, json={
-                "account_id": account_id, "attempt_id": new_id("ring")})
+            r = await self.http.post(
+                "/v1/ring-through-attempts",
+                headers=self.switch,
+                json={"account_id": account_id, "attempt_id": new_id("ring")},
+            )
             await self.after_charge(account_id, r)
 
     def open_calls(self, account_id: str) -> int:
@@ -205,17 +246,29 @@ class DemoSwitch:
     async def reserve(self, account_id: str) -> None:
         call_id = new_id("call")
         direction = "outbound" if self.random.random() < 0.6 else "inbound"
-        r = await self.http.post("/v1/calls", headers=self.switch, json={
-            "account_id": account_id, "call_id": call_id, "direction": direction})
+        r = await self.http.post(
+            "/v1/calls",
+            headers=self.switch,
+            json={"account_id": account_id, "call_id": call_id, "direction": direction},
+        )
         if r.status_code == 200:
-            self.calls.append(OpenCall(account_id, call_id, time.monotonic(),
-                                       self.random.randint(20, CALL_SECONDS_MAX),
-                                       int(r.json()["granted_seconds"])))
+            self.calls.append(
+                OpenCall(
+                    account_id,
+                    call_id,
+                    time.monotonic(),
+                    self.random.randint(20, CALL_SECONDS_MAX),
+                    int(r.json()["granted_seconds"]),
+                )
+            )
         await self.after_charge(account_id, r)
 
     async def extend(self, call: OpenCall) -> None:
-        r = await self.http.post(f"/v1/calls/{call.call_id}/extend", headers=self.switch,
-                                 json={"account_id": call.account_id})
+        r = await self.http.post(
+            f"/v1/calls/{call.call_id}/extend",
+            headers=self.switch,
+            json={"account_id": call.account_id},
+        )
         if r.status_code == 200:
             call.granted_seconds += int(r.json()["granted_seconds"])
         else:
@@ -225,9 +278,11 @@ class DemoSwitch:
 
     async def commit(self, call: OpenCall, duration_seconds: int) -> None:
         self.calls.remove(call)
-        r = await self.http.post(f"/v1/calls/{call.call_id}/commit", headers=self.switch,
-                                 json={"account_id": call.account_id,
-                                       "duration_seconds": duration_seconds})
+        r = await self.http.post(
+            f"/v1/calls/{call.call_id}/commit",
+            headers=self.switch,
+            json={"account_id": call.account_id, "duration_seconds": duration_seconds},
+        )
         expect(r, 200, 404)
 
     async def after_charge(self, account_id: str, r: httpx.Response) -> None:
@@ -235,12 +290,16 @@ class DemoSwitch:
         expect(r, 200, 402, 429)
         body: dict[str, Any] = r.json()
         available = body.get("available_micros")
-        if r.status_code == 402 or (isinstance(available, int)
-                                    and available < TOP_UP_BELOW_MICROS):
-            r = await self.http.post(f"/v1/accounts/{account_id}/credits", headers=self.ops,
-                                     json={"credit_id": new_id("topup"),
-                                           "amount_micros": TOP_UP_MICROS,
-                                           "reason": "demo top-up"})
+        if r.status_code == 402 or (isinstance(available, int) and available < TOP_UP_BELOW_MICROS):
+            r = await self.http.post(
+                f"/v1/accounts/{account_id}/credits",
+                headers=self.ops,
+                json={
+                    "credit_id": new_id("topup"),
+                    "amount_micros": TOP_UP_MICROS,
+                    "reason": "demo top-up",
+                },
+            )
             expect(r, 200)
 
     async def hang_up_all(self) -> None:

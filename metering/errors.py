@@ -93,8 +93,9 @@ def raise_refusal(result: list[Any], account_id: str, subject: str = "") -> None
             "a retry must repeat the first body exactly"
         )
     if status == "account_exists":
-        raise AccountExists(f"account {account_id} already exists with another rate card or "
-                            "settings")
+        raise AccountExists(
+            f"account {account_id} already exists with another rate card or settings"
+        )
     if status == "unknown_call":
         raise UnknownCall(f"no call {subject!r} on account {account_id}")
     if status == "call_closed":

@@ -38,8 +38,9 @@ class LedgerLag:
         }
 
 
-async def each_stream(store: Store, script: LuaScript, streams: list[str], args: list[Any]
-                      ) -> list[Any]:
+async def each_stream(
+    store: Store, script: LuaScript, streams: list[str], args: list[Any]
+) -> list[Any]:
     """Run a one-key script on each stream: one pipelined round trip on a single
     server, bounded concurrent calls on a cluster."""
     if store.settings.redis_cluster:
@@ -66,9 +67,15 @@ async def ledger_lag(store: Store) -> LedgerLag:
     """Entries the writers have not committed yet (delivered and unacknowledged,
     or never delivered), and the age of the oldest of them by Redis's clock."""
     shards = all_shards(store.settings.shard_count)
-    answers = await each_stream(store, store.scripts["ledger_lag"], [s.ledger for s in shards],
-                                [store.settings.ledger_consumer_group])
-    lags = [ShardLag(shard.shard, int(a[0]), int(a[1]))
-            for shard, a in zip(shards, answers, strict=True)]
+    answers = await each_stream(
+        store,
+        store.scripts["ledger_lag"],
+        [s.ledger for s in shards],
+        [store.settings.ledger_consumer_group],
+    )
+    lags = [
+        ShardLag(shard.shard, int(a[0]), int(a[1]))
+        for shard, a in zip(shards, answers, strict=True)
+    ]
     ages = [s.oldest_age_ms for s in lags if s.oldest_age_ms >= 0]
     return LedgerLag(sum(s.entries_behind for s in lags), max(ages) if ages else -1, lags)

@@ -42,12 +42,23 @@ from metering.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("account_id", "seq", "item", "amount_micros", "balance_after_micros",
-           "request_id", "at_us", "detail")
-STAGING_DDL = ("CREATE TEMP TABLE IF NOT EXISTS ledger_staging "
-               "(LIKE ledger_entries) ON COMMIT DELETE ROWS")
-INSERT_SQL = ("INSERT INTO ledger_entries SELECT * FROM ledger_staging "
-              "ON CONFLICT (account_id, seq) DO NOTHING")
+COLUMNS = (
+    "account_id",
+    "seq",
+    "item",
+    "amount_micros",
+    "balance_after_micros",
+    "request_id",
+    "at_us",
+    "detail",
+)
+STAGING_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS ledger_staging (LIKE ledger_entries) ON COMMIT DELETE ROWS"
+)
+INSERT_SQL = (
+    "INSERT INTO ledger_entries SELECT * FROM ledger_staging "
+    "ON CONFLICT (account_id, seq) DO NOTHING"
+)
 CONFLICTS_SQL = """
 INSERT INTO ledger_conflicts (account_id, seq, item, amount_micros, balance_after_micros,
                               request_id, at_us, detail)
@@ -110,8 +121,19 @@ class Batch:
 async def write_batch(conn: Any, entries: list[LedgerEntry]) -> tuple[int, int]:
     """COPY to staging, insert what is new, keep conflicting rows aside, commit.
     Returns (rows inserted, rows conflicting)."""
-    records = [(e.account_id, e.seq, e.item, e.amount_micros, e.balance_after_micros,
-                e.request_id, e.at_us, e.detail) for e in entries]
+    records = [
+        (
+            e.account_id,
+            e.seq,
+            e.item,
+            e.amount_micros,
+            e.balance_after_micros,
+            e.request_id,
+            e.at_us,
+            e.detail,
+        )
+        for e in entries
+    ]
     async with conn.transaction():
         await conn.copy_records_to_table("ledger_staging", records=records, columns=COLUMNS)
         inserted = await conn.execute(INSERT_SQL)
@@ -162,8 +184,10 @@ class LedgerWriter:
                 try:
                     got = await self._fill(batch)
                     due = len(batch) >= self.settings.ledger_batch_rows_max or (
-                        len(batch) > 0 and (time.monotonic() - batch.started) * 1000
-                        >= self.settings.ledger_batch_wait_ms)
+                        len(batch) > 0
+                        and (time.monotonic() - batch.started) * 1000
+                        >= self.settings.ledger_batch_wait_ms
+                    )
                     if due or (got == 0 and (batch.entries or batch.empty)):
                         await self._flush(batch)
                         batch = Batch()
@@ -233,8 +257,12 @@ class LedgerWriter:
             waited_ms = (time.monotonic() - batch.started) * 1000
             block_ms = max(1, int(self.settings.ledger_batch_wait_ms - waited_ms))
         answer = await redis.xreadgroup(
-            self.group, self.consumer, {s: start for s in self.streams}, count=count,
-            block=block_ms if start == ">" else None)
+            self.group,
+            self.consumer,
+            {s: start for s in self.streams},
+            count=count,
+            block=block_ms if start == ">" else None,
+        )
         for stream, messages in answer or []:
             got += batch.add(stream, messages)
         return got
@@ -246,8 +274,13 @@ class LedgerWriter:
             start = "0-0"
             while len(batch) < self.settings.ledger_batch_rows_max:
                 answer = await self.store.redis.xautoclaim(
-                    stream, self.group, self.consumer, self.settings.ledger_claim_idle_ms,
-                    start_id=start, count=self.settings.ledger_batch_rows_max - len(batch))
+                    stream,
+                    self.group,
+                    self.consumer,
+                    self.settings.ledger_claim_idle_ms,
+                    start_id=start,
+                    count=self.settings.ledger_batch_rows_max - len(batch),
+                )
                 start, messages = answer[0], answer[1]
                 got += batch.add(stream, messages)
                 if start == "0-0":
@@ -274,8 +307,11 @@ class LedgerWriter:
             self.stats.rows_inserted += inserted
             self.stats.rows_conflicting += conflicting
             if conflicting:
-                log.error("%d ledger entries conflict with different rows already in "
-                          "Postgres; kept in ledger_conflicts (run reconcile)", conflicting)
+                log.error(
+                    "%d ledger entries conflict with different rows already in "
+                    "Postgres; kept in ledger_conflicts (run reconcile)",
+                    conflicting,
+                )
         # Committed: now, and only now, acknowledge and trim.
         ids: dict[str, list[str]] = {}
         for stream, entry_id in batch.entries:
@@ -286,17 +322,23 @@ class LedgerWriter:
             for stream, stream_ids in ids.items():
                 pipe.xack(stream, self.group, *stream_ids)
             await pipe.execute()
-        trimmed = await each_stream(self.store, self.store.scripts["trim_ledger"], list(ids),
-                                    [self.group])
+        trimmed = await each_stream(
+            self.store, self.store.scripts["trim_ledger"], list(ids), [self.group]
+        )
         self.stats.entries_trimmed += sum(int(t[0]) for t in trimmed)
         self.stats.rows_read += len(batch.entries)
         self.stats.batches += 1
         now = time.monotonic()
         if now - self._last_report >= REPORT_INTERVAL_S:
             rows = self.stats.rows_inserted - self._rows_reported
-            log.info("ledger writer %s: %d rows in the last %.0f s (%.0f rows/s), %d in all",
-                     self.consumer, rows, now - self._last_report,
-                     rows / (now - self._last_report), self.stats.rows_inserted)
+            log.info(
+                "ledger writer %s: %d rows in the last %.0f s (%.0f rows/s), %d in all",
+                self.consumer,
+                rows,
+                now - self._last_report,
+                rows / (now - self._last_report),
+                self.stats.rows_inserted,
+            )
             self._last_report, self._rows_reported = now, self.stats.rows_inserted
 
     async def _write_with_retry(self, entries: list[LedgerEntry]) -> tuple[int, int]:
@@ -309,13 +351,15 @@ class LedgerWriter:
                     await self._conn.execute(STAGING_DDL)
                 return await write_batch(self._conn, entries)
             except DATABASE_DOWN as exc:
-                log.warning("ledger database unavailable (attempt %d of %d): %s",
-                            attempt, attempts, exc)
+                log.warning(
+                    "ledger database unavailable (attempt %d of %d): %s", attempt, attempts, exc
+                )
                 await self.close()
                 if attempt == attempts or self._stop.is_set():
                     raise WriterStalled(
                         f"Postgres unreachable ({attempt} attempts); nothing was "
-                        "acknowledged, a restarted writer re-reads the batch") from exc
+                        "acknowledged, a restarted writer re-reads the batch"
+                    ) from exc
                 try:  # back off, but let a stop request end the wait
                     await asyncio.wait_for(self._stop.wait(), timeout=delay_s)
                 except TimeoutError:
@@ -342,15 +386,26 @@ async def run_in_process(store: Store, stop: asyncio.Event) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--writer-index", type=int, default=0,
-                        help="this writer's number, 0..count-1 (owns shards s %% count == index)")
-    parser.add_argument("--writer-count", type=int, default=1,
-                        help="how many writers split the shards")
-    parser.add_argument("--consumer", default=None,
-                        help="consumer name in the group (default writer-<index>-of-<count>, "
-                        "stable so a restarted writer re-reads its own pending entries)")
-    parser.add_argument("--drain", action="store_true",
-                        help="exit once every owned stream is empty of unwritten entries")
+    parser.add_argument(
+        "--writer-index",
+        type=int,
+        default=0,
+        help="this writer's number, 0..count-1 (owns shards s %% count == index)",
+    )
+    parser.add_argument(
+        "--writer-count", type=int, default=1, help="how many writers split the shards"
+    )
+    parser.add_argument(
+        "--consumer",
+        default=None,
+        help="consumer name in the group (default writer-<index>-of-<count>, "
+        "stable so a restarted writer re-reads its own pending entries)",
+    )
+    parser.add_argument(
+        "--drain",
+        action="store_true",
+        help="exit once every owned stream is empty of unwritten entries",
+    )
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -373,7 +428,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await store.redis.aclose()
     elapsed_s = time.monotonic() - began
-    print(f"ledger writer {consumer}: {stats.rows_inserted} rows inserted, "
-          f"{stats.rows_read} read, {stats.rows_conflicting} conflicting, "
-          f"{stats.batches} batches in {elapsed_s:.2f}s")
+    print(
+        f"ledger writer {consumer}: {stats.rows_inserted} rows inserted, "
+        f"{stats.rows_read} read, {stats.rows_conflicting} conflicting, "
+        f"{stats.batches} batches in {elapsed_s:.2f}s"
+    )
     return 0

@@ -66,8 +66,11 @@ async def ensure_database(database_url: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--create-database", action="store_true",
-                        help="create the database first if it does not exist")
+    parser.add_argument(
+        "--create-database",
+        action="store_true",
+        help="create the database first if it does not exist",
+    )
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -42,14 +42,24 @@ SIDE_TABLES: dict[str, tuple[str, dict[str, str]]] = {
     "recharge_settings": (
         "SELECT account_id, enabled, amount_micros, threshold_micros, failure_email "
         "FROM recharge_settings",
-        {"enabled": "recharge_enabled", "amount_micros": "recharge_amount_micros",
-         "threshold_micros": "recharge_threshold_micros",
-         "failure_email": "recharge_failure_email"}),
+        {
+            "enabled": "recharge_enabled",
+            "amount_micros": "recharge_amount_micros",
+            "threshold_micros": "recharge_threshold_micros",
+            "failure_email": "recharge_failure_email",
+        },
+    ),
     "cards_on_file": (
         "SELECT account_id, payment_method_id, brand, last4, exp_month, exp_year "
         "FROM cards_on_file",
-        {"payment_method_id": "card_payment_method_id", "brand": "card_brand",
-         "last4": "card_last4", "exp_month": "card_exp_month", "exp_year": "card_exp_year"}),
+        {
+            "payment_method_id": "card_payment_method_id",
+            "brand": "card_brand",
+            "last4": "card_last4",
+            "exp_month": "card_exp_month",
+            "exp_year": "card_exp_year",
+        },
+    ),
 }
 # Commands per pipelined round trip.
 PIPELINE_COMMANDS_MAX = 1_000
@@ -86,7 +96,7 @@ async def rebuild(store: Store, conn: Any) -> RebuildReport:
     side = await _side_fields(conn)
     redis = store.redis
     for start in range(0, len(rows), PIPELINE_COMMANDS_MAX):
-        chunk = rows[start:start + PIPELINE_COMMANDS_MAX]
+        chunk = rows[start : start + PIPELINE_COMMANDS_MAX]
         keys = [AccountKeys(r["id"], store.settings.shard_count) for r in chunk]
         async with redis.pipeline(transaction=False) as pipe:
             for k in keys:
@@ -98,8 +108,9 @@ async def rebuild(store: Store, conn: Any) -> RebuildReport:
                     continue
                 mapping = hash_fields(row)
                 mapping.update(side.get(row["id"], {}))
-                mapping.update(balance=str(row["balance_micros"]), reserved="0",
-                               seq=str(row["last_seq"]))
+                mapping.update(
+                    balance=str(row["balance_micros"]), reserved="0", seq=str(row["last_seq"])
+                )
                 pipe.hset(k.account, mapping=mapping)
                 pipe.sadd(k.shard.accounts, row["id"])
                 report.accounts_restored += 1
@@ -107,7 +118,7 @@ async def rebuild(store: Store, conn: Any) -> RebuildReport:
     tokens = await conn.fetch(TOKENS_SQL)
     for start in range(0, len(tokens), PIPELINE_COMMANDS_MAX):
         async with redis.pipeline(transaction=False) as pipe:
-            for t in tokens[start:start + PIPELINE_COMMANDS_MAX]:
+            for t in tokens[start : start + PIPELINE_COMMANDS_MAX]:
                 pipe.set(token_key(t["sha256"]), t["account_id"], nx=True)
             answers = await pipe.execute()
         report.tokens_restored += sum(1 for a in answers if a)
@@ -126,7 +137,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await conn.close()
         await store.redis.aclose()
-    print(f"rebuild: {report.accounts_restored} accounts restored, "
-          f"{report.accounts_kept} already in Redis (kept), "
-          f"{report.tokens_restored} customer tokens restored")
+    print(
+        f"rebuild: {report.accounts_restored} accounts restored, "
+        f"{report.accounts_kept} already in Redis (kept), "
+        f"{report.tokens_restored} customer tokens restored"
+    )
     return 0

@@ -115,8 +115,12 @@ async def _stream_entries(store: Store) -> dict[tuple[str, int], LedgerEntry]:
 
 
 def _check_account(
-    account_id: str, redis_state: tuple[int, int] | None, agg: Any, breaks: list[Any],
-    stream: dict[tuple[str, int], LedgerEntry], report: ReconcileReport,
+    account_id: str,
+    redis_state: tuple[int, int] | None,
+    agg: Any,
+    breaks: list[Any],
+    stream: dict[tuple[str, int], LedgerEntry],
+    report: ReconcileReport,
 ) -> None:
     diffs = report.differences
     last_seq = int(agg["last_seq"]) if agg else 0
@@ -140,26 +144,49 @@ def _check_account(
                 if entry is not None:
                     balance += entry.amount_micros
             if not any(prev_seq < s < seq for s in missing) and (
-                    int(b["balance_after_micros"]) != balance + int(b["amount_micros"])):
-                diffs.append(Difference(account_id, seq, "balance_chain",
-                                        f"balance_after {b['balance_after_micros']} != "
-                                        f"{balance} + amount {b['amount_micros']}"))
+                int(b["balance_after_micros"]) != balance + int(b["amount_micros"])
+            ):
+                diffs.append(
+                    Difference(
+                        account_id,
+                        seq,
+                        "balance_chain",
+                        f"balance_after {b['balance_after_micros']} != "
+                        f"{balance} + amount {b['amount_micros']}",
+                    )
+                )
         else:
-            diffs.append(Difference(
-                account_id, seq, "balance_chain",
-                f"balance_after {b['balance_after_micros']} != previous balance_after "
-                f"{b['prev_balance_micros']} + amount {b['amount_micros']}"))
+            diffs.append(
+                Difference(
+                    account_id,
+                    seq,
+                    "balance_chain",
+                    f"balance_after {b['balance_after_micros']} != previous balance_after "
+                    f"{b['prev_balance_micros']} + amount {b['amount_micros']}",
+                )
+            )
     if agg and not breaks and int(agg["sum_micros"]) != last_balance:
-        diffs.append(Difference(account_id, None, "sum",
-                                f"sum of amounts {agg['sum_micros']} != last balance_after "
-                                f"{last_balance}"))
+        diffs.append(
+            Difference(
+                account_id,
+                None,
+                "sum",
+                f"sum of amounts {agg['sum_micros']} != last balance_after {last_balance}",
+            )
+        )
     if redis_state is None:
         return
     redis_balance = redis_state[0]
     if redis_seq < last_seq:
-        diffs.append(Difference(account_id, redis_seq + 1, "balance",
-                                f"Postgres has seqs up to {last_seq} but Redis is at seq "
-                                f"{redis_seq} (a Redis that lost data without rebuild?)"))
+        diffs.append(
+            Difference(
+                account_id,
+                redis_seq + 1,
+                "balance",
+                f"Postgres has seqs up to {last_seq} but Redis is at seq "
+                f"{redis_seq} (a Redis that lost data without rebuild?)",
+            )
+        )
         return
     balance = last_balance
     for s in range(last_seq + 1, redis_seq + 1):
@@ -168,21 +195,36 @@ def _check_account(
             continue
         report.entries_not_in_postgres += 1
         if entry.balance_after_micros != balance + entry.amount_micros:
-            diffs.append(Difference(account_id, s, "balance_chain",
-                                    f"stream entry balance_after {entry.balance_after_micros} "
-                                    f"!= {balance} + amount {entry.amount_micros}"))
+            diffs.append(
+                Difference(
+                    account_id,
+                    s,
+                    "balance_chain",
+                    f"stream entry balance_after {entry.balance_after_micros} "
+                    f"!= {balance} + amount {entry.amount_micros}",
+                )
+            )
         balance = entry.balance_after_micros
     for i, s in enumerate(missing):
         if i == SEQS_LISTED_MAX:
-            diffs.append(Difference(account_id, None, "missing_entry",
-                                    f"... {len(missing)} missing entries in all"))
+            diffs.append(
+                Difference(
+                    account_id, None, "missing_entry", f"... {len(missing)} missing entries in all"
+                )
+            )
             break
-        diffs.append(Difference(account_id, s, "missing_entry",
-                                "in neither Postgres nor the Redis stream"))
+        diffs.append(
+            Difference(account_id, s, "missing_entry", "in neither Postgres nor the Redis stream")
+        )
     if not missing and balance != redis_balance:
-        diffs.append(Difference(account_id, redis_seq, "balance",
-                                f"Redis balance {redis_balance} != ledger balance_after "
-                                f"{balance}"))
+        diffs.append(
+            Difference(
+                account_id,
+                redis_seq,
+                "balance",
+                f"Redis balance {redis_balance} != ledger balance_after {balance}",
+            )
+        )
 
 
 async def reconcile(store: Store, conn: Any) -> ReconcileReport:
@@ -204,30 +246,53 @@ async def reconcile(store: Store, conn: Any) -> ReconcileReport:
         report.accounts_checked += 1
         if account_id not in durable_ids:
             where = "Redis" if account_id in redis_accounts else "the ledger"
-            report.differences.append(Difference(
-                account_id, None, "account", f"in {where} but not in the accounts table"))
+            report.differences.append(
+                Difference(account_id, None, "account", f"in {where} but not in the accounts table")
+            )
         elif account_id not in redis_accounts:
-            report.differences.append(Difference(
-                account_id, None, "account", "in Postgres but not in Redis (run rebuild)"))
-        _check_account(account_id, redis_accounts.get(account_id), aggregates.get(account_id),
-                       breaks.get(account_id, []), stream, report)
+            report.differences.append(
+                Difference(
+                    account_id, None, "account", "in Postgres but not in Redis (run rebuild)"
+                )
+            )
+        _check_account(
+            account_id,
+            redis_accounts.get(account_id),
+            aggregates.get(account_id),
+            breaks.get(account_id, []),
+            stream,
+            report,
+        )
     # Entries both in the stream and in Postgres (committed, not yet trimmed):
     # they must be the same entry, field for field.
-    overlap = [e for e in stream.values()
-               if e.account_id in aggregates and e.seq <= int(aggregates[e.account_id]["last_seq"])]
+    overlap = [
+        e
+        for e in stream.values()
+        if e.account_id in aggregates and e.seq <= int(aggregates[e.account_id]["last_seq"])
+    ]
     if overlap:
         rows = await conn.fetch(ROWS_SQL, [e.account_id for e in overlap], [e.seq for e in overlap])
         stored = {(r["account_id"], r["seq"]): LedgerEntry(**dict(r)) for r in rows}
         for e in overlap:
             row = stored.get((e.account_id, e.seq))
             if row is not None and row != e:
-                report.differences.append(Difference(
-                    e.account_id, e.seq, "entry_differs",
-                    f"Postgres row {row} differs from the Redis stream entry {e}"))
+                report.differences.append(
+                    Difference(
+                        e.account_id,
+                        e.seq,
+                        "entry_differs",
+                        f"Postgres row {row} differs from the Redis stream entry {e}",
+                    )
+                )
     for r in conflicts:
-        report.differences.append(Difference(
-            r["account_id"], int(r["seq"]), "conflict",
-            "a stream entry conflicted with a different Postgres row (see ledger_conflicts)"))
+        report.differences.append(
+            Difference(
+                r["account_id"],
+                int(r["seq"]),
+                "conflict",
+                "a stream entry conflicted with a different Postgres row (see ledger_conflicts)",
+            )
+        )
     report.lag = await ledger_lag(store)
     return report
 
@@ -248,9 +313,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         print(d.line())
     lag = report.lag
     assert lag is not None
-    print(f"reconcile: {report.accounts_checked} accounts, {report.postgres_entries} entries "
-          f"in Postgres, {len(report.differences)} differences; lag: "
-          f"{report.entries_not_in_postgres} entries not yet in Postgres, "
-          f"{lag.entries_behind} behind the writers, oldest "
-          f"{lag.oldest_age_ms if lag.oldest_age_ms >= 0 else '-'} ms")
+    print(
+        f"reconcile: {report.accounts_checked} accounts, {report.postgres_entries} entries "
+        f"in Postgres, {len(report.differences)} differences; lag: "
+        f"{report.entries_not_in_postgres} entries not yet in Postgres, "
+        f"{lag.entries_behind} behind the writers, oldest "
+        f"{lag.oldest_age_ms if lag.oldest_age_ms >= 0 else '-'} ms"
+    )
     return 0 if report.ok else 1

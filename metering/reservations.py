@@ -105,12 +105,29 @@ async def reserve(store: Store, account_id: str, call_id: str, direction: str) -
     r = await store.scripts.reserve(
         store.redis,
         [*call_keys, keys.shard.recharge],
-        [account_id, call_id, direction, s.call_grant_s, s.call_validity_grace_s,
-         s.call_duration_s_max, s.live_channel],
+        [
+            account_id,
+            call_id,
+            direction,
+            s.call_grant_s,
+            s.call_validity_grace_s,
+            s.call_duration_s_max,
+            s.live_channel,
+        ],
     )
     raise_refusal(r, account_id, f"call {call_id}")
-    return Grant(call_id, int(r[2]), int(r[3]), int(r[4]), int(r[5]) == 1, int(r[6]),
-                 int(r[7]), int(r[8]), int(r[2]), r[1] == 1)
+    return Grant(
+        call_id,
+        int(r[2]),
+        int(r[3]),
+        int(r[4]),
+        int(r[5]) == 1,
+        int(r[6]),
+        int(r[7]),
+        int(r[8]),
+        int(r[2]),
+        r[1] == 1,
+    )
 
 
 async def extend(store: Store, account_id: str, call_id: str, extend_id: str | None) -> Grant:
@@ -126,12 +143,30 @@ async def extend(store: Store, account_id: str, call_id: str, extend_id: str | N
     r = await store.scripts.extend(
         store.redis,
         [*call_keys, keys.shard.recharge],
-        [account_id, call_id, extend_id or "", s.call_grant_s, s.call_validity_grace_s,
-         s.call_duration_s_max, s.call_extends_max, s.live_channel],
+        [
+            account_id,
+            call_id,
+            extend_id or "",
+            s.call_grant_s,
+            s.call_validity_grace_s,
+            s.call_duration_s_max,
+            s.call_extends_max,
+            s.live_channel,
+        ],
     )
     raise_refusal(r, account_id, call_id)
-    return Grant(call_id, int(r[2]), int(r[3]), int(r[4]), int(r[5]) == 1, int(r[6]),
-                 int(r[7]), int(r[8]), int(r[9]), r[1] == 1)
+    return Grant(
+        call_id,
+        int(r[2]),
+        int(r[3]),
+        int(r[4]),
+        int(r[5]) == 1,
+        int(r[6]),
+        int(r[7]),
+        int(r[8]),
+        int(r[9]),
+        r[1] == 1,
+    )
 
 
 async def commit(store: Store, account_id: str, call_id: str, duration_seconds: int) -> CallCharge:
@@ -140,20 +175,37 @@ async def commit(store: Store, account_id: str, call_id: str, duration_seconds: 
     fields.request_id(call_id, "call_id")
     if duration_seconds == 0:
         # A call that never connected is released, not committed at zero.
-        raise InvalidRequest("duration_seconds", "duration_seconds must be at least 1; "
-                             "release a call that never connected")
+        raise InvalidRequest(
+            "duration_seconds",
+            "duration_seconds must be at least 1; release a call that never connected",
+        )
     fields.integer(duration_seconds, "duration_seconds", 1, store.settings.call_duration_s_max)
     keys, call_keys = _call_keys(store, account_id, call_id)
     s = store.settings
     r = await store.scripts.commit(
         store.redis,
         [*call_keys, keys.shard.ledger, keys.shard.recharge],
-        [account_id, call_id, duration_seconds, s.idempotency_window_s, s.ledger_backlog_max,
-         s.live_channel],
+        [
+            account_id,
+            call_id,
+            duration_seconds,
+            s.idempotency_window_s,
+            s.ledger_backlog_max,
+            s.live_channel,
+        ],
     )
     raise_refusal(r, account_id, call_id)
-    return CallCharge(call_id, duration_seconds, int(r[3]), int(r[2]), int(r[4]), int(r[5]),
-                      int(r[6]), int(r[7]) == 1, r[1] == 1)
+    return CallCharge(
+        call_id,
+        duration_seconds,
+        int(r[3]),
+        int(r[2]),
+        int(r[4]),
+        int(r[5]),
+        int(r[6]),
+        int(r[7]) == 1,
+        r[1] == 1,
+    )
 
 
 async def release(store: Store, account_id: str, call_id: str) -> Release:

@@ -160,19 +160,36 @@ class Settings:
         """Refuse settings that would break an invariant rather than fail later."""
         if not 1 <= self.shard_count <= 16_384:
             raise SettingsError("METERING_SHARD_COUNT must be between 1 and 16384")
-        for name in ("call_grant_s", "call_duration_s_max", "redis_connections_max",
-                     "request_body_bytes_max", "idempotency_window_s", "ledger_backlog_max",
-                     "ledger_batch_rows_max", "activity_page_max", "workers", "call_extends_max",
-                     "reservation_sweep_batch_max", "payment_micros_min",
-                     "recharge_batch_max", "recharge_attempts_max", "ledger_retry_max",
-                     "activity_export_rows_max", "database_pool_max", "live_sockets_max",
-                     "live_pending_accounts_max", "live_frame_accounts_max",
-                     "live_ops_accounts_max", "live_client_frame_bytes_max"):
+        for name in (
+            "call_grant_s",
+            "call_duration_s_max",
+            "redis_connections_max",
+            "request_body_bytes_max",
+            "idempotency_window_s",
+            "ledger_backlog_max",
+            "ledger_batch_rows_max",
+            "activity_page_max",
+            "workers",
+            "call_extends_max",
+            "reservation_sweep_batch_max",
+            "payment_micros_min",
+            "recharge_batch_max",
+            "recharge_attempts_max",
+            "ledger_retry_max",
+            "activity_export_rows_max",
+            "database_pool_max",
+            "live_sockets_max",
+            "live_pending_accounts_max",
+            "live_frame_accounts_max",
+            "live_ops_accounts_max",
+            "live_client_frame_bytes_max",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"METERING_{name.upper()} must be at least 1")
         if self.live_send_timeout_s <= 0 or self.live_ops_refresh_s <= 0:
-            raise SettingsError("METERING_LIVE_SEND_TIMEOUT_S and METERING_LIVE_OPS_REFRESH_S "
-                                "must be positive")
+            raise SettingsError(
+                "METERING_LIVE_SEND_TIMEOUT_S and METERING_LIVE_OPS_REFRESH_S must be positive"
+            )
         if self.call_validity_grace_s < 0:
             raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
         if self.call_grant_s > self.call_duration_s_max:
@@ -180,8 +197,9 @@ class Settings:
                 "METERING_CALL_GRANT_S must not exceed METERING_CALL_DURATION_S_MAX"
             )
         if self.payment_micros_min > self.payment_micros_max:
-            raise SettingsError("METERING_PAYMENT_MICROS_MIN must not exceed "
-                                "METERING_PAYMENT_MICROS_MAX")
+            raise SettingsError(
+                "METERING_PAYMENT_MICROS_MIN must not exceed METERING_PAYMENT_MICROS_MAX"
+            )
         if not 0 <= self.stripe_max_network_retries <= 5:
             raise SettingsError("METERING_STRIPE_MAX_NETWORK_RETRIES must be between 0 and 5")
         if not self.switch_token or not self.ops_token:
@@ -208,6 +226,4 @@ def _parse(name: str, raw: str, kind: type) -> Any:
 
 def documented_settings() -> list[tuple[str, str]]:
     """Every variable with its default, for the README and `--help`."""
-    return [
-        (ENV_PREFIX + f.name.upper(), repr(f.default)) for f in dataclasses.fields(Settings)
-    ]
+    return [(ENV_PREFIX + f.name.upper(), repr(f.default)) for f in dataclasses.fields(Settings)]

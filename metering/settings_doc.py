@@ -44,7 +44,7 @@ def _as_env(default_repr: str) -> str:
 def readme_table(readme_text: str) -> str:
     """The generated table as README.md has it now."""
     start = readme_text.index(BEGIN) + len(BEGIN)
-    return readme_text[start:readme_text.index(END, start)].strip("\n") + "\n"
+    return readme_text[start : readme_text.index(END, start)].strip("\n") + "\n"
 
 
 def with_table(readme_text: str) -> str:
@@ -54,8 +54,9 @@ def with_table(readme_text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m metering.settings_doc",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m metering.settings_doc", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--write", action="store_true", help="rewrite the table in README.md")
     args = parser.parse_args(argv)
     if args.write:

@@ -22,8 +22,12 @@ async def expire_due_reservations(store: Store) -> int:
     """One pass over every shard; returns how many calls it expired."""
     s = store.settings
     shards = all_shards(s.shard_count)
-    args = [s.reservation_sweep_batch_max, s.idempotency_window_s, s.ledger_backlog_max,
-            s.live_channel]
+    args = [
+        s.reservation_sweep_batch_max,
+        s.idempotency_window_s,
+        s.ledger_backlog_max,
+        s.live_channel,
+    ]
     script = store.scripts.expire_reservations
 
     async def sweep(shard: ShardKeys) -> int:
@@ -42,8 +46,9 @@ async def expire_due_reservations(store: Store) -> int:
     # One pipelined round trip for all shards on a single server.
     async with store.redis.pipeline(transaction=False) as pipe:
         for shard in shards:
-            pipe.evalsha(script.sha, 3, shard.expiry, shard.ledger, shard.recharge,
-                         PREFIX + shard.tag, *args)
+            pipe.evalsha(
+                script.sha, 3, shard.expiry, shard.ledger, shard.recharge, PREFIX + shard.tag, *args
+            )
         answers = await pipe.execute(raise_on_error=False)
     expired = 0
     for shard, answer in zip(shards, answers, strict=True):

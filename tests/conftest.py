@@ -119,8 +119,11 @@ class GatewayProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway"], cwd=ROOT, env=settings_env(self.settings),
-            stdout=log, stderr=subprocess.STDOUT if log else None,
+            [sys.executable, "-m", "gateway"],
+            cwd=ROOT,
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT if log else None,
         )
         if log:
             log.close()
@@ -199,12 +202,18 @@ async def make_account(
 ) -> str:
     """Create an account over the API and credit it; returns its id."""
     account_id = new_account_id()
-    r = await http.post("/v1/accounts", headers=OPS, json={
-        "account_id": account_id, "rate_card": rate_card or RATE_CARD, **extra})
+    r = await http.post(
+        "/v1/accounts",
+        headers=OPS,
+        json={"account_id": account_id, "rate_card": rate_card or RATE_CARD, **extra},
+    )
     assert r.status_code == 201, r.text
     if balance_micros:
-        r = await http.post(f"/v1/accounts/{account_id}/credits", headers=OPS, json={
-            "credit_id": "initial", "amount_micros": balance_micros, "reason": "test funds"})
+        r = await http.post(
+            f"/v1/accounts/{account_id}/credits",
+            headers=OPS,
+            json={"credit_id": "initial", "amount_micros": balance_micros, "reason": "test funds"},
+        )
         assert r.status_code == 200, r.text
     return account_id
 

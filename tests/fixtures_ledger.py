@@ -42,9 +42,22 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         client = redis_sync.Redis(port=self.port)
         deadline = time.monotonic() + 10
         while True:
@@ -78,17 +91,28 @@ class LedgerWorld:
     def env(self, **changes: Any) -> dict[str, str]:
         return settings_env(self.settings.replace(**changes) if changes else self.settings)
 
-    def cli(self, *args: str, timeout_s: float = 120, **changes: Any
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout_s: float = 120, **changes: Any
+    ) -> subprocess.CompletedProcess[str]:
         """Run `python -m metering <args>` to completion."""
-        return subprocess.run([sys.executable, "-m", "metering", "--log-level", "warning",
-                               *args], cwd=ROOT, env=self.env(**changes), capture_output=True,
-                              text=True, timeout=timeout_s)
+        return subprocess.run(
+            [sys.executable, "-m", "metering", "--log-level", "warning", *args],
+            cwd=ROOT,
+            env=self.env(**changes),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
 
     def start_writer(self, *args: str, **changes: Any) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "metering", "--log-level", "warning",
-                                 "ledger-writer", *args], cwd=ROOT, env=self.env(**changes),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "metering", "--log-level", "warning", "ledger-writer", *args],
+            cwd=ROOT,
+            env=self.env(**changes),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     async def stream_entries(self) -> dict[tuple[str, int], dict[str, str]]:
         out: dict[tuple[str, int], dict[str, str]] = {}
@@ -138,11 +162,17 @@ async def ledger_world(**changes: Any) -> AsyncIterator[LedgerWorld]:
     try:
         await admin.execute(f'CREATE SCHEMA "{schema}"')
         defaults: dict[str, Any] = dict(
-            shard_count=SHARDS, ledger_batch_wait_ms=50, ledger_claim_interval_ms=200,
-            ledger_claim_idle_ms=1_000, reservation_sweep_interval_s=0.0)
+            shard_count=SHARDS,
+            ledger_batch_wait_ms=50,
+            ledger_claim_interval_ms=200,
+            ledger_claim_idle_ms=1_000,
+            reservation_sweep_interval_s=0.0,
+        )
         settings = test_settings(
-            redis_url=redis_server.url, database_url=_with_search_path(TEST_DATABASE_URL, schema),
-            **{**defaults, **changes})
+            redis_url=redis_server.url,
+            database_url=_with_search_path(TEST_DATABASE_URL, schema),
+            **{**defaults, **changes},
+        )
         conn = await asyncpg.connect(settings.database_url)
         opened.append(conn.close)
         await apply_migrations(conn)
@@ -203,8 +233,9 @@ class TcpProxy:
         self.writers.difference_update((writer, up_writer))
 
     async def _start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port,
-                                                 reuse_address=True)
+        self.server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_address=True
+        )
 
     async def _stop(self) -> None:
         if self.server is not None:
@@ -253,12 +284,15 @@ class Traffic:
 
         ids = [f"acct-{uuid.uuid4().hex[:10]}" for _ in range(count)]
         for account_id in ids:
-            await account_records.create_account(self.store, pool, account_id,
-                                                 RateCard.parse(RATE_CARD))
-            c = await credits.add_funds(self.store, account_id, "initial", balance_micros,
-                                        "ops_credit", "test funds")
-            self.expected[(account_id, c.seq)] = Expected("funds_added", balance_micros,
-                                                          c.balance_micros, "initial")
+            await account_records.create_account(
+                self.store, pool, account_id, RateCard.parse(RATE_CARD)
+            )
+            c = await credits.add_funds(
+                self.store, account_id, "initial", balance_micros, "ops_credit", "test funds"
+            )
+            self.expected[(account_id, c.seq)] = Expected(
+                "funds_added", balance_micros, c.balance_micros, "initial"
+            )
         return ids
 
     async def one(self, account_id: str) -> None:
@@ -270,18 +304,21 @@ class Traffic:
         if roll < 0.2:
             amount = self.rng.randint(1, 50_000)
             c = await credits.add_funds(self.store, account_id, rid, amount, "ops_credit")
-            self.expected[(account_id, c.seq)] = Expected("funds_added", amount,
-                                                          c.balance_micros, rid)
+            self.expected[(account_id, c.seq)] = Expected(
+                "funds_added", amount, c.balance_micros, rid
+            )
             return
         if roll < 0.5:
-            charge = await debits.message(self.store, account_id, rid,
-                                          self.rng.choice(["outbound", "inbound"]))
+            charge = await debits.message(
+                self.store, account_id, rid, self.rng.choice(["outbound", "inbound"])
+            )
         elif roll < 0.95:
             charge = await debits.ring_through_attempt(self.store, account_id, rid)
         else:
             charge = await debits.number_purchase(self.store, account_id, rid, "+15550001111")
         self.expected[(account_id, charge.seq)] = Expected(
-            charge.item, -charge.charged_micros, charge.balance_micros, rid)
+            charge.item, -charge.charged_micros, charge.balance_micros, rid
+        )
 
     async def run(self, account_ids: list[str], count: int, concurrency: int = 200) -> None:
         """count operations on random accounts, `concurrency` in flight at a time."""
@@ -290,8 +327,9 @@ class Traffic:
             await asyncio.gather(*(self.one(self.rng.choice(account_ids)) for _ in range(n)))
 
 
-def assert_postgres_matches(expected: dict[tuple[str, int], Expected],
-                            rows: dict[tuple[str, int], dict[str, Any]]) -> None:
+def assert_postgres_matches(
+    expected: dict[tuple[str, int], Expected], rows: dict[tuple[str, int], dict[str, Any]]
+) -> None:
     """Entry for entry: the same keys, nothing more, and the same values."""
     missing = sorted(set(expected) - set(rows))
     extra = sorted(set(rows) - set(expected))
@@ -299,6 +337,7 @@ def assert_postgres_matches(expected: dict[tuple[str, int], Expected],
     assert not extra, f"{len(extra)} unexpected rows in Postgres, e.g. {extra[:5]}"
     for key, want in expected.items():
         row = rows[key]
-        got = Expected(row["item"], row["amount_micros"], row["balance_after_micros"],
-                       row["request_id"])
+        got = Expected(
+            row["item"], row["amount_micros"], row["balance_after_micros"], row["request_id"]
+        )
         assert got == want, f"{key}: Postgres has {got}, Redis answered {want}"

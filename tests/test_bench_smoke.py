@@ -13,9 +13,21 @@ from tests.conftest import ROOT, TEST_DATABASE_URL
 SMOKE_TIMEOUT_S = 240
 
 MEASURED_KEYS = {
-    "python_evalsha", "redis_benchmark", "bare", "authorize_hot_1", "authorize_spread_1",
-    "authorize_hot_2", "authorize_spread_2", "authorize_open_2", "bare_open", "calls",
-    "pg_hot_1", "pg_spread_1", "pg_hot_2", "pg_spread_2", "watch_hot",
+    "python_evalsha",
+    "redis_benchmark",
+    "bare",
+    "authorize_hot_1",
+    "authorize_spread_1",
+    "authorize_hot_2",
+    "authorize_spread_2",
+    "authorize_open_2",
+    "bare_open",
+    "calls",
+    "pg_hot_1",
+    "pg_spread_1",
+    "pg_hot_2",
+    "pg_spread_2",
+    "watch_hot",
 }
 
 
@@ -23,9 +35,20 @@ def test_bench_smoke_measures_every_scenario_and_writes_json(tmp_path: Path) -> 
     # The harness starts its own redis-server; Postgres work stays in bench_* tables
     # of the test database.
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--results-dir", str(tmp_path),
-         "--database-url", TEST_DATABASE_URL],
-        cwd=ROOT, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--results-dir",
+            str(tmp_path),
+            "--database-url",
+            TEST_DATABASE_URL,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_S,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     files = list(tmp_path.glob("*-smoke.json"))

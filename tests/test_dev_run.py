@@ -35,9 +35,15 @@ class DevRun:
     def __init__(self, env: dict[str, str], *args: str) -> None:
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
-        self.proc = subprocess.Popen([str(ROOT / "dev"), "run", *args], cwd=ROOT, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            [str(ROOT / "dev"), "run", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -74,13 +80,15 @@ class DevRun:
 
 def run_env(gateway_port: int, dev_dir: Path = DEV_DIR) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
-    env.update({
-        # Nothing listens on these: ./dev run must bring its own servers.
-        "METERING_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-        "METERING_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/metering",
-        "METERING_PORT": str(gateway_port),
-        "METERING_DEV_DIR": str(dev_dir),
-    })
+    env.update(
+        {
+            # Nothing listens on these: ./dev run must bring its own servers.
+            "METERING_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "METERING_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/metering",
+            "METERING_PORT": str(gateway_port),
+            "METERING_DEV_DIR": str(dev_dir),
+        }
+    )
     return env
 
 
@@ -130,8 +138,9 @@ def kill_left(tree: list[tuple[int, str]]) -> None:
 
 
 def read_account(url: str, account_id: str, token: str) -> dict:
-    r = httpx.get(f"{url}/v1/accounts/{account_id}",
-                  headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    r = httpx.get(
+        f"{url}/v1/accounts/{account_id}", headers={"Authorization": f"Bearer {token}"}, timeout=5
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -166,8 +175,14 @@ def test_dev_run_starts_servers_moves_balances_stops_and_restarts_on_same_data()
         assert "postgres: initdb" in run.text()
 
         # A second run on the same data directory refuses and changes nothing.
-        again = subprocess.run([str(ROOT / "dev"), "run"], cwd=ROOT, env=run_env(free_port()),
-                               capture_output=True, text=True, timeout=60)
+        again = subprocess.run(
+            [str(ROOT / "dev"), "run"],
+            cwd=ROOT,
+            env=run_env(free_port()),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert again.returncode == 1, again.stderr
         assert "another ./dev run is using" in again.stderr
         assert read_account(url, account_id, token)["seq"] >= second["seq"]
@@ -241,8 +256,12 @@ def test_dev_run_uses_the_pip_server_packages_where_debian_has_none() -> None:
         r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)  # pings Redis
         assert r.status_code == 200, r.text
         ops = {"Authorization": "Bearer dev-ops-token"}
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/accounts", headers=ops, timeout=5, json={
-            "account_id": "pip-servers", "rate_card": RATE_CARD})
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/accounts",
+            headers=ops,
+            timeout=5,
+            json={"account_id": "pip-servers", "rate_card": RATE_CARD},
+        )
         assert r.status_code in (200, 201), r.text
     finally:
         tree = process_tree(run.proc.pid)

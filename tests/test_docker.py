@@ -22,8 +22,11 @@ from tests.conftest import ROOT, free_port, settings_env, wait_for_http
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE_FILE = ROOT / "docker" / "docker-compose.yml"
-SECRETS = {"POSTGRES_PASSWORD": "pw", "METERING_SWITCH_TOKEN": "switch-secret",
-           "METERING_OPS_TOKEN": "ops-secret"}
+SECRETS = {
+    "POSTGRES_PASSWORD": "pw",
+    "METERING_SWITCH_TOKEN": "switch-secret",
+    "METERING_OPS_TOKEN": "ops-secret",
+}
 
 
 def compose_binary() -> Path:
@@ -35,12 +38,19 @@ def compose_binary() -> Path:
 
 
 def compose_config(extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("METERING_", "POSTGRES_", "COMPOSE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("METERING_", "POSTGRES_", "COMPOSE_"))
+    }
     env.update(extra_env)
-    return subprocess.run([str(compose_binary()), "-f", str(COMPOSE_FILE), "config",
-                           "--format", "json"], capture_output=True, text=True, env=env,
-                          timeout=60)
+    return subprocess.run(
+        [str(compose_binary()), "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +61,30 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_file_is_valid_for_docker_compose_v2(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"redis", "postgres", "migrate", "gateway", "proxy",
-                                        "ledger-writer", "recharge-worker"}
+    assert set(compose["services"]) == {
+        "redis",
+        "postgres",
+        "migrate",
+        "gateway",
+        "proxy",
+        "ledger-writer",
+        "recharge-worker",
+    }
 
 
 def test_compose_validation_rejects_a_wrong_file(tmp_path: Path) -> None:
     broken = tmp_path / "docker-compose.yml"
-    broken.write_text(COMPOSE_FILE.read_text().replace("    restart: unless-stopped\n",
-                                                       "    restart_policy: always\n", 1))
-    done = subprocess.run([str(compose_binary()), "-f", str(broken), "config", "-q"],
-                          capture_output=True, text=True, env={**os.environ, **SECRETS})
+    broken.write_text(
+        COMPOSE_FILE.read_text().replace(
+            "    restart: unless-stopped\n", "    restart_policy: always\n", 1
+        )
+    )
+    done = subprocess.run(
+        [str(compose_binary()), "-f", str(broken), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **SECRETS},
+    )
     assert done.returncode != 0
     assert "restart_policy" in done.stderr
 
@@ -80,8 +104,10 @@ def test_redis_keeps_an_append_only_file_fsynced_every_second(compose: dict[str,
 
 def test_postgres_keeps_its_data_in_a_volume(compose: dict[str, Any]) -> None:
     postgres = compose["services"]["postgres"]
-    assert any(v["target"] == "/var/lib/postgresql/data" and v["type"] == "volume"
-               for v in postgres["volumes"])
+    assert any(
+        v["target"] == "/var/lib/postgresql/data" and v["type"] == "volume"
+        for v in postgres["volumes"]
+    )
 
 
 def test_two_gateway_replicas_behind_one_port(compose: dict[str, Any]) -> None:
@@ -97,13 +123,13 @@ def test_two_gateway_replicas_behind_one_port(compose: dict[str, Any]) -> None:
 
 
 def test_services_are_wired_by_environment_and_migrations_run_first(
-        compose: dict[str, Any]) -> None:
+    compose: dict[str, Any],
+) -> None:
     services = compose["services"]
     for name in ("migrate", "gateway", "ledger-writer", "recharge-worker"):
         env = services[name]["environment"]
         assert env["METERING_REDIS_URL"] == "redis://redis:6379/0"
-        assert env["METERING_DATABASE_URL"] == \
-            "postgresql://metering:pw@postgres:5432/metering"
+        assert env["METERING_DATABASE_URL"] == "postgresql://metering:pw@postgres:5432/metering"
         assert env["METERING_SWITCH_TOKEN"] == "switch-secret"
         assert env["METERING_OPS_TOKEN"] == "ops-secret"
     for name in ("gateway", "ledger-writer", "recharge-worker"):

@@ -34,14 +34,20 @@ async def test_gateway_without_postgres_starts_and_authorizes(world: LedgerWorld
     gateway = _without_postgres(world)
     try:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
-            r = await http.post("/v1/messages", headers=SWITCH, json={
-                "account_id": "live-only", "message_id": "m1", "direction": "outbound"})
+            r = await http.post(
+                "/v1/messages",
+                headers=SWITCH,
+                json={"account_id": "live-only", "message_id": "m1", "direction": "outbound"},
+            )
             assert r.status_code == 200, r.text
             assert r.json()["balance_micros"] == 1_000_000 - RATE_CARD["sms_outbound_micros"]
             # Creating an account needs its durable copy first: refused, and Redis
             # holds nothing of it.
-            r = await http.post("/v1/accounts", headers=OPS,
-                                json={"account_id": "not-durable", "rate_card": RATE_CARD})
+            r = await http.post(
+                "/v1/accounts",
+                headers=OPS,
+                json={"account_id": "not-durable", "rate_card": RATE_CARD},
+            )
             assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
             r = await http.get("/v1/accounts/not-durable", headers=OPS)
             assert r.status_code == 404
@@ -53,19 +59,27 @@ async def test_account_and_token_are_written_through_to_postgres(world: LedgerWo
     gateway = GatewayProcess(world.settings)
     try:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
-            r = await http.post("/v1/accounts", headers=OPS, json={
-                "account_id": "durable-1", "rate_card": RATE_CARD, "max_concurrent_calls": 3})
+            r = await http.post(
+                "/v1/accounts",
+                headers=OPS,
+                json={"account_id": "durable-1", "rate_card": RATE_CARD, "max_concurrent_calls": 3},
+            )
             assert r.status_code == 201, r.text
             created_at_us = r.json()["created_at_us"]
-            r = await http.post("/v1/accounts", headers=OPS, json={
-                "account_id": "durable-1", "rate_card": RATE_CARD, "max_concurrent_calls": 3})
+            r = await http.post(
+                "/v1/accounts",
+                headers=OPS,
+                json={"account_id": "durable-1", "rate_card": RATE_CARD, "max_concurrent_calls": 3},
+            )
             assert r.status_code == 201, r.text  # the same creation again answers alike
             other = {**RATE_CARD, "sms_outbound_micros": 1}
-            r = await http.post("/v1/accounts", headers=OPS,
-                                json={"account_id": "durable-1", "rate_card": other})
+            r = await http.post(
+                "/v1/accounts", headers=OPS, json={"account_id": "durable-1", "rate_card": other}
+            )
             assert r.status_code == 409, r.text
-            r = await http.post("/v1/accounts/durable-1/tokens", headers=OPS,
-                                json={"label": "dashboard"})
+            r = await http.post(
+                "/v1/accounts/durable-1/tokens", headers=OPS, json={"label": "dashboard"}
+            )
             assert r.status_code == 201, r.text
     finally:
         gateway.stop()
@@ -96,8 +110,9 @@ async def test_token_for_an_account_made_before_write_through(world: LedgerWorld
     from metering import account_records
 
     await accounts.create_account(world.store, "redis-only", RateCard.parse(RATE_CARD), 2)
-    token = await account_records.issue_customer_token(world.store, world.pool, "redis-only",
-                                                       "dash")
+    token = await account_records.issue_customer_token(
+        world.store, world.pool, "redis-only", "dash"
+    )
     assert await accounts.account_for_token(world.store, token) == "redis-only"
     row = await world.conn.fetchrow("SELECT * FROM accounts WHERE id = 'redis-only'")
     assert row["max_concurrent_calls"] == 2

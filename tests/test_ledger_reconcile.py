@@ -32,19 +32,24 @@ async def _drained_world(world: LedgerWorld, count: int = 3, ops: int = 60) -> l
 
 
 async def test_reconcile_reports_tampered_and_deleted_rows_with_account_and_seq(
-        world: LedgerWorld) -> None:
+    world: LedgerWorld,
+) -> None:
     a, b, c = await _drained_world(world)
     clean = world.cli("reconcile")
     assert clean.returncode == 0, clean.stdout + clean.stderr
 
     await world.conn.execute(
         "UPDATE ledger_entries SET amount_micros = amount_micros - 1 "
-        "WHERE account_id = $1 AND seq = 4", a)
+        "WHERE account_id = $1 AND seq = 4",
+        a,
+    )
     await world.conn.execute("DELETE FROM ledger_entries WHERE account_id = $1 AND seq = 7", b)
     last_c = await world.conn.fetchval(
-        "SELECT max(seq) FROM ledger_entries WHERE account_id = $1", c)
+        "SELECT max(seq) FROM ledger_entries WHERE account_id = $1", c
+    )
     await world.conn.execute(
-        "DELETE FROM ledger_entries WHERE account_id = $1 AND seq = $2", c, last_c)
+        "DELETE FROM ledger_entries WHERE account_id = $1 AND seq = $2", c, last_c
+    )
 
     out = world.cli("reconcile")
     assert out.returncode == 1, out.stdout + out.stderr
@@ -58,8 +63,7 @@ async def test_reconcile_reports_tampered_and_deleted_rows_with_account_and_seq(
     print("\n" + out.stdout)
 
 
-async def test_reconcile_counts_unwritten_entries_as_lag_not_difference(
-        world: LedgerWorld) -> None:
+async def test_reconcile_counts_unwritten_entries_as_lag_not_difference(world: LedgerWorld) -> None:
     (a,) = await _drained_world(world, count=1, ops=10)
     for n in range(5):
         await debits.message(world.store, a, f"late-{n}", "outbound")
@@ -81,7 +85,9 @@ async def test_rebuild_after_flush_continues_seq_and_balance(world: LedgerWorld)
     # Recharge settings as the payments issue keeps them (its own table, 0005).
     await world.conn.execute(
         "INSERT INTO recharge_settings (account_id, enabled, amount_micros, threshold_micros, "
-        "failure_email) VALUES ($1, true, 60000000, 10000000, 'ops@example.com')", ids[1])
+        "failure_email) VALUES ($1, true, 60000000, 10000000, 'ops@example.com')",
+        ids[1],
+    )
     await world.store.redis.flushdb()  # this test's own redis-server
     assert await world.store.redis.dbsize() == 0
 
@@ -91,34 +97,45 @@ async def test_rebuild_after_flush_continues_seq_and_balance(world: LedgerWorld)
     for a in ids:
         after = await accounts.get_account(world.store, a)
         assert (after.balance_micros, after.seq, after.reserved_micros) == (
-            before[a].balance_micros, before[a].seq, 0)
+            before[a].balance_micros,
+            before[a].seq,
+            0,
+        )
         assert after.rate_card == before[a].rate_card
         assert after.created_at_us == before[a].created_at_us
     assert await accounts.account_for_token(world.store, token) == ids[0]
     recharge = (await accounts.get_account(world.store, ids[1])).recharge
-    assert (recharge["enabled"], recharge["amount_micros"], recharge["threshold_micros"],
-            recharge["failure_email"]) == (True, 60_000_000, 10_000_000, "ops@example.com")
+    assert (
+        recharge["enabled"],
+        recharge["amount_micros"],
+        recharge["threshold_micros"],
+        recharge["failure_email"],
+    ) == (True, 60_000_000, 10_000_000, "ops@example.com")
 
     charge = await debits.message(world.store, ids[0], "after-rebuild", "outbound")
     assert charge.seq == before[ids[0]].seq + 1
     assert charge.balance_micros == before[ids[0]].balance_micros - charge.charged_micros
     credit = await credits.add_funds(world.store, ids[1], "after-rebuild", 1_000, "ops_credit")
     assert (credit.seq, credit.balance_micros) == (
-        before[ids[1]].seq + 1, before[ids[1]].balance_micros + 1_000)
+        before[ids[1]].seq + 1,
+        before[ids[1]].balance_micros + 1_000,
+    )
     # Re-creating an account after the rebuild is still a harmless repeat.
     from metering import account_records
     from metering.rate_card import RateCard
     from tests.conftest import RATE_CARD
 
-    _, created = await account_records.create_account(world.store, world.pool, ids[2],
-                                                      RateCard.parse(RATE_CARD))
+    _, created = await account_records.create_account(
+        world.store, world.pool, ids[2], RateCard.parse(RATE_CARD)
+    )
     assert created is False
 
     # The writer recreates its consumer group on the new Redis and carries on.
     done = world.cli("ledger-writer", "--drain")
     assert done.returncode == 0, done.stderr
     row = await world.conn.fetchrow(
-        "SELECT * FROM ledger_entries WHERE account_id = $1 AND seq = $2", ids[0], charge.seq)
+        "SELECT * FROM ledger_entries WHERE account_id = $1 AND seq = $2", ids[0], charge.seq
+    )
     assert row["balance_after_micros"] == charge.balance_micros
     check = world.cli("reconcile")
     assert check.returncode == 0, check.stdout + check.stderr

@@ -42,14 +42,17 @@ async def test_writer_drains_20000_mixed_entries_entry_for_entry(world: LedgerWo
     done = world.cli("ledger-writer", "--drain")
     elapsed_s = time.monotonic() - began
     assert done.returncode == 0, done.stderr
-    print(f"\nwriter: {ENTRIES + 250} rows in {elapsed_s:.2f}s (process start included): "
-          f"{done.stdout.strip()}")
+    print(
+        f"\nwriter: {ENTRIES + 250} rows in {elapsed_s:.2f}s (process start included): "
+        f"{done.stdout.strip()}"
+    )
 
     rows = await world.postgres_entries()
     assert_postgres_matches(traffic.expected, rows)
     for key, fields in stream.items():
-        assert rows[key]["at_us"] == int(fields["at_us"]) and rows[key]["detail"] == fields[
-            "detail"], key
+        assert (
+            rows[key]["at_us"] == int(fields["at_us"]) and rows[key]["detail"] == fields["detail"]
+        ), key
     # Redis's live state equals each account's last Postgres entry.
     for account_id in accounts:
         h = await world.store.redis.hgetall(world.store.account_keys(account_id).account)
@@ -74,7 +77,8 @@ async def _pending(world: LedgerWorld) -> int:
 
 
 async def test_writer_killed_mid_batch_loses_nothing_and_doubles_nothing(
-        world: LedgerWorld) -> None:
+    world: LedgerWorld,
+) -> None:
     rng = random.Random(9)
     traffic = Traffic(world.store, seed=9)
     accounts = await traffic.make_accounts(world.pool, 100, 1_000_000_000)
@@ -105,7 +109,8 @@ async def test_writer_killed_mid_batch_loses_nothing_and_doubles_nothing(
 
 
 async def test_postgres_outage_authorize_keeps_answering_then_ledger_catches_up(
-        world: LedgerWorld) -> None:
+    world: LedgerWorld,
+) -> None:
     import httpx
 
     from tests.conftest import OPS, RATE_CARD, SWITCH, GatewayProcess, url_port, url_with_port
@@ -116,34 +121,50 @@ async def test_postgres_outage_authorize_keeps_answering_then_ledger_catches_up(
     # Gateway and writer reach Postgres only through the proxy we cut.
     via_proxy = url_with_port(world.settings.database_url, proxy.port)
     gateway = GatewayProcess(world.settings.replace(database_url=via_proxy))
-    writer = world.start_writer(database_url=via_proxy, ledger_retry_max=1_000,
-                                ledger_retry_backoff_max_s=0.3)
+    writer = world.start_writer(
+        database_url=via_proxy, ledger_retry_max=1_000, ledger_retry_backoff_max_s=0.3
+    )
     expected: dict[tuple[str, int], Expected] = {}
     try:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
             accounts = []
             for i in range(5):
                 account_id = f"outage-{i}"
-                r = await http.post("/v1/accounts", headers=OPS,
-                                    json={"account_id": account_id, "rate_card": RATE_CARD})
+                r = await http.post(
+                    "/v1/accounts",
+                    headers=OPS,
+                    json={"account_id": account_id, "rate_card": RATE_CARD},
+                )
                 assert r.status_code == 201, r.text
-                r = await http.post(f"/v1/accounts/{account_id}/credits", headers=OPS, json={
-                    "credit_id": "initial", "amount_micros": 100_000_000, "reason": "funds"})
+                r = await http.post(
+                    f"/v1/accounts/{account_id}/credits",
+                    headers=OPS,
+                    json={"credit_id": "initial", "amount_micros": 100_000_000, "reason": "funds"},
+                )
                 assert r.status_code == 200, r.text
                 expected[(account_id, r.json()["seq"])] = Expected(
-                    "funds_added", 100_000_000, r.json()["balance_micros"], "initial")
+                    "funds_added", 100_000_000, r.json()["balance_micros"], "initial"
+                )
                 accounts.append(account_id)
 
             async def texts(first: int, count: int) -> None:
                 async def one(n: int) -> None:
                     account_id = accounts[n % len(accounts)]
-                    r = await http.post("/v1/messages", headers=SWITCH, json={
-                        "account_id": account_id, "message_id": f"m{n}",
-                        "direction": "outbound"})
+                    r = await http.post(
+                        "/v1/messages",
+                        headers=SWITCH,
+                        json={
+                            "account_id": account_id,
+                            "message_id": f"m{n}",
+                            "direction": "outbound",
+                        },
+                    )
                     assert r.status_code == 200, r.text
                     b = r.json()
                     expected[(account_id, b["seq"])] = Expected(
-                        "sms_outbound", -b["charged_micros"], b["balance_micros"], f"m{n}")
+                        "sms_outbound", -b["charged_micros"], b["balance_micros"], f"m{n}"
+                    )
+
                 await asyncio.gather(*(one(n) for n in range(first, first + count)))
 
             await texts(0, 200)
@@ -159,8 +180,7 @@ async def test_postgres_outage_authorize_keeps_answering_then_ledger_catches_up(
 
             proxy.start()
             deadline = time.monotonic() + 30
-            while (await http.get("/v1/ops/ledger-lag", headers=OPS)).json()[
-                    "entries_behind"]:
+            while (await http.get("/v1/ops/ledger-lag", headers=OPS)).json()["entries_behind"]:
                 assert time.monotonic() < deadline, "the ledger did not catch up"
                 await asyncio.sleep(0.1)
             caught_up_s = time.monotonic() - began
@@ -180,8 +200,10 @@ async def test_two_writers_split_the_shards(world: LedgerWorld) -> None:
     traffic = Traffic(world.store, seed=2)
     accounts = await traffic.make_accounts(world.pool, 60, 1_000_000_000)
     await traffic.run(accounts, 3_000)
-    writers = [world.start_writer("--drain", "--writer-index", str(i), "--writer-count", "2")
-               for i in range(2)]
+    writers = [
+        world.start_writer("--drain", "--writer-index", str(i), "--writer-count", "2")
+        for i in range(2)
+    ]
     outputs = [w.communicate(timeout=60)[0] for w in writers]
     assert [w.returncode for w in writers] == [0, 0], outputs
     inserted = [int(out.split(": ")[1].split()[0]) for out in outputs]
@@ -213,8 +235,7 @@ async def test_writer_inside_the_gateway_moves_entries(world: LedgerWorld) -> No
     assert_postgres_matches(traffic.expected, await world.postgres_entries())
 
 
-async def test_entries_committed_but_not_acked_are_not_inserted_twice(
-        world: LedgerWorld) -> None:
+async def test_entries_committed_but_not_acked_are_not_inserted_twice(world: LedgerWorld) -> None:
     """The narrowest crash window, made on purpose: COMMIT done, XACK never sent."""
     from metering.database import connect
     from metering.ledger_entries import LedgerEntry
@@ -227,8 +248,11 @@ async def test_entries_committed_but_not_acked_are_not_inserted_twice(
     dead = LedgerWriter(world.store, list(range(world.settings.shard_count)), "writer-0-of-1")
     await dead.ensure_groups()
     answer = await world.store.redis.xreadgroup(
-        world.settings.ledger_consumer_group, "writer-0-of-1",
-        {s: ">" for s in dead.streams}, count=10_000)
+        world.settings.ledger_consumer_group,
+        "writer-0-of-1",
+        {s: ">" for s in dead.streams},
+        count=10_000,
+    )
     entries = [LedgerEntry.from_stream(f) for _, messages in answer for _, f in messages]
     assert len(entries) == len(traffic.expected)
     conn = await connect(world.settings)
@@ -244,8 +268,7 @@ async def test_entries_committed_but_not_acked_are_not_inserted_twice(
     assert_postgres_matches(traffic.expected, await world.postgres_entries())
 
 
-async def test_writer_stops_promptly_during_an_outage_and_acks_nothing(
-        world: LedgerWorld) -> None:
+async def test_writer_stops_promptly_during_an_outage_and_acks_nothing(world: LedgerWorld) -> None:
     import signal
 
     from tests.conftest import free_port, url_with_port

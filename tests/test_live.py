@@ -33,15 +33,19 @@ async def next_frame(ws: ClientConnection, timeout_s: float = FRAME_WAIT_S) -> d
 
 
 async def customer_token(http: httpx.AsyncClient, account_id: str) -> str:
-    r = await http.post(f"/v1/accounts/{account_id}/tokens", headers=OPS,
-                        json={"label": "dashboard"})
+    r = await http.post(
+        f"/v1/accounts/{account_id}/tokens", headers=OPS, json={"label": "dashboard"}
+    )
     assert r.status_code == 201, r.text
     return str(r.json()["token"])
 
 
 async def send_sms(http: httpx.AsyncClient, account_id: str, message_id: str) -> dict[str, Any]:
-    r = await http.post("/v1/messages", headers=SWITCH, json={
-        "account_id": account_id, "message_id": message_id, "direction": "outbound"})
+    r = await http.post(
+        "/v1/messages",
+        headers=SWITCH,
+        json={"account_id": account_id, "message_id": message_id, "direction": "outbound"},
+    )
     assert r.status_code == 200, r.text
     return dict(r.json())
 
@@ -84,8 +88,10 @@ async def test_account_socket_sends_snapshot_then_every_change(gateway, http):
 async def test_header_token_works_like_query_token(gateway, http):
     account_id = await make_account(http, balance_micros=50_000)
     token = await customer_token(http, account_id)
-    async with connect(ws_url(gateway, f"/v1/accounts/{account_id}/live"),
-                       additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+    async with connect(
+        ws_url(gateway, f"/v1/accounts/{account_id}/live"),
+        additional_headers={"Authorization": f"Bearer {token}"},
+    ) as ws:
         assert (await next_frame(ws))["account"]["balance_micros"] == 50_000
 
 
@@ -94,7 +100,8 @@ async def test_customer_token_of_one_account_cannot_watch_another(gateway, http)
     account_b = await make_account(http, balance_micros=2_000_000)
     token_a = await customer_token(http, account_a)
     code, frames = await refused_code(
-        ws_url(gateway, f"/v1/accounts/{account_b}/live?token={token_a}"))
+        ws_url(gateway, f"/v1/accounts/{account_b}/live?token={token_a}")
+    )
     assert code == 4403
     assert frames == []
     # Nothing arrives later either: B's changes are not sent to A's token.
@@ -149,11 +156,12 @@ async def two_gateways(settings: Settings) -> AsyncIterator[list[GatewayProcess]
             process.stop()
 
 
-async def test_a_client_on_each_of_two_gateways_sees_changes_made_through_the_other(
-        two_gateways):
+async def test_a_client_on_each_of_two_gateways_sees_changes_made_through_the_other(two_gateways):
     one, two = two_gateways
-    async with httpx.AsyncClient(base_url=one.url) as http_one, \
-            httpx.AsyncClient(base_url=two.url) as http_two:
+    async with (
+        httpx.AsyncClient(base_url=one.url) as http_one,
+        httpx.AsyncClient(base_url=two.url) as http_two,
+    ):
         account_id = await make_account(http_one, balance_micros=1_000_000)
         token = await customer_token(http_two, account_id)
         path = f"/v1/accounts/{account_id}/live?token={token}"
@@ -174,10 +182,13 @@ def open_stuck_socket(port: int, path: str) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     sock.connect(("127.0.0.1", port))
-    sock.sendall((
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     head = b""
     while b"\r\n\r\n" not in head:
         head += sock.recv(1)
@@ -192,11 +203,11 @@ def read_frames(stream: bytes) -> tuple[int, int | None]:
         opcode, length = stream[i] & 0x0F, stream[i + 1] & 0x7F
         i += 2
         if length == 126:
-            length, i = int.from_bytes(stream[i:i + 2], "big"), i + 2
+            length, i = int.from_bytes(stream[i : i + 2], "big"), i + 2
         elif length == 127:
-            length, i = int.from_bytes(stream[i:i + 8], "big"), i + 8
+            length, i = int.from_bytes(stream[i : i + 8], "big"), i + 8
         if opcode == 8:
-            return texts, int.from_bytes(stream[i:i + 2], "big") if length >= 2 else None
+            return texts, int.from_bytes(stream[i : i + 2], "big") if length >= 2 else None
         texts += opcode == 1
         i += length
     return texts, None
@@ -205,8 +216,7 @@ def read_frames(stream: bytes) -> tuple[int, int | None]:
 def percentiles(samples_ms: list[float]) -> tuple[float, float, float]:
     """(p50, p99, max) of the samples."""
     ordered = sorted(samples_ms)
-    return (ordered[len(ordered) // 2], ordered[max(0, int(len(ordered) * 0.99) - 1)],
-            ordered[-1])
+    return (ordered[len(ordered) // 2], ordered[max(0, int(len(ordered) * 0.99) - 1)], ordered[-1])
 
 
 async def wait_for_live_sockets(gateway: GatewayProcess, count: int, timeout_s: float) -> float:
@@ -237,10 +247,19 @@ async def test_a_stuck_socket_does_not_delay_a_reading_client(settings: Settings
             # Fill the buffers between the gateway and the stuck socket (kernel and
             # asyncio, a few MB on loopback) with large frames of the account's own
             # state, so its sends block for the whole run below.
-            padding = {"account_id": account_id, "event": "credit", "item": "padding",
-                       "amount_micros": 0, "balance_micros": 1_000_000_000,
-                       "reserved_micros": 0, "available_micros": 1_000_000_000, "seq": 1,
-                       "at_us": 0, "recharge_pending": False, "padding": "x" * 65_536}
+            padding = {
+                "account_id": account_id,
+                "event": "credit",
+                "item": "padding",
+                "amount_micros": 0,
+                "balance_micros": 1_000_000_000,
+                "reserved_micros": 0,
+                "available_micros": 1_000_000_000,
+                "seq": 1,
+                "at_us": 0,
+                "recharge_pending": False,
+                "padding": "x" * 65_536,
+            }
             for _ in range(160):
                 await redis.publish(settings.live_channel, json.dumps(padding))
                 await asyncio.sleep(0.002)
@@ -281,11 +300,13 @@ async def test_a_stuck_socket_does_not_delay_a_reading_client(settings: Settings
                 reader.cancel()
         p50, p99, top = percentiles(latencies_ms)
         e2e_p50, e2e_p99, e2e_top = percentiles(round_trips_ms)
-        print(f"\npush latency over {debits} debits ({run_s:.1f}s) with one stuck socket: "
-              f"debit answered -> frame received p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
-              f"max {top:.2f} ms; debit sent -> frame received p50 {e2e_p50:.2f} ms, "
-              f"p99 {e2e_p99:.2f} ms, max {e2e_top:.2f} ms; "
-              f"stuck socket dropped {dropped_after_s:.1f}s after the run")
+        print(
+            f"\npush latency over {debits} debits ({run_s:.1f}s) with one stuck socket: "
+            f"debit answered -> frame received p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+            f"max {top:.2f} ms; debit sent -> frame received p50 {e2e_p50:.2f} ms, "
+            f"p99 {e2e_p99:.2f} ms, max {e2e_top:.2f} ms; "
+            f"stuck socket dropped {dropped_after_s:.1f}s after the run"
+        )
         assert len(latencies_ms) == debits
         assert p99 < 250, latencies_ms[-20:]
         # What the stuck socket got: far fewer than all the changes, then the end.
@@ -329,7 +350,8 @@ def test_a_slow_socket_is_coalesced_to_the_latest_frame_per_account():
 
 
 async def test_sockets_are_told_to_reconnect_when_the_hub_loses_redis_and_it_resubscribes(
-        gateway, http, settings):
+    gateway, http, settings
+):
     account_id = await make_account(http, balance_micros=1_000_000)
     token = await customer_token(http, account_id)
     url = ws_url(gateway, f"/v1/accounts/{account_id}/live?token={token}")

@@ -17,8 +17,9 @@ async def test_websocket_tokens_are_redacted_from_the_log(tmp_path: Path) -> Non
     try:
         async with httpx.AsyncClient(base_url=gateway.url) as http:
             account = await make_account(http, 1_000)
-            r = await http.post(f"/v1/accounts/{account}/tokens", headers=OPS,
-                                json={"label": "dash"})
+            r = await http.post(
+                f"/v1/accounts/{account}/tokens", headers=OPS, json={"label": "dash"}
+            )
             token = r.json()["token"]
         ws_url = gateway.url.replace("http", "ws") + f"/v1/accounts/{account}/live?token={token}"
         async with websockets.connect(ws_url) as ws:

@@ -30,9 +30,16 @@ from tests.conftest import (
 )
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 LIVE_CHANGE_MS_MAX = 1_000
 
@@ -59,8 +66,9 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 
 
 async def token_for(http: httpx.AsyncClient, account_id: str) -> str:
-    r = await http.post(f"/v1/accounts/{account_id}/tokens", headers=OPS,
-                        json={"label": "dashboard"})
+    r = await http.post(
+        f"/v1/accounts/{account_id}/tokens", headers=OPS, json={"label": "dashboard"}
+    )
     assert r.status_code == 201, r.text
     return str(r.json()["token"])
 
@@ -86,16 +94,21 @@ async def open_dashboard(page: Page, gateway: Any, account_id: str, token: str) 
     await page.wait_for_selector("#balance[data-balance-micros]:not([data-balance-micros=''])")
 
 
-async def test_dashboard_shows_the_balance_and_follows_a_debit_within_a_second(
-        page, gateway, http):
+async def test_dashboard_shows_the_balance_and_follows_a_debit_within_a_second(page, gateway, http):
     account_id = await make_account(http, balance_micros=42_500_000)
     token = await token_for(http, account_id)
     # Some history, so the chart and the activity list have something to show.
     for i in range(3):
-        await charge(http, "/v1/messages", {"account_id": account_id, "message_id": f"h{i}",
-                                            "direction": "outbound"})
-    await charge(http, "/v1/numbers/purchases", {"account_id": account_id,
-                                                 "purchase_id": "n1", "number": "+15550100"})
+        await charge(
+            http,
+            "/v1/messages",
+            {"account_id": account_id, "message_id": f"h{i}", "direction": "outbound"},
+        )
+    await charge(
+        http,
+        "/v1/numbers/purchases",
+        {"account_id": account_id, "purchase_id": "n1", "number": "+15550100"},
+    )
     await open_dashboard(page, gateway, account_id, token)
     assert await shown_balance(page) == 42_500_000 - 3 * 7_500 - 1_000_000
     assert await page.text_content("#balance") == "$41.4775"
@@ -108,22 +121,28 @@ async def test_dashboard_shows_the_balance_and_follows_a_debit_within_a_second(
     await page.wait_for_selector("#live-status.status-live")
 
     before = await shown_balance(page)
-    answer = await charge(http, "/v1/messages", {"account_id": account_id,
-                                                 "message_id": "live-1", "direction": "outbound"})
+    answer = await charge(
+        http,
+        "/v1/messages",
+        {"account_id": account_id, "message_id": "live-1", "direction": "outbound"},
+    )
     answered = time.perf_counter()
     await page.wait_for_function(
         f"document.getElementById('balance').dataset.balanceMicros === "
-        f"'{answer['balance_micros']}'", timeout=LIVE_CHANGE_MS_MAX)
+        f"'{answer['balance_micros']}'",
+        timeout=LIVE_CHANGE_MS_MAX,
+    )
     shown_after_ms = (time.perf_counter() - answered) * 1000
     print(f"\ndashboard balance changed {shown_after_ms:.0f} ms after the debit was answered")
     assert before is not None and answer["balance_micros"] == before - 7_500
     assert shown_after_ms < LIVE_CHANGE_MS_MAX
     # A few more changes, spaced out, so the screenshot shows the chart moving.
     for path, body in [
-            ("/v1/numbers/renewals", {"renewal_id": "r1", "number": "+15550100"}),
-            ("/v1/ring-through-attempts", {"attempt_id": "a1"}),
-            ("/v1/numbers/purchases", {"purchase_id": "n2", "number": "+15550101"}),
-            ("/v1/messages", {"message_id": "m-late", "direction": "inbound"})]:
+        ("/v1/numbers/renewals", {"renewal_id": "r1", "number": "+15550100"}),
+        ("/v1/ring-through-attempts", {"attempt_id": "a1"}),
+        ("/v1/numbers/purchases", {"purchase_id": "n2", "number": "+15550101"}),
+        ("/v1/messages", {"message_id": "m-late", "direction": "inbound"}),
+    ]:
         await page.wait_for_timeout(250)
         await charge(http, path, {"account_id": account_id, **body})
     await page.wait_for_timeout(300)  # let the chart draw its last step
@@ -136,8 +155,11 @@ async def test_dashboard_at_zero_says_what_is_blocked(page, gateway, http):
     token = await token_for(http, account_id)
     await open_dashboard(page, gateway, account_id, token)
     assert await page.is_hidden("#zero-banner")
-    await charge(http, "/v1/messages", {"account_id": account_id, "message_id": "last",
-                                        "direction": "outbound"})
+    await charge(
+        http,
+        "/v1/messages",
+        {"account_id": account_id, "message_id": "last", "direction": "outbound"},
+    )
     await page.wait_for_selector("#zero-banner", state="visible", timeout=LIVE_CHANGE_MS_MAX)
     banner = await page.text_content("#zero-banner")
     assert banner is not None
@@ -159,8 +181,7 @@ async def test_dashboard_with_another_accounts_token_gets_no_balance(page, gatew
     assert "9.00" not in (await page.content())
 
 
-async def test_dashboard_parts_without_an_endpoint_are_disabled_with_a_message(
-        page, gateway, http):
+async def test_dashboard_parts_without_an_endpoint_are_disabled_with_a_message(page, gateway, http):
     served = await served_paths(http)
     account_id = await make_account(http, balance_micros=1_000_000)
     token = await token_for(http, account_id)
@@ -206,10 +227,14 @@ async def test_activity_filters_change_the_list(page, ledger_gateway):
             pytest.skip("the activity API (issue: ledger) is not on this branch yet")
         account_id = await make_account(http, balance_micros=5_000_000)
         token = await token_for(http, account_id)
-        await charge(http, "/v1/messages", {"account_id": account_id, "message_id": "f1",
-                                            "direction": "outbound"})
-        await charge(http, "/v1/ring-through-attempts", {"account_id": account_id,
-                                                         "attempt_id": "f2"})
+        await charge(
+            http,
+            "/v1/messages",
+            {"account_id": account_id, "message_id": "f1", "direction": "outbound"},
+        )
+        await charge(
+            http, "/v1/ring-through-attempts", {"account_id": account_id, "attempt_id": "f2"}
+        )
     await open_dashboard(page, gateway, account_id, token)
 
     async def rows_when(expected: int) -> list[str]:
@@ -265,14 +290,16 @@ async def test_ops_page_lists_every_account_live_and_sorts(page, gateway, http, 
     rate_card = RateCard.parse(RATE_CARD)
     bulk = [new_account_id("ops") for _ in range(2_000)]
     for i in range(0, len(bulk), 200):
-        await asyncio.gather(*(accounts.create_account(store, a, rate_card)
-                               for a in bulk[i:i + 200]))
+        await asyncio.gather(
+            *(accounts.create_account(store, a, rate_card) for a in bulk[i : i + 200])
+        )
     rich = await make_account(http, balance_micros=500_000_000)
     poor = await make_account(http, balance_micros=2_000_000)
 
     await page.goto(f"{gateway.url}/ops?token=test-ops-token")
     await page.wait_for_function(
-        f"Number(document.getElementById('sum-accounts').textContent) >= {len(bulk) + 2}")
+        f"Number(document.getElementById('sum-accounts').textContent) >= {len(bulk) + 2}"
+    )
     count = int(await page.text_content("#sum-accounts") or 0)
     assert "token=" not in page.url
     # Only the rows in view are in the DOM, whatever the number of accounts.
@@ -295,28 +322,43 @@ async def test_ops_page_lists_every_account_live_and_sorts(page, gateway, http, 
         requestAnimationFrame(tick); }""")
     t0 = time.perf_counter()
     for i in range(0, 400, 40):
-        await asyncio.gather(*(charge(http, "/v1/messages", {
-            "account_id": rich, "message_id": f"burst-{j}", "direction": "outbound"})
-            for j in range(i, i + 40)))
-    answer = await charge(http, "/v1/numbers/purchases", {
-        "account_id": poor, "purchase_id": "p1", "number": "+15550111"})
+        await asyncio.gather(
+            *(
+                charge(
+                    http,
+                    "/v1/messages",
+                    {"account_id": rich, "message_id": f"burst-{j}", "direction": "outbound"},
+                )
+                for j in range(i, i + 40)
+            )
+        )
+    answer = await charge(
+        http,
+        "/v1/numbers/purchases",
+        {"account_id": poor, "purchase_id": "p1", "number": "+15550111"},
+    )
     assert answer["balance_micros"] == 1_000_000
     await page.wait_for_function(
         f"document.querySelector(\"{poor_row} td:nth-child(4)\").dataset.micros === '1000000'",
-        timeout=LIVE_CHANGE_MS_MAX)
+        timeout=LIVE_CHANGE_MS_MAX,
+    )
     burst_s = time.perf_counter() - t0
     gaps = sorted(await page.evaluate("window.__gaps"))
     stats = await page.evaluate("window.opsStats")
     worst_frame_ms = gaps[-1] if gaps else 0.0
-    print(f"\nops page with {count} accounts: 401 changes in {burst_s:.1f}s, "
-          f"{len(gaps)} animation frames, worst frame gap {worst_frame_ms:.0f} ms, "
-          f"longest paint {stats['flushMsMax']:.0f} ms, {stats['frames']} socket frames")
+    print(
+        f"\nops page with {count} accounts: 401 changes in {burst_s:.1f}s, "
+        f"{len(gaps)} animation frames, worst frame gap {worst_frame_ms:.0f} ms, "
+        f"longest paint {stats['flushMsMax']:.0f} ms, {stats['frames']} socket frames"
+    )
     assert worst_frame_ms < 500
     rich_available = 500_000_000 - 400 * 7_500
     rich_row = await find(rich)
     await page.wait_for_function(
-        f"document.querySelector(\"{rich_row} td:nth-child(4)\").dataset.micros === "
-        f"'{rich_available}'", timeout=2_000)
+        f'document.querySelector("{rich_row} td:nth-child(4)").dataset.micros === '
+        f"'{rich_available}'",
+        timeout=2_000,
+    )
     burn = await page.text_content(f"{rich_row} td:nth-child(5)")
     assert burn is not None and burn != "$0.00"
 
@@ -324,9 +366,13 @@ async def test_ops_page_lists_every_account_live_and_sorts(page, gateway, http, 
     await page.fill("#filter-text", "")
     await page.click("th[data-sort=available_micros]")
     await page.wait_for_timeout(1_100)  # rows are re-ordered at most once a second
-    shown = [int(v) for v in await page.eval_on_selector_all(
-        "#ops-rows tr:not([hidden]) td:nth-child(4)",
-        "cells => cells.slice(0, 30).map(c => c.dataset.micros)")]
+    shown = [
+        int(v)
+        for v in await page.eval_on_selector_all(
+            "#ops-rows tr:not([hidden]) td:nth-child(4)",
+            "cells => cells.slice(0, 30).map(c => c.dataset.micros)",
+        )
+    ]
     assert len(shown) == 30 and shown == sorted(shown, reverse=True)
     assert shown[0] >= rich_available
     await page.screenshot(path=str(ARTIFACTS / "ops.png"))
@@ -354,15 +400,17 @@ async def test_card_register_pay_now_and_delete_through_the_page(page, showcase_
         await card_pay_and_delete(page, gateway, pay_http)
 
 
-async def card_pay_and_delete(page: Page, gateway: GatewayProcess,
-                              pay_http: httpx.AsyncClient) -> None:
+async def card_pay_and_delete(
+    page: Page, gateway: GatewayProcess, pay_http: httpx.AsyncClient
+) -> None:
     account_id = await make_account(pay_http, balance_micros=3_000_000)
     token = await token_for(pay_http, account_id)
     for path, body in [
-            ("/v1/numbers/purchases", {"purchase_id": "n1", "number": "+15550100"}),
-            ("/v1/messages", {"message_id": "m1", "direction": "outbound"}),
-            ("/v1/messages", {"message_id": "m2", "direction": "inbound"}),
-            ("/v1/ring-through-attempts", {"attempt_id": "a1"})]:
+        ("/v1/numbers/purchases", {"purchase_id": "n1", "number": "+15550100"}),
+        ("/v1/messages", {"message_id": "m1", "direction": "outbound"}),
+        ("/v1/messages", {"message_id": "m2", "direction": "inbound"}),
+        ("/v1/ring-through-attempts", {"attempt_id": "a1"}),
+    ]:
         await charge(pay_http, path, {"account_id": account_id, **body})
     await open_dashboard(page, gateway, account_id, token)
     assert await page.is_hidden("#card-delete")
@@ -377,7 +425,8 @@ async def card_pay_and_delete(page: Page, gateway: GatewayProcess,
     await page.click("#pay-submit")
     # The balance rises through the live socket, not a page reload.
     await page.wait_for_function(
-        "document.getElementById('balance').dataset.balanceMicros === '26989500'", timeout=10_000)
+        "document.getElementById('balance').dataset.balanceMicros === '26989500'", timeout=10_000
+    )
     assert await page.text_content("#pay-amount-error") == ""
 
     await page.fill("#recharge-amount", "75.00")
@@ -389,9 +438,15 @@ async def card_pay_and_delete(page: Page, gateway: GatewayProcess,
     r = await pay_http.get(f"/v1/accounts/{account_id}", headers=OPS)
     recharge = r.json()["recharge"]
     assert (recharge["enabled"], recharge["amount_micros"], recharge["threshold_micros"]) == (
-        True, 75_000_000, 10_000_000)
-    await charge(pay_http, "/v1/messages", {"account_id": account_id, "message_id": "m3",
-                                            "direction": "outbound"})
+        True,
+        75_000_000,
+        10_000_000,
+    )
+    await charge(
+        pay_http,
+        "/v1/messages",
+        {"account_id": account_id, "message_id": "m3", "direction": "outbound"},
+    )
     # The activity list catches up through the ledger writer (it reloads itself).
     await page.wait_for_selector("#activity-rows tr:nth-child(7)", timeout=10_000)
     labels = await page.locator("#activity-rows tr td:nth-child(2)").all_inner_texts()

@@ -11,7 +11,8 @@ def test_readme_lists_every_setting_with_its_default() -> None:
     readme = readme_table((ROOT / "README.md").read_text())
     assert readme == settings_table(), (
         "README.md's settings table is out of date: run "
-        "`.venv/bin/python -m metering.settings_doc --write`")
+        "`.venv/bin/python -m metering.settings_doc --write`"
+    )
     for name, _ in documented_settings():
         assert f"| `{name}` |" in readme
 

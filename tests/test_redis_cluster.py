@@ -162,9 +162,13 @@ async def test_ledger_writer_drains_a_redis_cluster(cluster_ports: list[int]) ->
     for port in cluster_ports:
         redis_sync.Redis(port=port).flushall()
     async with postgres_schema() as url:
-        settings = test_settings(redis_url=f"redis://127.0.0.1:{cluster_ports[0]}/0",
-                                 redis_cluster=True, database_url=url, shard_count=32,
-                                 ledger_batch_wait_ms=20)
+        settings = test_settings(
+            redis_url=f"redis://127.0.0.1:{cluster_ports[0]}/0",
+            redis_cluster=True,
+            database_url=url,
+            shard_count=32,
+            ledger_batch_wait_ms=20,
+        )
         store = await open_store(settings)
         pool = await create_pool(settings)
         conn = await asyncpg.connect(url)
@@ -177,8 +181,9 @@ async def test_ledger_writer_drains_a_redis_cluster(cluster_ports: list[int]) ->
             stats = await writer.run(asyncio.Event(), drain=True)
             assert stats.rows_inserted == len(traffic.expected)
             rows = await conn.fetch("SELECT * FROM ledger_entries")
-            assert_postgres_matches(traffic.expected,
-                                    {(r["account_id"], r["seq"]): dict(r) for r in rows})
+            assert_postgres_matches(
+                traffic.expected, {(r["account_id"], r["seq"]): dict(r) for r in rows}
+            )
             assert (await ledger_lag(store)).entries_behind == 0
             report = await reconcile(store, conn)
             assert report.ok, [d.line() for d in report.differences]
