@@ -205,8 +205,11 @@ function flush() {
     if (wait <= 0) resort();
     else if (!resortTimer) resortTimer = setTimeout(() => { resortTimer = 0; scheduleFlush(); }, wait);
   }
+  // paint() clears paintAll: remember it, so a re-sort (which changes the view)
+  // also refreshes the "N shown" count.
+  const repaintedAll = paintAll;
   paint();
-  if (anyDirty || paintAll) summarize();
+  if (anyDirty || repaintedAll) summarize();
   anyDirty = false;
   stats.flushes++;
   stats.flushMsMax = Math.max(stats.flushMsMax, performance.now() - began);

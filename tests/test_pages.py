@@ -312,6 +312,9 @@ async def test_ops_page_lists_every_account_live_and_sorts(page, gateway, http, 
         return row
 
     poor_row = await find(poor)
+    await page.wait_for_function(
+        "document.getElementById('sum-shown').textContent === '1 shown'", timeout=3_000
+    )
     assert "near-zero" in (await page.get_attribute(poor_row, "class") or "")
 
     # A burst of changes: frames keep flowing while the page stays responsive.
@@ -375,6 +378,8 @@ async def test_ops_page_lists_every_account_live_and_sorts(page, gateway, http, 
     ]
     assert len(shown) == 30 and shown == sorted(shown, reverse=True)
     assert shown[0] >= rich_available
+    # No filter: every row is shown, and the count does not linger from a filter.
+    assert (await page.text_content("#sum-shown") or "") == ""
     await page.screenshot(path=str(ARTIFACTS / "ops.png"))
 
 
