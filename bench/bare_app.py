@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench.alternatives import Refused, WatchLost, pg_debit, watch_debit
+from gateway.__main__ import server_options
 from metering.settings import Settings
 from metering.store import open_store
 
@@ -129,18 +130,8 @@ def app_from_env() -> Starlette:
 
 def main() -> None:
     settings = Settings.from_env()
-    uvicorn.run(
-        "bench.bare_app:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    # The gateway's own server options, so the comparison is like for like.
+    uvicorn.run("bench.bare_app:app_from_env", factory=True, **server_options(settings))
 
 
 if __name__ == "__main__":

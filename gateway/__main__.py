@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import uvicorn
 
 from metering.settings import Settings
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the gateway (the bench's bare app serves with the same)."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_level": settings.log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": 5,
+        "ws_per_message_deflate": settings.live_deflate,
+        "ws_max_size": settings.live_client_frame_bytes_max,
+    }
 
 
 def main() -> None:
@@ -16,20 +33,7 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        "gateway.app:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-        ws_per_message_deflate=settings.live_deflate,
-        ws_max_size=settings.live_client_frame_bytes_max,
-    )
+    uvicorn.run("gateway.app:app_from_env", factory=True, **server_options(settings))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,23 @@ class Grant:
     total_granted_seconds: int
     replayed: bool
 
+    @classmethod
+    def from_answer(cls, call_id: str, r: list[Any], total_granted_seconds: int) -> Grant:
+        """A reserve.lua or extend.lua answer: {'ok', replayed, granted_s, max_s,
+        validity_s, final, held_micros, balance_micros, reserved_micros, ...}."""
+        return cls(
+            call_id,
+            int(r[2]),
+            int(r[3]),
+            int(r[4]),
+            int(r[5]) == 1,
+            int(r[6]),
+            int(r[7]),
+            int(r[8]),
+            total_granted_seconds,
+            r[1] == 1,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "call_id": self.call_id,
@@ -116,18 +133,7 @@ async def reserve(store: Store, account_id: str, call_id: str, direction: str) -
         ],
     )
     raise_refusal(r, account_id, f"call {call_id}")
-    return Grant(
-        call_id,
-        int(r[2]),
-        int(r[3]),
-        int(r[4]),
-        int(r[5]) == 1,
-        int(r[6]),
-        int(r[7]),
-        int(r[8]),
-        int(r[2]),
-        r[1] == 1,
-    )
+    return Grant.from_answer(call_id, r, total_granted_seconds=int(r[2]))
 
 
 async def extend(store: Store, account_id: str, call_id: str, extend_id: str | None) -> Grant:
@@ -155,18 +161,7 @@ async def extend(store: Store, account_id: str, call_id: str, extend_id: str | N
         ],
     )
     raise_refusal(r, account_id, call_id)
-    return Grant(
-        call_id,
-        int(r[2]),
-        int(r[3]),
-        int(r[4]),
-        int(r[5]) == 1,
-        int(r[6]),
-        int(r[7]),
-        int(r[8]),
-        int(r[9]),
-        r[1] == 1,
-    )
+    return Grant.from_answer(call_id, r, total_granted_seconds=int(r[9]))
 
 
 async def commit(store: Store, account_id: str, call_id: str, duration_seconds: int) -> CallCharge:
