@@ -15,6 +15,7 @@ import asyncpg
 
 from metering.errors import Unavailable
 from metering.settings import Settings
+from metering.store import Store, open_store
 
 # What an unreachable, restarting or refusing Postgres raises.
 DATABASE_DOWN: tuple[type[BaseException], ...] = (
@@ -62,3 +63,18 @@ async def acquire(pool: Any, timeout_s: float) -> AsyncIterator[Any]:
         raise Unavailable(
             f"the ledger database did not answer ({type(exc).__name__}); retry"
         ) from exc
+
+
+@contextlib.asynccontextmanager
+async def store_and_connection(settings: Settings) -> AsyncIterator[tuple[Store, Any]]:
+    """The live store and one Postgres connection, for the tools that compare or
+    copy the two (reconcile, rebuild); both closed on the way out."""
+    store = await open_store(settings)
+    try:
+        conn = await connect(settings)
+        try:
+            yield store, conn
+        finally:
+            await conn.close()
+    finally:
+        await store.redis.aclose()

@@ -19,10 +19,10 @@ import dataclasses
 from typing import Any
 
 from metering.account_records import PERSISTED_FIELDS, hash_fields
-from metering.database import connect
+from metering.database import store_and_connection
 from metering.keys import AccountKeys, token_key
 from metering.settings import Settings
-from metering.store import Store, open_store
+from metering.store import Store
 
 # The accounts with their last ledger entry, walked by the primary key index.
 LOAD_SQL = f"""
@@ -130,13 +130,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    store = await open_store(settings)
-    conn = await connect(settings)
-    try:
+    async with store_and_connection(settings) as (store, conn):
         report = await rebuild(store, conn)
-    finally:
-        await conn.close()
-        await store.redis.aclose()
     print(
         f"rebuild: {report.accounts_restored} accounts restored, "
         f"{report.accounts_kept} already in Redis (kept), "

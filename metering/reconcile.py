@@ -21,12 +21,12 @@ import dataclasses
 from typing import Any
 
 from metering.accounts import account_ids_by_shard
-from metering.database import connect
+from metering.database import store_and_connection
 from metering.keys import all_shards
 from metering.ledger_entries import LedgerEntry
 from metering.ledger_lag import LedgerLag, ledger_lag
 from metering.settings import Settings
-from metering.store import Store, open_store
+from metering.store import Store
 
 # Stream entries per XRANGE round trip.
 STREAM_PAGE = 10_000
@@ -302,13 +302,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    store = await open_store(settings)
-    conn = await connect(settings)
-    try:
+    async with store_and_connection(settings) as (store, conn):
         report = await reconcile(store, conn)
-    finally:
-        await conn.close()
-        await store.redis.aclose()
     for d in report.differences:
         print(d.line())
     lag = report.lag
