@@ -163,10 +163,19 @@ class RedisServer:
         """Stop (SIGTERM, or SIGKILL as a crash) and start again on the same port
         and data folder."""
         if kill:
-            self.proc.kill()
-            self.proc.wait()
+            self.crash()
         else:
             stop_process(self.proc)
+        self.start()
+
+    def crash(self) -> None:
+        """SIGKILL: no shutdown, no final fsync; the data folder stays as it was."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def start(self) -> None:
+        """Start again (after crash) on the same port and data folder."""
         self.proc = self._start()
 
     def stop(self) -> None:

@@ -112,11 +112,15 @@ async def postgres_schema() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def ledger_world(**changes: Any) -> AsyncIterator[LedgerWorld]:
+async def ledger_world(
+    redis_args: tuple[str, ...] = (), **changes: Any
+) -> AsyncIterator[LedgerWorld]:
+    """redis_args go to the private redis-server (e.g. an append-only file);
+    changes to the settings."""
     schema = f"ledger_{uuid.uuid4().hex[:10]}"
     await ensure_database(TEST_DATABASE_URL)
     admin = await asyncpg.connect(TEST_DATABASE_URL)
-    redis_server = RedisServer()
+    redis_server = RedisServer(*redis_args)
     opened: list[Any] = []
     try:
         await admin.execute(f'CREATE SCHEMA "{schema}"')

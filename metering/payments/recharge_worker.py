@@ -44,7 +44,8 @@ from redis.exceptions import ResponseError
 from metering.credits import add_funds
 from metering.errors import raise_refusal
 from metering.keys import all_shards
-from metering.ledger.database import create_pool
+from metering.ledger.database import DATABASE_DOWN, create_pool
+from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.payments.cards import card_on_file
 from metering.payments.notifications import recharge_failure_message, send_email
 from metering.payments.pay_now import credit_reason
@@ -273,17 +274,30 @@ class RechargeWorker:
         return await self.read_requests() + await self.attempt_due()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until stop is set; errors are logged and the next round retries."""
-        await self.ensure_groups()
+        """Work until stop is set. A Redis or Postgres restart is waited out with
+        bounded backoff (metering/outages.py); a Redis that lost its consumer
+        groups gets them back; other errors are logged and the next round retries."""
+        outage = Outage(f"recharge worker {self.consumer}", log, self.settings.outage_backoff_max_s)
+        groups_ready = False
         while not stop.is_set():
             done = 0
             try:
+                if not groups_ready:
+                    await self.ensure_groups()
+                    groups_ready = True
                 done = await self.step()
+            except (*REDIS_DOWN, *DATABASE_DOWN) as exc:
+                await outage.wait(exc, stop)
+                continue
+            except ResponseError as exc:
+                groups_ready = "NOGROUP" not in str(exc)
+                log.exception("recharge worker round failed; retrying")
             except Exception:
                 log.exception("recharge worker round failed; retrying")
+            else:
+                outage.ended()
             if not done:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.recharge_poll_interval_s)
+                await pause(stop, self.settings.recharge_poll_interval_s)
 
     async def attempt(self, ep: Episode) -> ChargeOutcome | None:
         """One attempt of an episode: charge, then credit or record the failure."""
@@ -451,16 +465,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the worker until SIGTERM or SIGINT."""
-    store = await open_store(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Started while Redis restarts: wait for it rather than exit.
+    starting = Outage("recharge worker", log, settings.outage_backoff_max_s)
+    store = await until_it_answers(starting, stop, lambda: open_store(settings))
+    if store is None:
+        return 0
     db = await create_pool(settings)
     client = build_stripe_client(settings)
     worker = RechargeWorker(store, db, client, settings)
     if args.consumer:
         worker.consumer = args.consumer
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("recharge worker %s started", worker.consumer)
     try:
         await worker.run(stop)
