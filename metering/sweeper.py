@@ -34,7 +34,12 @@ async def expire_due_reservations(store: Store) -> int:
             keys = AccountKeys(account_id, s.shard_count)
             calls.append(
                 (
-                    [*keys.call_keys(call_id), keys.shard.ledger, keys.shard.recharge],
+                    [
+                        *keys.call_keys(call_id),
+                        keys.shard.ledger,
+                        keys.shard.recharge,
+                        keys.shard.events,
+                    ],
                     [
                         account_id,
                         call_id,

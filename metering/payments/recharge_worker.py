@@ -43,6 +43,7 @@ from redis.exceptions import ResponseError
 
 from metering.credits import add_funds
 from metering.errors import raise_refusal
+from metering.events import emit_event, event_id
 from metering.keys import all_shards
 from metering.ledger.database import DATABASE_DOWN, create_pool
 from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
@@ -168,6 +169,13 @@ async def credit_recharge(
     # db is a pool or, from a webhook, the connection holding its transaction.
     await db.execute(SQL_RECORD_PAYMENT, account_id, credit_id, amount_micros, payment_intent_id)
     await db.execute(SQL_END_EPISODE, account_id, episode_us, "succeeded", None)
+    await emit_event(
+        store,
+        account_id,
+        "recharge.succeeded",
+        event_id("recharge.succeeded", account_id, episode_us),
+        {"amount_micros": amount_micros, "payment_intent_id": payment_intent_id},
+    )
 
 
 async def settle_recharge_event(store: Store, db: Any, intent: dict[str, Any]) -> str:
@@ -435,6 +443,18 @@ class RechargeWorker:
                 failure_text,
             )
         log.warning("recharge of %s failed: %s", ep.account_id, outcome.reason)
+        await emit_event(
+            self.store,
+            ep.account_id,
+            "recharge.failed",
+            event_id("recharge.failed", ep.account_id, ep.episode_us, attempt_no),
+            {
+                "amount_micros": ep.amount_micros,
+                "reason": outcome.reason,
+                "attempt": attempt_no,
+                "next_attempt": next_attempt,
+            },
+        )
         await self._email_once(ep, email, outcome.reason, next_attempt)
 
     async def _email_once(self, ep: Episode, email: str, reason: str, next_attempt: str) -> None:
