@@ -31,6 +31,8 @@ STATUS: dict[type[Exception], int] = {
     Forbidden: 403,
     errors.UnknownAccount: 404,
     errors.UnknownCall: 404,
+    errors.UnknownNumber: 404,
+    errors.NumberSuspended: 402,
     errors.AccountExists: 409,
     errors.IdempotencyConflict: 409,
     errors.CallClosed: 409,
