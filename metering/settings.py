@@ -51,6 +51,10 @@ class Settings:
     reservation_sweep_interval_s: float = 1.0
     reservation_sweep_batch_max: int = 200
 
+    # Workers (ledger writer, sweeper, recharge worker) ride out a Redis or
+    # Postgres restart: retries back off from 0.1 s, doubling, up to this pause.
+    outage_backoff_max_s: float = 5.0
+
     # Idempotency: how long a request id is remembered with its first answer.
     idempotency_window_s: int = 7 * 86_400
     # Entries per shard stream not yet in Postgres before debits are refused,
@@ -211,6 +215,8 @@ class Settings:
             raise SettingsError(
                 "METERING_LIVE_SEND_TIMEOUT_S and METERING_LIVE_OPS_REFRESH_S must be positive"
             )
+        if self.outage_backoff_max_s <= 0:
+            raise SettingsError("METERING_OUTAGE_BACKOFF_MAX_S must be positive")
         if self.call_validity_grace_s < 0:
             raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
         if self.call_grant_s > self.call_duration_s_max:

@@ -44,8 +44,10 @@ from redis.exceptions import ResponseError
 from metering.account_state import publish_account_state
 from metering.credits import add_funds
 from metering.errors import raise_refusal
+from metering.events import emit_event, event_id
 from metering.keys import all_shards
-from metering.ledger.database import create_pool
+from metering.ledger.database import DATABASE_DOWN, create_pool
+from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.payments.cards import card_on_file
 from metering.payments.decline_words import failure_words
 from metering.payments.notifications import recharge_failure_message, send_email
@@ -177,6 +179,13 @@ async def credit_recharge(
     # db is a pool or, from a webhook, the connection holding its transaction.
     await db.execute(SQL_RECORD_PAYMENT, account_id, credit_id, amount_micros, payment_intent_id)
     await db.execute(SQL_END_EPISODE, account_id, episode_us, "succeeded", None)
+    await emit_event(
+        store,
+        account_id,
+        "recharge.succeeded",
+        event_id("recharge.succeeded", account_id, episode_us),
+        {"amount_micros": amount_micros, "payment_intent_id": payment_intent_id},
+    )
 
 
 async def settle_recharge_event(store: Store, db: Any, intent: dict[str, Any]) -> str:
@@ -284,17 +293,30 @@ class RechargeWorker:
         return await self.read_requests() + await self.attempt_due()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until stop is set; errors are logged and the next round retries."""
-        await self.ensure_groups()
+        """Work until stop is set. A Redis or Postgres restart is waited out with
+        bounded backoff (metering/outages.py); a Redis that lost its consumer
+        groups gets them back; other errors are logged and the next round retries."""
+        outage = Outage(f"recharge worker {self.consumer}", log, self.settings.outage_backoff_max_s)
+        groups_ready = False
         while not stop.is_set():
             done = 0
             try:
+                if not groups_ready:
+                    await self.ensure_groups()
+                    groups_ready = True
                 done = await self.step()
+            except (*REDIS_DOWN, *DATABASE_DOWN) as exc:
+                await outage.wait(exc, stop)
+                continue
+            except ResponseError as exc:
+                groups_ready = "NOGROUP" not in str(exc)
+                log.exception("recharge worker round failed; retrying")
             except Exception:
                 log.exception("recharge worker round failed; retrying")
+            else:
+                outage.ended()
             if not done:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.recharge_poll_interval_s)
+                await pause(stop, self.settings.recharge_poll_interval_s)
 
     async def attempt(self, ep: Episode) -> ChargeOutcome | None:
         """One attempt of an episode: charge, then credit or record the failure."""
@@ -440,6 +462,18 @@ class RechargeWorker:
             )
             await publish_account_state(self.store, ep.account_id)
         log.warning("recharge of %s failed: %s", ep.account_id, outcome.reason)
+        await emit_event(
+            self.store,
+            ep.account_id,
+            "recharge.failed",
+            event_id("recharge.failed", ep.account_id, ep.episode_us, attempt_no),
+            {
+                "amount_micros": ep.amount_micros,
+                "reason": outcome.reason,
+                "attempt": attempt_no,
+                "next_attempt": next_attempt,
+            },
+        )
         await self._email_once(ep, email, outcome.reason, next_attempt)
 
     async def _email_once(self, ep: Episode, email: str, reason: str, next_attempt: str) -> None:
@@ -470,16 +504,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the worker until SIGTERM or SIGINT."""
-    store = await open_store(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Started while Redis restarts: wait for it rather than exit.
+    starting = Outage("recharge worker", log, settings.outage_backoff_max_s)
+    store = await until_it_answers(starting, stop, lambda: open_store(settings))
+    if store is None:
+        return 0
     db = await create_pool(settings)
     client = build_stripe_client(settings)
     worker = RechargeWorker(store, db, client, settings)
     if args.consumer:
         worker.consumer = args.consumer
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("recharge worker %s started", worker.consumer)
     try:
         await worker.run(stop)
