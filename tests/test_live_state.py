@@ -148,9 +148,7 @@ async def test_pages_send_a_strict_content_security_policy(gateway, http, settin
 
 
 def test_stripe_hosted_js_also_allows_the_hosts_stripe_documents(settings: Settings):
-    policy = content_security_policy(
-        settings.replace(stripe_js_url="https://js.stripe.com/v3/")
-    )
+    policy = content_security_policy(settings.replace(stripe_js_url="https://js.stripe.com/v3/"))
     assert "script-src 'self' https://js.stripe.com;" in policy
     assert "connect-src 'self' https://js.stripe.com https://api.stripe.com;" in policy
     assert "frame-src https://js.stripe.com https://hooks.stripe.com;" in policy
