@@ -123,7 +123,11 @@ async def open_store(settings: Settings) -> Store:
     are pipelined automatically (metering/pipelining.py)."""
     redis = connect_redis(settings)
     scripts = Scripts()
-    await scripts.load(redis)
+    try:
+        await scripts.load(redis)
+    except BaseException:
+        await redis.aclose()
+        raise
     if settings.redis_pipeline and ScriptPipeline.supports(settings.redis_url):
         redis.script_pipeline = ScriptPipeline(redis, settings)
         scripts.use_pipeline(redis.script_pipeline)
