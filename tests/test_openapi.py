@@ -27,8 +27,10 @@ async def test_openapi_lists_exactly_the_routes_served(http: httpx.AsyncClient) 
         op = document["paths"][e.path][e.method.lower()]
         assert str(e.success) in op["responses"]
         if e.body is not None:
-            schema = op["requestBody"]["content"]["application/json"]["schema"]
-            assert set(schema["properties"]) == set(e.body.fields)
+            ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            schema = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+            assert set(schema["properties"]) == set(e.body.__struct_fields__)
+            assert schema["additionalProperties"] is False
 
 
 async def test_every_declared_body_is_enforced_by_its_handler(http: httpx.AsyncClient) -> None:
