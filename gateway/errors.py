@@ -31,6 +31,7 @@ STATUS: dict[type[Exception], int] = {
     errors.IdempotencyConflict: 409,
     errors.CallClosed: 409,
     errors.CallExtendLimit: 409,
+    errors.CallDurationLimit: 409,
     BodyTooLarge: 413,
     MissingField: 422,
     errors.InvalidRequest: 422,

@@ -44,7 +44,6 @@ async def expire_due_reservations(store: Store) -> int:
                         account_id,
                         call_id,
                         s.idempotency_window_s,
-                        s.ledger_backlog_max,
                         s.live_channel,
                     ],
                 )
