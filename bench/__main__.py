@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from bench import report
-from bench.procs import RedisServer
 from bench.scenarios import SCENARIOS, Run
+from devkit.testing import RedisServer
 
 DEFAULT_SECONDS = 10
 SMOKE_SECONDS = 1

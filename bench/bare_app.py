@@ -1,12 +1,11 @@
-"""The thinnest HTTP debit, and the alternative designs behind the same HTTP stack.
+"""The thinnest HTTP debit, and the Postgres row-lock design behind the same HTTP stack.
 
 `python -m bench.bare_app` serves, with the gateway's server settings (uvicorn,
 uvloop, httptools, METERING_WORKERS processes, no access log):
 
     POST /debit        parse the body, one EVALSHA of debit.lua, nothing else
                        (no auth, no validation): the HTTP ceiling of the product
-    POST /watch-debit  the same debit as WATCH/MULTI (bench/alternatives.py)
-    POST /pg-debit     the same debit as one Postgres transaction (bench/alternatives.py)
+    POST /pg-debit     the same debit as one Postgres transaction (bench/postgres_row_lock.py)
 
 Bodies are the switch's message body: {"account_id", "message_id", "direction"}.
 """
@@ -26,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bench.alternatives import Refused, WatchLost, pg_debit, watch_debit
+from bench.postgres_row_lock import Refused, pg_debit
 from gateway.__main__ import server_options
 from metering.settings import Settings
 from metering.store import open_store
@@ -78,25 +77,6 @@ def create_app(settings: Settings) -> Starlette:
             return _json({"error": r[0]}, 402)
         return _json({"charged_micros": int(r[2]), "balance_micros": int(r[3])})
 
-    async def debit_watch(request: Request) -> Response:
-        b = orjson.loads(await request.body())
-        store = request.state.store
-        keys = store.account_keys(b["account_id"])
-        try:
-            answer = await watch_debit(
-                store.redis,
-                keys,
-                keys.request("message", b["message_id"]),
-                b["account_id"],
-                b["message_id"],
-                store.settings.idempotency_window_s,
-            )
-        except Refused:
-            return _json({"error": "insufficient_funds"}, 402)
-        except WatchLost:
-            return _json({"error": "unavailable"}, 503)
-        return _json(answer)
-
     async def debit_pg(request: Request) -> Response:
         b = orjson.loads(await request.body())
         holder = request.state.pg
@@ -117,7 +97,6 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[
             Route("/debit", debit, methods=["POST"]),
-            Route("/watch-debit", debit_watch, methods=["POST"]),
             Route("/pg-debit", debit_pg, methods=["POST"]),
         ],
         lifespan=lifespan,

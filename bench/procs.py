@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,44 +18,19 @@ from pathlib import Path
 import asyncpg
 import redis as redis_sync
 
+from devkit.testing import (
+    ROOT,
+    START_TIMEOUT_S,
+    RedisServer,
+    free_port,
+    settings_env,
+    stop_process,
+    wait_for_port,
+)
 from metering.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
-REDIS_SERVER = "/usr/bin/redis-server"
 SWITCH_TOKEN = "bench-switch-token"
 OPS_TOKEN = "bench-ops-token"
-START_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(
-    port: int, proc: subprocess.Popen[bytes], timeout_s: float = START_TIMEOUT_S
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"port {port} not open within {timeout_s}s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop one process we started (SIGTERM, then SIGKILL after a bound)."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -74,50 +46,6 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / tick
 
 
-class RedisServer:
-    """A private redis-server without persistence on a free port."""
-
-    def __init__(self) -> None:
-        if not os.path.exists(REDIS_SERVER):
-            raise RuntimeError(f"{REDIS_SERVER} not found (apt-get install redis-server)")
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
-        self.proc = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, self.proc)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def flush(self) -> None:
-        """Empty the private server between scenarios (it is ours alone)."""
-        client = redis_sync.Redis.from_url(self.url)
-        try:
-            client.flushall()
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        stop(self.proc)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def bench_settings(redis_url: str, database_url: str, **changes: object) -> Settings:
     return Settings.from_env({}).replace(
         redis_url=redis_url,
@@ -126,17 +54,6 @@ def bench_settings(redis_url: str, database_url: str, **changes: object) -> Sett
         ops_token=OPS_TOKEN,
         **changes,
     )
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as METERING_* variables for a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
-    for name in Settings.__dataclass_fields__:
-        value = getattr(settings, name)
-        if isinstance(value, bool):
-            value = "1" if value else "0"
-        env["METERING_" + name.upper()] = str(value)
-    return env
 
 
 class Server:
@@ -156,7 +73,7 @@ class Server:
         return [self.proc.pid, *map(int, out)]
 
     def stop(self) -> None:
-        stop(self.proc)
+        stop_process(self.proc)
 
 
 def wait_until(

@@ -20,8 +20,9 @@ import threading
 from pathlib import Path
 
 from bench import tools
-from bench.procs import SWITCH_TOKEN, RedisServer, start_gateway
+from bench.procs import SWITCH_TOKEN, start_gateway
 from bench.scenarios import Run, seed
+from devkit.testing import RedisServer
 
 TOP = 25
 SAMPLE_RATE_HZ = 250

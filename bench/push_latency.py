@@ -25,78 +25,22 @@ import asyncio
 import json
 import os
 import resource
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-ROOT = Path(__file__).resolve().parent.parent
-RATE_CARD = {
-    "call_outbound_per_minute_micros": 10_000,
-    "call_inbound_per_minute_micros": 5_000,
-    "call_increment_seconds": 6,
-    "call_minimum_seconds": 6,
-    "sms_outbound_micros": 7_500,
-    "sms_inbound_micros": 1_000,
-    "ring_through_attempt_micros": 2_000,
-    "number_purchase_micros": 1_000_000,
-    "number_renewal_micros": 1_000_000,
-}
+from devkit.testing import RATE_CARD, GatewayProcess, open_stuck_socket
+from metering.settings import Settings
+
 CONNECT_BATCH = 100
 
 
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return round(ordered[min(len(ordered) - 1, max(0, int(len(ordered) * q) - 1))], 3)
-
-
-def start_gateway() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "METERING_HOST": "127.0.0.1",
-        "METERING_PORT": str(port),
-        "METERING_WORKERS": "1",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.terminate()
-    raise SystemExit("the gateway did not start")
-
-
-def stuck_socket(url: str, path: str) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    sock.connect((host, int(port)))
-    sock.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise SystemExit(f"stuck socket refused: {head!r}")
-    return sock
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,7 +84,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{args.ops_token}"
             )
 
-        stuck = stuck_socket(args.url, path) if args.stuck else None
+        port = int(args.url.rsplit(":", 1)[1])
+        stuck = open_stuck_socket(port, path) if args.stuck else None
         sockets: list[ClientConnection] = []
         t0 = time.perf_counter()
         for i in range(0, args.sockets, CONNECT_BATCH):
@@ -251,15 +196,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.accounts = args.accounts or args.sockets
-    proc = None
+    gateway = None
     if not args.url:
-        proc, args.url = start_gateway()
+        # The configured servers and tokens (METERING_*), one worker on a free port.
+        gateway = GatewayProcess(Settings.from_env().replace(workers=1))
+        args.url = gateway.url
     try:
         print(json.dumps(asyncio.run(run(args)), indent=2))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
+        if gateway is not None:
+            gateway.stop()
 
 
 if __name__ == "__main__":

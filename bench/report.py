@@ -1,4 +1,4 @@
-"""The printed table, the ratios, the targets of issue 8, and the JSON file."""
+"""The printed table, the ratios, the targets, and the JSON file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from bench.procs import ROOT
+from devkit.testing import ROOT
 
 # (name, numerator key, denominator key): throughputs measured in the same run.
 RATIOS = [
@@ -38,7 +38,6 @@ RATIOS = [
         "authorize_spread_2",
         "pg_spread_2",
     ),
-    ("authorize / redis-watch (1 process, hot)", "authorize_hot_1", "watch_hot"),
 ]
 
 
@@ -218,7 +217,7 @@ def summary(report: dict[str, Any]) -> str:
     for r in report["ratios"]:
         value = "n/a" if r["value"] is None else f"{r['value']:.2f}"
         out.append(f"  {r['name']:<62} {value}")
-    out += ["", "targets (issue 8):"]
+    out += ["", "targets:"]
     for t in report["targets"]:
         value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
         out.append(f"  {t['verdict']:<8} {t['name']:<62} {value:>8}  {t['note']}")
@@ -266,7 +265,7 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["ratios"]:
         value = "n/a" if r["value"] is None else f"{r['value']:.2f}"
         out.append(f"| {r['name']} | {value} |")
-    out += ["", "| target (issue 8) | goal | measured | verdict |", "|---|---:|---:|---|"]
+    out += ["", "| target | goal | measured | verdict |", "|---|---:|---:|---|"]
     for t in report["targets"]:
         value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
         verdict = t["verdict"] + (f": {t['note']}" if t["note"] else "")

@@ -16,22 +16,20 @@ from typing import Any
 import asyncpg
 
 from bench import tools
-from bench.alternatives import PG_DROP, pg_seed
 from bench.loadgen import percentiles_ms
+from bench.postgres_row_lock import PG_DROP, pg_seed
 from bench.procs import (
     OPS_TOKEN,
-    ROOT,
     SWITCH_TOKEN,
-    RedisServer,
     Server,
     bench_settings,
     cpu_seconds,
     ensure_database,
-    settings_env,
     start_bare_app,
     start_gateway,
-    stop,
 )
+from devkit.testing import RATE_CARD as TEST_RATE_CARD
+from devkit.testing import ROOT, RedisServer, settings_env, stop_process
 from metering.accounts import create_account
 from metering.credits import add_funds
 from metering.keys import AccountKeys
@@ -44,17 +42,7 @@ HOT = "bench-hot"
 HOT_BALANCE_MICROS = 10**13  # buys 1.3 billion texts: never runs dry in a bench
 SPREAD_BALANCE_MICROS = 10**10
 SEED_BATCH = 500
-RATE_CARD = RateCard(
-    call_outbound_per_minute_micros=10_000,
-    call_inbound_per_minute_micros=5_000,
-    call_increment_seconds=6,
-    call_minimum_seconds=6,
-    sms_outbound_micros=7_500,
-    sms_inbound_micros=1_000,
-    ring_through_attempt_micros=2_000,
-    number_purchase_micros=1_000_000,
-    number_renewal_micros=1_000_000,
-)
+RATE_CARD = RateCard.parse(TEST_RATE_CARD)
 # No ledger writer drains the streams in most scenarios, so the backlog guard is
 # raised out of the way (XLEN is O(1): the check costs the same); the private
 # redis-server is flushed between scenarios.
@@ -389,31 +377,10 @@ def postgres_row_lock(run: Run) -> None:
         asyncio.run(_pg_execute(run.database_url, PG_DROP))
 
 
-def redis_watch(run: Run) -> None:
-    """WATCH/MULTI/EXEC instead of Lua, behind the same HTTP stack, hot account."""
-    seed(run, spread=False)
-    app = start_bare_app(run.settings())
-    try:
-        run.record(
-            "redis-watch", "hot account, 1 process", run.http(app, "/watch-debit", 1), "watch_hot"
-        )
-    finally:
-        app.stop()
-
-
 LEDGER_VARIANT = "{n:,} accounts, 2 processes, ledger writer running"
 LEDGER_ROW = "writer rows/s; entry lag (oldest unwritten entry, sampled) at that load"
 LAG_SAMPLE_INTERVAL_S = 0.1
 DRAIN_TIMEOUT_S = 60.0
-
-
-def ledger_available() -> bool:
-    """Whether this commit has the ledger writer (issue 4) and its lag probe."""
-    from metering.cli import COMMANDS
-
-    return (
-        "ledger-writer" in COMMANDS and importlib.util.find_spec("metering.ledger_lag") is not None
-    )
 
 
 def ledger_database_url(run: Run) -> str:
@@ -422,7 +389,7 @@ def ledger_database_url(run: Run) -> str:
 
 
 async def _fresh_ledger_database(url: str) -> None:
-    from metering.migrate import apply_migrations
+    from metering.ledger.migrate import apply_migrations
 
     base, _, name = url.rpartition("/")
     if not (name.startswith("metering_") and name.endswith("_ledger")):
@@ -442,7 +409,7 @@ async def _fresh_ledger_database(url: str) -> None:
 
 class LagSampler:
     """Every LAG_SAMPLE_INTERVAL_S, the age of the oldest entry not yet in Postgres
-    (metering.ledger_lag). That age bounds every waiting entry's age, so the
+    (metering.ledger.lag). That age bounds every waiting entry's age, so the
     percentiles of the samples are an upper bound of the entries' lag at commit."""
 
     def __init__(self, settings: Settings) -> None:
@@ -453,7 +420,7 @@ class LagSampler:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._sample()))
 
     async def _sample(self) -> None:
-        from metering.ledger_lag import ledger_lag
+        from metering.ledger.lag import ledger_lag
 
         store = await open_store(self.settings)
         try:
@@ -483,7 +450,7 @@ async def _ledger_rows(url: str) -> int:
 
 
 async def _entries_behind(settings: Settings) -> int:
-    from metering.ledger_lag import ledger_lag
+    from metering.ledger.lag import ledger_lag
 
     store = await open_store(settings)
     try:
@@ -522,11 +489,6 @@ def with_ledger_writer(run: Run) -> None:
     ledger-writer` draining the shard streams into Postgres; records the authorize
     figures and the writer's rows/s and entry lag at that load."""
     variant = LEDGER_VARIANT.format(n=run.spread_accounts)
-    if not ledger_available():
-        reason = "no `python -m metering ledger-writer` on this commit yet (ledger branch)"
-        run.skip("authorize", variant, reason, "authorize_ledger_2")
-        run.skip("ledger", LEDGER_ROW, reason, "ledger")
-        return
     url = ledger_database_url(run)
     asyncio.run(_fresh_ledger_database(url))
     seed(run, spread=True)
@@ -555,14 +517,14 @@ def with_ledger_writer(run: Run) -> None:
             time.sleep(LAG_SAMPLE_INTERVAL_S)
         drain_s = time.monotonic() - waited
     finally:
-        stop(writer)
+        stop_process(writer)
     window_s = run.seconds + run.warmup_s
     lag = percentiles_ms([a / 1000 for a in sampler.ages_ms])
     run.record(
         "ledger",
         LEDGER_ROW,
         {
-            "tool": "metering.ledger_lag",
+            "tool": "metering.ledger.lag",
             "mode": f"sampled every {LAG_SAMPLE_INTERVAL_S}s",
             "requests": rows_after - rows_before,
             "errors": 0,
@@ -628,7 +590,6 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
     "authorize": authorize,
     "calls": calls,
     "postgres-row-lock": postgres_row_lock,
-    "redis-watch": redis_watch,
     "ledger": ledger,
     "push": push,
 }

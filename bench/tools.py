@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from bench.procs import ROOT
+from devkit.testing import ROOT
 
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_debit.lua"
 WRK_TIMEOUT_S = "5s"

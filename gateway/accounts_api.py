@@ -8,7 +8,8 @@ from starlette.responses import Response
 from gateway.auth import CUSTOMER, OPS, SWITCH, authenticate
 from gateway.bodies import Body, Field, read_json
 from gateway.responses import JSONResponse
-from metering import account_records, accounts, credits
+from metering import accounts, credits
+from metering.ledger import registry
 from metering.rate_card import RateCard
 
 OPS_ONLY = frozenset({OPS})
@@ -36,9 +37,9 @@ async def post_account(request: Request) -> Response:
     await authenticate(request, state.settings, state.store, OPS_ONLY)
     b = await read_json(request, CREATE_BODY, state.settings.request_body_bytes_max)
     rate_card = RateCard.parse(b["rate_card"])
-    # Written through to Postgres first (metering/account_records.py). A repeated
+    # Written through to Postgres first (metering/ledger/registry.py). A repeated
     # identical creation answers like the first (201); a different one is a 409.
-    account, _ = await account_records.create_account(
+    account, _ = await registry.create_account(
         state.store, state.db, b["account_id"], rate_card, b.get("max_concurrent_calls", 0)
     )
     return JSONResponse(account.as_dict(), 201)
@@ -57,9 +58,7 @@ async def post_token(request: Request) -> Response:
     account_id = request.path_params["account_id"]
     await authenticate(request, state.settings, state.store, OPS_ONLY)
     b = await read_json(request, TOKEN_BODY, state.settings.request_body_bytes_max)
-    token = await account_records.issue_customer_token(
-        state.store, state.db, account_id, b["label"]
-    )
+    token = await registry.issue_customer_token(state.store, state.db, account_id, b["label"])
     return JSONResponse({"account_id": account_id, "label": b["label"], "token": token}, 201)
 
 

@@ -12,8 +12,8 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import CUSTOMER, OPS, authenticate
 from gateway.responses import JSONResponse
-from metering import activity
-from metering.ledger_lag import ledger_lag
+from metering.ledger import activity
+from metering.ledger.lag import ledger_lag
 
 CUSTOMER_OR_OPS = frozenset({CUSTOMER, OPS})
 OPS_ONLY = frozenset({OPS})

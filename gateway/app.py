@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypedDict
 
+import stripe
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,12 +22,23 @@ from gateway.live_hub import LiveHub
 from gateway.openapi import build_openapi
 from gateway.pages import page_routes
 from gateway.responses import JSONResponse
-from metering.database import create_pool
-from metering.ledger_writer import run_in_process as run_ledger_writer
+from metering.ledger.database import create_pool
+from metering.ledger.writer import run_in_process as run_ledger_writer
+from metering.payments.stripe_client import build_stripe_client, close_stripe_client
 from metering.settings import Settings
-from metering.store import open_store
-from metering.stripe_client import build_stripe_client, close_stripe_client
+from metering.store import Store, open_store
 from metering.sweeper import run_sweeper
+
+
+class GatewayState(TypedDict):
+    """What the lifespan hands every request as `request.state` (Starlette's
+    lifespan state): the clients, built once per process from one Settings."""
+
+    settings: Settings
+    store: Store
+    db: Any  # asyncpg.Pool
+    stripe: stripe.StripeClient
+    live_hub: LiveHub
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -35,10 +47,10 @@ def create_app(settings: Settings) -> Starlette:
     openapi_document["x-websockets"] = OPENAPI_WEBSOCKETS
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: Starlette) -> AsyncIterator[GatewayState]:
         store = await open_store(settings)
         # Postgres pool: lazy (min_size=0), so the gateway starts without Postgres;
-        # the authorize path never uses it. One Stripe client (payments, issue 5).
+        # the authorize path never uses it.
         db = await create_pool(settings)
         stripe_client = build_stripe_client(settings)
         stop = asyncio.Event()
@@ -51,13 +63,13 @@ def create_app(settings: Settings) -> Starlette:
         if settings.ledger_writer_in_gateway:
             tasks.append(asyncio.create_task(run_ledger_writer(store, stop), name="ledger"))
         try:
-            yield {
-                "settings": settings,
-                "store": store,
-                "db": db,
-                "stripe": stripe_client,
-                "live_hub": live_hub,
-            }
+            yield GatewayState(
+                settings=settings,
+                store=store,
+                db=db,
+                stripe=stripe_client,
+                live_hub=live_hub,
+            )
         finally:
             stop.set()
             for task in tasks:

@@ -143,7 +143,7 @@ ENDPOINTS: list[Endpoint] = [
         "The call never connected: release its reservation, charge nothing.",
         switch_api.RELEASE_BODY,
     ),
-    # The durable ledger (issue 4): activity view and lag. Query parameters of the
+    # The durable ledger: activity view and lag. Query parameters of the
     # activity endpoints: from, to (YYYY-MM-DD or RFC 3339), show, limit, cursor.
     Endpoint(
         "GET",
@@ -172,7 +172,7 @@ ENDPOINTS: list[Endpoint] = [
         "Ledger entries not yet in Postgres and the age of the oldest, by shard.",
         errors=(401, 403),
     ),
-    # ---- payments (issue 5) ----
+    # ---- payments ----
     Endpoint(
         "PUT",
         "/v1/accounts/{account_id}/recharge",

@@ -34,7 +34,7 @@ STATUS: dict[type[Exception], int] = {
     errors.InvalidRequest: 422,
     errors.BalanceLimit: 422,
     errors.ConcurrentCallLimit: 429,
-    # payments (issue 5)
+    # payments
     errors.CardDeclined: 402,
     errors.PaymentFailed: 402,
     errors.NoCardOnFile: 409,

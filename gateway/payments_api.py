@@ -8,7 +8,7 @@ from starlette.responses import Response
 from gateway.auth import CUSTOMER, OPS, authenticate
 from gateway.bodies import Body, BodyTooLarge, Field, read_json
 from gateway.responses import JSONResponse
-from metering import payments, recharge, webhooks
+from metering.payments import cards, pay_now, recharge_settings, webhooks
 
 CUSTOMER_OR_OPS = frozenset({CUSTOMER, OPS})
 
@@ -55,7 +55,7 @@ async def put_recharge(request: Request) -> Response:
     account_id = request.path_params["account_id"]
     await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
     b = await read_json(request, RECHARGE_BODY, state.settings.request_body_bytes_max)
-    saved = await recharge.save_settings(state.store, state.db, account_id, b)
+    saved = await recharge_settings.save_settings(state.store, state.db, account_id, b)
     return JSONResponse({"account_id": account_id, **saved.as_dict()})
 
 
@@ -64,7 +64,7 @@ async def post_payment(request: Request) -> Response:
     account_id = request.path_params["account_id"]
     await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
     b = await read_json(request, PAYMENT_BODY, state.settings.request_body_bytes_max)
-    payment = await payments.pay_now(
+    payment = await pay_now.pay_now(
         state.store,
         state.db,
         state.stripe,
@@ -81,7 +81,7 @@ async def put_card(request: Request) -> Response:
     account_id = request.path_params["account_id"]
     await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
     b = await read_json(request, CARD_BODY, state.settings.request_body_bytes_max)
-    card = await payments.set_card(
+    card = await cards.set_card(
         state.store, state.db, state.stripe, account_id, b["payment_method_id"]
     )
     return JSONResponse({"account_id": account_id, **card.as_dict()})
@@ -91,7 +91,7 @@ async def delete_card(request: Request) -> Response:
     state = request.state
     account_id = request.path_params["account_id"]
     await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
-    deleted = await payments.delete_card(state.store, state.db, state.stripe, account_id)
+    deleted = await cards.delete_card(state.store, state.db, state.stripe, account_id)
     return JSONResponse({"account_id": account_id, "deleted": deleted, "recharge_enabled": False})
 
 

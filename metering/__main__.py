@@ -1,5 +1,5 @@
 import sys
 
-from metering.cli import main
+from metering.tools.cli import main
 
 sys.exit(main())

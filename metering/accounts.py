@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -148,24 +147,16 @@ async def list_accounts(store: Store, accounts_max: int = 100_000) -> list[Accou
     return views
 
 
-def _token_digest(token: str) -> str:
+def token_digest(token: str) -> str:
+    """The SHA-256 hex under which a customer token is stored (Redis and Postgres)."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-async def issue_customer_token(store: Store, account_id: str, label: str) -> str:
-    """A new URL-safe token for the account's dashboard; only its SHA-256 is kept."""
-    fields.text(label, "label", TOKEN_LABEL_LENGTH_MAX)
-    await get_account(store, account_id)
-    token = secrets.token_urlsafe(32)
-    await store.redis.set(token_key(_token_digest(token)), account_id)
-    return token
 
 
 async def account_for_token(store: Store, token: str) -> str | None:
     """The account a customer token belongs to, or None."""
     if not token or len(token) > 256:
         return None
-    digest = _token_digest(token)
+    digest = token_digest(token)
     # The lookup is by SHA-256 digest, so its timing says nothing about the token.
     account_id: str | None = await store.redis.get(token_key(digest))
     return account_id

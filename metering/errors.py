@@ -119,7 +119,7 @@ def raise_refusal(result: list[Any], account_id: str, subject: str = "") -> None
     raise AssertionError(f"unexpected script answer {result!r}")
 
 
-# ---- payments (issue 5) ----
+# ---- payments ----
 
 
 class CardDeclined(MeteringError):

@@ -11,8 +11,9 @@ unchanged on Redis Cluster.
     m:{s042}:i:<account_id>:<kind>:<request_id>  string  first answer of a one-shot request
     m:{s042}:accounts                set    account ids of the shard
     m:{s042}:ledger                  stream ledger entries not yet trimmed (see ledger_entries)
-    m:{s042}:recharge                stream recharge requests (see ledger_entries)
+    m:{s042}:recharge                stream recharge requests (see payments/recharge_worker.py)
     m:{s042}:expiry                  zset   "<account_id>|<call_id>" scored by expiry in ms
+                                            (written by lua/_lib.lua's expiry_member)
     m:token:<sha256 hex>             string account id of a customer token
 """
 
@@ -65,9 +66,19 @@ class AccountKeys:
     def request(self, kind: str, request_id: str) -> str:
         return f"{self._base}:i:{self.account_id}:{kind}:{request_id}"
 
+    def call_keys(self, call_id: str) -> list[str]:
+        """The keys every call script starts with: account, call, open calls, expiry."""
+        return [self.account, self.call(call_id), self.calls, self.shard.expiry]
+
 
 def all_shards(shard_count: int) -> list[ShardKeys]:
     return [ShardKeys(shard) for shard in range(shard_count)]
+
+
+def split_expiry_member(member: str) -> tuple[str, str]:
+    """(account_id, call_id) of an expiry zset member; account ids hold no '|'."""
+    account_id, _, call_id = member.partition("|")
+    return account_id, call_id
 
 
 def token_key(token_sha256_hex: str) -> str:

@@ -1,5 +1,7 @@
-"""The ledger entry and recharge request as the Lua scripts write them to a
-shard's streams. The ledger writer and the recharge worker read them back here.
+"""The ledger entry as the Lua scripts write it to a shard's ledger stream, and
+the billing items in the product's words. The ledger writer reads entries back
+here; the recharge stream's format lives with its reader,
+metering/payments/recharge_worker.py.
 
 Ledger stream `m:{sNNN}:ledger`, one XADD per balance change, fields:
 
@@ -12,11 +14,6 @@ Ledger stream `m:{sNNN}:ledger`, one XADD per balance change, fields:
     at_us                 Redis server time, microseconds since the epoch
     detail                free text: the number bought, the call's billed seconds,
                           the credit's source
-
-Recharge stream `m:{sNNN}:recharge`, one XADD when a change takes the account's
-available balance below its threshold while no recharge is pending:
-
-    account_id, amount_micros, available_micros, threshold_micros, at_us
 """
 
 from __future__ import annotations
@@ -62,23 +59,4 @@ class LedgerEntry:
             request_id=fields["request_id"],
             at_us=int(fields["at_us"]),
             detail=fields.get("detail", ""),
-        )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RechargeRequest:
-    account_id: str
-    amount_micros: int
-    available_micros: int
-    threshold_micros: int
-    at_us: int
-
-    @classmethod
-    def from_stream(cls, fields: Mapping[str, str]) -> RechargeRequest:
-        return cls(
-            account_id=fields["account_id"],
-            amount_micros=int(fields["amount_micros"]),
-            available_micros=int(fields["available_micros"]),
-            threshold_micros=int(fields["threshold_micros"]),
-            at_us=int(fields["at_us"]),
         )

@@ -22,13 +22,6 @@ def usd(amount_usd: int) -> int:
     return amount_usd * MICROS_PER_USD
 
 
-def ceil_div(numerator: int, denominator: int) -> int:
-    """Integer division rounded up: the one rounding rule for partial units."""
-    if denominator <= 0 or numerator < 0:
-        raise ValueError("ceil_div takes a non-negative numerator and a positive denominator")
-    return -(-numerator // denominator)
-
-
 def format_usd(amount_micros: int) -> str:
     """`12345678` -> `'$12.345678'` for messages; exact, no floats."""
     sign = "-" if amount_micros < 0 else ""

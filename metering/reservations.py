@@ -107,21 +107,16 @@ class Release:
         }
 
 
-def _call_keys(store: Store, account_id: str, call_id: str) -> tuple[Any, list[str]]:
-    keys = store.account_keys(account_id)
-    return keys, [keys.account, keys.call(call_id), keys.calls, keys.shard.expiry]
-
-
 async def reserve(store: Store, account_id: str, call_id: str, direction: str) -> Grant:
     """Open a call and grant its first chunk of seconds."""
     fields.account_id(account_id)
     fields.request_id(call_id, "call_id")
     fields.choice(direction, "direction", DIRECTIONS)
-    keys, call_keys = _call_keys(store, account_id, call_id)
+    keys = store.account_keys(account_id)
     s = store.settings
     r = await store.scripts.reserve(
         store.redis,
-        [*call_keys, keys.shard.recharge],
+        [*keys.call_keys(call_id), keys.shard.recharge],
         [
             account_id,
             call_id,
@@ -144,11 +139,11 @@ async def extend(store: Store, account_id: str, call_id: str, extend_id: str | N
     fields.request_id(call_id, "call_id")
     if extend_id is not None:
         fields.request_id(extend_id, "extend_id")
-    keys, call_keys = _call_keys(store, account_id, call_id)
+    keys = store.account_keys(account_id)
     s = store.settings
     r = await store.scripts.extend(
         store.redis,
-        [*call_keys, keys.shard.recharge],
+        [*keys.call_keys(call_id), keys.shard.recharge],
         [
             account_id,
             call_id,
@@ -175,11 +170,11 @@ async def commit(store: Store, account_id: str, call_id: str, duration_seconds: 
             "duration_seconds must be at least 1; release a call that never connected",
         )
     fields.integer(duration_seconds, "duration_seconds", 1, store.settings.call_duration_s_max)
-    keys, call_keys = _call_keys(store, account_id, call_id)
+    keys = store.account_keys(account_id)
     s = store.settings
     r = await store.scripts.commit(
         store.redis,
-        [*call_keys, keys.shard.ledger, keys.shard.recharge],
+        [*keys.call_keys(call_id), keys.shard.ledger, keys.shard.recharge],
         [
             account_id,
             call_id,
@@ -207,10 +202,12 @@ async def release(store: Store, account_id: str, call_id: str) -> Release:
     """The call never connected: return its reservation, charge nothing."""
     fields.account_id(account_id)
     fields.request_id(call_id, "call_id")
-    _, call_keys = _call_keys(store, account_id, call_id)
+    keys = store.account_keys(account_id)
     s = store.settings
     r = await store.scripts.release(
-        store.redis, call_keys, [account_id, call_id, s.idempotency_window_s, s.live_channel]
+        store.redis,
+        keys.call_keys(call_id),
+        [account_id, call_id, s.idempotency_window_s, s.live_channel],
     )
     raise_refusal(r, account_id, call_id)
     return Release(call_id, int(r[2]), int(r[3]), int(r[4]), r[1] == 1)

@@ -51,7 +51,7 @@ class Scripts:
         self.extend = self._by_name["extend"]
         self.commit = self._by_name["commit"]
         self.release = self._by_name["release"]
-        self.expire_reservations = self._by_name["expire_reservations"]
+        self.expire_call = self._by_name["expire_call"]
 
     def __getitem__(self, name: str) -> LuaScript:
         return self._by_name[name]

@@ -88,7 +88,7 @@ class Settings:
     ledger_claim_idle_ms: int = 30_000
     ledger_consumer_group: str = "ledger-writer"
 
-    # Durable ledger (issue 4): Postgres pool, writer retries, activity export.
+    # Durable ledger: Postgres pool, writer retries, activity export.
     # Seconds to wait for a Postgres connection or statement before giving up.
     database_timeout_s: float = 5.0
     # Writer attempts at one batch while Postgres is down (backoff doubles from
@@ -107,7 +107,7 @@ class Settings:
     stripe_api_base: str = "http://127.0.0.1:8420"
     stripe_webhook_secret: str = "whsec_local"
     stripe_timeout_s: float = 10.0
-    # Payments (issue 5): SDK retries of one Stripe call (same idempotency key),
+    # Payments: SDK retries of one Stripe call (same idempotency key),
     # webhook timestamp tolerance, and the bounds of one pay-now payment.
     stripe_max_network_retries: int = 2
     stripe_webhook_tolerance_s: int = 300

@@ -3,6 +3,7 @@ that every domain function takes as its first argument."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -10,7 +11,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from metering.keys import AccountKeys
-from metering.scripts import Scripts
+from metering.scripts import LuaScript, Scripts
 from metering.settings import Settings
 
 
@@ -22,6 +23,38 @@ class Store:
 
     def account_keys(self, account_id: str) -> AccountKeys:
         return AccountKeys(account_id, self.settings.shard_count)
+
+
+# Concurrent script calls on a cluster, whose pipelines refuse EVALSHA.
+CLUSTER_CONCURRENCY = 16
+
+
+async def run_each(
+    store: Store, script: LuaScript, calls: list[tuple[list[str], list[Any]]]
+) -> list[Any]:
+    """Run one script once per (keys, args), answers in order: one pipelined round
+    trip on a single server, bounded concurrent calls on a cluster. A NOSCRIPT
+    (a restarted Redis) sends that call through the script's reloading path."""
+    if not calls:
+        return []
+    if store.settings.redis_cluster:
+        limit = asyncio.Semaphore(CLUSTER_CONCURRENCY)
+
+        async def one(keys: list[str], args: list[Any]) -> Any:
+            async with limit:
+                return await script(store.redis, keys, args)
+
+        return list(await asyncio.gather(*(one(k, a) for k, a in calls)))
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        answers = await pipe.execute(raise_on_error=False)
+    out = []
+    for (keys, args), answer in zip(calls, answers, strict=True):
+        if isinstance(answer, Exception):
+            answer = await script(store.redis, keys, args)
+        out.append(answer)
+    return out
 
 
 def connect_redis(settings: Settings) -> Any:

@@ -1,63 +1,49 @@
 """The reservation sweeper: closes calls whose validity ran out without a
 commit or release, with no request needing to arrive. Every gateway process
-runs one; the script is atomic and checks each call's state, so several
-sweepers never expire a call twice."""
+runs one; the script is atomic and checks each call's state and due time, so
+several sweepers never expire a call twice."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Any
 
-from metering.keys import PREFIX, ShardKeys, all_shards
-from metering.store import Store
+from metering.keys import AccountKeys, all_shards, split_expiry_member
+from metering.store import Store, run_each
 
 log = logging.getLogger(__name__)
-
-
-# Concurrent per-shard sweeps on a cluster (its pipelines refuse EVALSHA).
-CLUSTER_SWEEP_CONCURRENCY = 16
 
 
 async def expire_due_reservations(store: Store) -> int:
     """One pass over every shard; returns how many calls it expired."""
     s = store.settings
     shards = all_shards(s.shard_count)
-    args = [
-        s.reservation_sweep_batch_max,
-        s.idempotency_window_s,
-        s.ledger_backlog_max,
-        s.live_channel,
-    ]
-    script = store.scripts.expire_reservations
-
-    async def sweep(shard: ShardKeys) -> int:
-        keys = [shard.expiry, shard.ledger, shard.recharge]
-        return int((await script(store.redis, keys, [PREFIX + shard.tag, *args]))[0])
-
-    if s.redis_cluster:
-        limit = asyncio.Semaphore(CLUSTER_SWEEP_CONCURRENCY)
-
-        async def bounded(shard: ShardKeys) -> int:
-            async with limit:
-                return await sweep(shard)
-
-        return sum(await asyncio.gather(*(bounded(shard) for shard in shards)))
-
-    # One pipelined round trip for all shards on a single server.
+    now_ms = time.time_ns() // 1_000_000
     async with store.redis.pipeline(transaction=False) as pipe:
         for shard in shards:
-            pipe.evalsha(
-                script.sha, 3, shard.expiry, shard.ledger, shard.recharge, PREFIX + shard.tag, *args
+            pipe.zrangebyscore(shard.expiry, "-inf", now_ms, 0, s.reservation_sweep_batch_max)
+        due_by_shard = await pipe.execute()
+    calls: list[tuple[list[str], list[Any]]] = []
+    for members in due_by_shard:
+        for member in members:
+            account_id, call_id = split_expiry_member(member)
+            keys = AccountKeys(account_id, s.shard_count)
+            calls.append(
+                (
+                    [*keys.call_keys(call_id), keys.shard.ledger, keys.shard.recharge],
+                    [
+                        account_id,
+                        call_id,
+                        s.idempotency_window_s,
+                        s.ledger_backlog_max,
+                        s.live_channel,
+                    ],
+                )
             )
-        answers = await pipe.execute(raise_on_error=False)
-    expired = 0
-    for shard, answer in zip(shards, answers, strict=True):
-        if isinstance(answer, Exception):
-            # NOSCRIPT after a Redis restart: this shard goes through the reloading path.
-            expired += await sweep(shard)
-        else:
-            expired += int(answer[0])
-    return expired
+    answers = await run_each(store, store.scripts.expire_call, calls)
+    return sum(1 for answer in answers if answer[0] == "expired")
 
 
 async def run_sweeper(store: Store, stop: asyncio.Event) -> None:

@@ -11,42 +11,25 @@ subprocess on a free port.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis as redis_sync
 
+from devkit.testing import RATE_CARD, GatewayProcess
 from metering.settings import Settings
 from metering.store import Store, open_store
 
-ROOT = Path(__file__).resolve().parent.parent
 TEST_REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TEST_DATABASE_URL = os.environ.get(
     "METERING_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/metering_test"
 )
 SWITCH = {"Authorization": "Bearer test-switch-token"}
 OPS = {"Authorization": "Bearer test-ops-token"}
-
-RATE_CARD = {
-    "call_outbound_per_minute_micros": 10_000,
-    "call_inbound_per_minute_micros": 5_000,
-    "call_increment_seconds": 6,
-    "call_minimum_seconds": 6,
-    "sms_outbound_micros": 7_500,
-    "sms_inbound_micros": 1_000,
-    "ring_through_attempt_micros": 2_000,
-    "number_purchase_micros": 1_000_000,
-    "number_renewal_micros": 1_000_000,
-}
 
 
 def test_settings(**changes: Any) -> Settings:
@@ -66,17 +49,6 @@ def test_settings(**changes: Any) -> Settings:
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as METERING_* variables, for subprocesses."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
-    for name in Settings.__dataclass_fields__:
-        value = getattr(settings, name)
-        if isinstance(value, bool):
-            value = "1" if value else "0"
-        env["METERING_" + name.upper()] = str(value)
-    return env
-
-
 def url_with_port(url: str, port: int) -> str:
     """The same server URL (user, database) on another port of the same host: the test
     Postgres is not always on 5432 (`./dev test` may start its own elsewhere)."""
@@ -88,55 +60,6 @@ def url_with_port(url: str, port: int) -> str:
 
 def url_port(url: str, default_port: int = 5432) -> int:
     return urllib.parse.urlsplit(url).port or default_port
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_http(url: str, timeout_s: float = 15.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before serving {url}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
-
-
-class GatewayProcess:
-    """A real `python -m gateway` on a free port; stopped (only it) at the end."""
-
-    def __init__(self, settings: Settings, log_path: Path | None = None) -> None:
-        self.port = free_port()
-        self.settings = settings.replace(port=self.port, host="127.0.0.1")
-        self.url = f"http://127.0.0.1:{self.port}"
-        log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway"],
-            cwd=ROOT,
-            env=settings_env(self.settings),
-            stdout=log,
-            stderr=subprocess.STDOUT if log else None,
-        )
-        if log:
-            log.close()
-        wait_for_http(self.url + "/healthz", proc=self.proc)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -157,16 +80,10 @@ def clean_test_redis(settings: Settings) -> Iterator[None]:
 async def migrated_test_database(settings: Settings) -> None:
     """The test Postgres database exists and carries every migration (account
     creation writes through to it)."""
-    import asyncpg
 
-    from metering.migrate import apply_migrations, ensure_database
+    from metering.ledger.migrate import migrate
 
-    await ensure_database(settings.database_url)
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await apply_migrations(conn)
-    finally:
-        await conn.close()
+    await migrate(settings.database_url, create_database=True)
 
 
 @pytest.fixture(scope="session")

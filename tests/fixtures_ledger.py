@@ -17,62 +17,21 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import redis as redis_sync
 
-from metering.database import create_pool
+from devkit.testing import ROOT, RedisServer, free_port, settings_env
 from metering.keys import all_shards
-from metering.migrate import apply_migrations, ensure_database
+from metering.ledger.database import create_pool
+from metering.ledger.migrate import apply_migrations, ensure_database
 from metering.settings import Settings
 from metering.store import Store, open_store
-from tests.conftest import ROOT, TEST_DATABASE_URL, free_port, settings_env, test_settings
+from tests.conftest import TEST_DATABASE_URL, test_settings
 
 SHARDS = 16
-
-
-class RedisServer:
-    """A throw-away redis-server (no persistence) on a free port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis_sync.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis_sync.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        client.close()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 def _with_search_path(url: str, schema: str) -> str:
@@ -278,15 +237,14 @@ class Traffic:
         self.counter = 0
 
     async def make_accounts(self, pool: Any, count: int, balance_micros: int) -> list[str]:
-        from metering import account_records, credits
+        from devkit.testing import RATE_CARD
+        from metering import credits
+        from metering.ledger import registry
         from metering.rate_card import RateCard
-        from tests.conftest import RATE_CARD
 
         ids = [f"acct-{uuid.uuid4().hex[:10]}" for _ in range(count)]
         for account_id in ids:
-            await account_records.create_account(
-                self.store, pool, account_id, RateCard.parse(RATE_CARD)
-            )
+            await registry.create_account(self.store, pool, account_id, RateCard.parse(RATE_CARD))
             c = await credits.add_funds(
                 self.store, account_id, "initial", balance_micros, "ops_credit", "test funds"
             )

@@ -23,21 +23,13 @@ import pytest
 import stripe
 from aiosmtpd.controller import Controller
 
-from metering.migrate import apply_migrations, ensure_database
-from metering.recharge_worker import RechargeWorker
+from devkit.testing import RATE_CARD, ROOT, GatewayProcess, free_port, wait_for_http
+from metering.ledger.migrate import migrate
+from metering.payments.recharge_worker import RechargeWorker
+from metering.payments.stripe_client import build_stripe_client, close_stripe_client
 from metering.settings import Settings
 from metering.store import Store, open_store
-from metering.stripe_client import build_stripe_client, close_stripe_client
-from tests.conftest import (
-    OPS,
-    RATE_CARD,
-    ROOT,
-    GatewayProcess,
-    free_port,
-    new_account_id,
-    test_settings,
-    wait_for_http,
-)
+from tests.conftest import OPS, new_account_id, test_settings
 
 WEBHOOK_SECRET = "whsec_test_payments_secret"
 STRIPE_KEY = "sk_test_payments"
@@ -139,12 +131,7 @@ def pay_settings(stripe_server: StripeServer, mailbox: Mailbox) -> Settings:
 
 @pytest.fixture(scope="session")
 async def pay_db(pay_settings: Settings) -> AsyncIterator[Any]:
-    await ensure_database(pay_settings.database_url)
-    conn = await asyncpg.connect(pay_settings.database_url)
-    try:
-        await apply_migrations(conn)
-    finally:
-        await conn.close()
+    await migrate(pay_settings.database_url, create_database=True)
     pool = await asyncpg.create_pool(pay_settings.database_url, min_size=1, max_size=5)
     yield pool
     await pool.close()

@@ -6,8 +6,9 @@ import asyncio
 
 import httpx
 
+from devkit.testing import RATE_CARD
 from metering.store import Store
-from tests.conftest import RATE_CARD, SWITCH, make_account
+from tests.conftest import SWITCH, make_account
 from tests.ledger_stream import assert_gapless_running_sum, stream_entries
 
 SMS_MICROS = RATE_CARD["sms_outbound_micros"]

@@ -7,9 +7,10 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.testing import RATE_CARD
 from metering.keys import AccountKeys
 from metering.store import Store
-from tests.conftest import OPS, RATE_CARD, SWITCH, make_account
+from tests.conftest import OPS, SWITCH, make_account
 from tests.ledger_stream import account_dump
 
 GOOD_MESSAGE = {"message_id": "m-ok", "direction": "outbound"}

@@ -9,9 +9,9 @@ import time
 import httpx
 import pytest
 
-from metering.money import ceil_div
+from devkit.testing import RATE_CARD, GatewayProcess
 from metering.store import Store
-from tests.conftest import RATE_CARD, SWITCH, GatewayProcess, make_account, test_settings
+from tests.conftest import SWITCH, make_account, test_settings
 from tests.ledger_stream import assert_gapless_running_sum, stream_entries
 
 # (minimum s, increment s, price per minute, duration s, billed s, charged micros)
@@ -35,12 +35,6 @@ ROUNDING_TABLE = [
     (60, 1, 7, 61, 61, 8),  # 7.12 rounds up
     (60, 60, 999_999_999, 60, 60, 999_999_999),
 ]
-
-
-def test_ceil_div_rounds_partial_units_up() -> None:
-    assert [ceil_div(n, 60) for n in (0, 1, 59, 60, 61, 119, 120)] == [0, 1, 1, 1, 2, 2, 2]
-    with pytest.raises(ValueError):
-        ceil_div(-1, 60)
 
 
 @pytest.mark.parametrize("minimum,increment,per_minute,duration,billed,charged", ROUNDING_TABLE)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import RATE_CARD, ROOT, free_port
+from devkit.testing import RATE_CARD, ROOT, free_port
 
 DEV_DIR = ROOT / ".dev" / "test-dev-run"
 DEMO_TIMEOUT_S = 60.0
@@ -188,7 +188,7 @@ def test_dev_run_starts_servers_moves_balances_stops_and_restarts_on_same_data()
         assert read_account(url, account_id, token)["seq"] >= second["seq"]
 
         commands = " ".join(still_running(process_tree(run.proc.pid)))
-        for expected in ("redis-server", "postgres", "-m gateway", "metering demo"):
+        for expected in ("redis-server", "postgres", "-m gateway", "devkit.demo"):
             assert expected in commands, f"{expected} not started: {commands}"
     finally:
         tree = process_tree(run.proc.pid)

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from metering.cli import COMMANDS
+from devkit.testing import ROOT, free_port, settings_env, wait_for_http
+from metering.tools.cli import COMMANDS
 from tests import conftest
-from tests.conftest import ROOT, free_port, settings_env, wait_for_http
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE_FILE = ROOT / "docker" / "docker-compose.yml"

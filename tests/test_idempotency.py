@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import OPS, RATE_CARD, SWITCH, make_account, new_account_id
+from devkit.testing import RATE_CARD
+from tests.conftest import OPS, SWITCH, make_account, new_account_id
 
 
 async def _retried(

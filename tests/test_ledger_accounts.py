@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from devkit.testing import RATE_CARD, GatewayProcess, free_port
 from metering import accounts, credits
 from metering.rate_card import RateCard
-from tests.conftest import OPS, RATE_CARD, SWITCH, GatewayProcess, free_port, url_with_port
+from tests.conftest import OPS, SWITCH, url_with_port
 from tests.fixtures_ledger import LedgerWorld, ledger_world
 
 
@@ -107,12 +108,10 @@ async def test_accounts_command_creates_durably_and_lists(world: LedgerWorld) ->
 
 
 async def test_token_for_an_account_made_before_write_through(world: LedgerWorld) -> None:
-    from metering import account_records
+    from metering.ledger import registry
 
     await accounts.create_account(world.store, "redis-only", RateCard.parse(RATE_CARD), 2)
-    token = await account_records.issue_customer_token(
-        world.store, world.pool, "redis-only", "dash"
-    )
+    token = await registry.issue_customer_token(world.store, world.pool, "redis-only", "dash")
     assert await accounts.account_for_token(world.store, token) == "redis-only"
     row = await world.conn.fetchrow("SELECT * FROM accounts WHERE id = 'redis-only'")
     assert row["max_concurrent_calls"] == 2

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from metering import account_records
+from devkit.testing import RATE_CARD, GatewayProcess
+from metering.ledger import registry
 from metering.rate_card import RateCard
-from tests.conftest import OPS, RATE_CARD, GatewayProcess
+from tests.conftest import OPS
 from tests.fixtures_ledger import LedgerWorld, ledger_world
 
 PAGE_MAX = 10
@@ -88,14 +89,14 @@ async def seeded() -> AsyncIterator[Seeded]:
         store, pool = world.store, world.pool
         account_id, other = "seeded-activity", "seeded-other"
         for a in (account_id, other):
-            await account_records.create_account(store, pool, a, RateCard.parse(RATE_CARD))
+            await registry.create_account(store, pool, a, RateCard.parse(RATE_CARD))
         rows, balance = [], 0
         for seq, (at, item, amount) in enumerate(SEEDED, start=1):
             balance += amount
             rows.append((account_id, seq, item, amount, balance, f"req-{seq}", us(at), ""))
         await world.conn.copy_records_to_table("ledger_entries", records=rows)
-        token = await account_records.issue_customer_token(store, pool, account_id, "dash")
-        other_token = await account_records.issue_customer_token(store, pool, other, "dash")
+        token = await registry.issue_customer_token(store, pool, account_id, "dash")
+        other_token = await registry.issue_customer_token(store, pool, other, "dash")
         gateway = GatewayProcess(world.settings)
         try:
             async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from metering import accounts, credits, debits
-from metering.account_records import issue_customer_token
+from metering.ledger.registry import issue_customer_token
 from tests.fixtures_ledger import (
     LedgerWorld,
     Traffic,
@@ -121,11 +121,11 @@ async def test_rebuild_after_flush_continues_seq_and_balance(world: LedgerWorld)
         before[ids[1]].balance_micros + 1_000,
     )
     # Re-creating an account after the rebuild is still a harmless repeat.
-    from metering import account_records
+    from devkit.testing import RATE_CARD
+    from metering.ledger import registry
     from metering.rate_card import RateCard
-    from tests.conftest import RATE_CARD
 
-    _, created = await account_records.create_account(
+    _, created = await registry.create_account(
         world.store, world.pool, ids[2], RateCard.parse(RATE_CARD)
     )
     assert created is False

@@ -113,7 +113,8 @@ async def test_postgres_outage_authorize_keeps_answering_then_ledger_catches_up(
 ) -> None:
     import httpx
 
-    from tests.conftest import OPS, RATE_CARD, SWITCH, GatewayProcess, url_port, url_with_port
+    from devkit.testing import RATE_CARD, GatewayProcess
+    from tests.conftest import OPS, SWITCH, url_port, url_with_port
     from tests.fixtures_ledger import Expected, TcpProxy
 
     proxy = TcpProxy("127.0.0.1", url_port(world.settings.database_url))
@@ -215,7 +216,8 @@ async def test_two_writers_split_the_shards(world: LedgerWorld) -> None:
 async def test_writer_inside_the_gateway_moves_entries(world: LedgerWorld) -> None:
     import httpx
 
-    from tests.conftest import OPS, GatewayProcess
+    from devkit.testing import GatewayProcess
+    from tests.conftest import OPS
 
     traffic = Traffic(world.store, seed=3)
     (account_id,) = await traffic.make_accounts(world.pool, 1, 5_000_000)
@@ -237,9 +239,9 @@ async def test_writer_inside_the_gateway_moves_entries(world: LedgerWorld) -> No
 
 async def test_entries_committed_but_not_acked_are_not_inserted_twice(world: LedgerWorld) -> None:
     """The narrowest crash window, made on purpose: COMMIT done, XACK never sent."""
-    from metering.database import connect
+    from metering.ledger.database import connect
+    from metering.ledger.writer import STAGING_DDL, LedgerWriter, write_batch
     from metering.ledger_entries import LedgerEntry
-    from metering.ledger_writer import STAGING_DDL, LedgerWriter, write_batch
 
     traffic = Traffic(world.store, seed=6)
     accounts = await traffic.make_accounts(world.pool, 10, 1_000_000_000)
@@ -271,7 +273,8 @@ async def test_entries_committed_but_not_acked_are_not_inserted_twice(world: Led
 async def test_writer_stops_promptly_during_an_outage_and_acks_nothing(world: LedgerWorld) -> None:
     import signal
 
-    from tests.conftest import free_port, url_with_port
+    from devkit.testing import free_port
+    from tests.conftest import url_with_port
 
     traffic = Traffic(world.store, seed=8)
     accounts = await traffic.make_accounts(world.pool, 5, 100_000_000)

@@ -17,9 +17,10 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from devkit.testing import GatewayProcess, open_stuck_socket
 from gateway.live_hub import CLOSE_TOO_SLOW, Subscriber
 from metering.settings import Settings
-from tests.conftest import OPS, SWITCH, GatewayProcess, make_account
+from tests.conftest import OPS, SWITCH, make_account
 
 FRAME_WAIT_S = 5.0
 
@@ -174,26 +175,6 @@ async def test_a_client_on_each_of_two_gateways_sees_changes_made_through_the_ot
             await send_sms(http_two, account_id, "through-two")
             for ws in (ws_one, ws_two):
                 assert (await next_frame(ws))["balance_micros"] == 985_000
-
-
-def open_stuck_socket(port: int, path: str) -> socket.socket:
-    """A websocket handshake on a raw socket with a tiny receive buffer that is
-    then never read: the server's sends to it block once the buffers fill."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
 
 
 def read_frames(stream: bytes) -> tuple[int, int | None]:

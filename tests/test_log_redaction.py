@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import websockets
 
-from tests.conftest import OPS, GatewayProcess, make_account, test_settings
+from devkit.testing import GatewayProcess
+from tests.conftest import OPS, make_account, test_settings
 
 
 async def test_websocket_tokens_are_redacted_from_the_log(tmp_path: Path) -> None:

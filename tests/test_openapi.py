@@ -44,7 +44,7 @@ async def test_every_declared_body_is_enforced_by_its_handler(http: httpx.AsyncC
 
 
 async def test_activity_query_parameters_are_documented(http: httpx.AsyncClient) -> None:
-    from metering.activity import QUERY_PARAMS
+    from metering.ledger.activity import QUERY_PARAMS
 
     document = (await http.get("/openapi.json")).json()
     op = document["paths"]["/v1/accounts/{account_id}/activity"]["get"]

@@ -329,10 +329,10 @@ async def test_pay_now_with_stripe_unreachable_is_503_then_retry_credits_once(
 ) -> None:
     import pytest
 
-    from metering import payments
+    from devkit.testing import free_port
     from metering.errors import Unavailable
-    from metering.stripe_client import build_stripe_client, close_stripe_client
-    from tests.conftest import free_port
+    from metering.payments import pay_now
+    from metering.payments.stripe_client import build_stripe_client, close_stripe_client
 
     account_id, auth = await customer_account(pay_http)
     await put_card(pay_http, account_id, auth, "pm_card_visa")
@@ -342,14 +342,14 @@ async def test_pay_now_with_stripe_unreachable_is_503_then_retry_credits_once(
     down_client, up_client = build_stripe_client(down), build_stripe_client(pay_settings)
     try:
         with pytest.raises(Unavailable, match="retry with the same payment_id"):
-            await payments.pay_now(
+            await pay_now.pay_now(
                 pay_store, pay_db, down_client, down, account_id, "net-1", 15 * USD
             )
         assert await balance_of(pay_http, account_id, auth) == 0
-        paid = await payments.pay_now(
+        paid = await pay_now.pay_now(
             pay_store, pay_db, up_client, pay_settings, account_id, "net-1", 15 * USD
         )
-        again = await payments.pay_now(
+        again = await pay_now.pay_now(
             pay_store, pay_db, up_client, pay_settings, account_id, "net-1", 15 * USD
         )
     finally:

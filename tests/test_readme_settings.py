@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from devkit.testing import ROOT
 from metering.settings import documented_settings
-from metering.settings_doc import readme_table, settings_table
-from tests.conftest import ROOT
+from metering.tools.settings_doc import readme_table, settings_table
 
 
 def test_readme_lists_every_setting_with_its_default() -> None:
     readme = readme_table((ROOT / "README.md").read_text())
     assert readme == settings_table(), (
         "README.md's settings table is out of date: run "
-        "`.venv/bin/python -m metering.settings_doc --write`"
+        "`.venv/bin/python -m metering.tools.settings_doc --write`"
     )
     for name, _ in documented_settings():
         assert f"| `{name}` |" in readme

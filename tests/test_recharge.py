@@ -11,9 +11,10 @@ from typing import Any
 
 import httpx
 
-from metering.recharge_worker import RechargeWorker
+from devkit.testing import RATE_CARD
+from metering.payments.recharge_worker import RechargeWorker
 from metering.store import Store
-from tests.conftest import RATE_CARD, SWITCH
+from tests.conftest import SWITCH
 from tests.fixtures_payments import (
     Mailbox,
     PaymentsGateway,
@@ -245,8 +246,8 @@ async def test_unreachable_stripe_retries_with_backoff_then_emails_once(
     pay_settings: Any,
     mailbox: Mailbox,
 ) -> None:
-    from metering.stripe_client import build_stripe_client, close_stripe_client
-    from tests.conftest import free_port
+    from devkit.testing import free_port
+    from metering.payments.stripe_client import build_stripe_client, close_stripe_client
 
     email = "unreachable@example.com"
     account_id, auth = await set_up_recharge(pay_http, "pm_card_visa", 10 * USD + SMS_MICROS, email)
@@ -410,7 +411,7 @@ async def test_recharge_worker_command_recharges_and_stops_on_sigterm(
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, settings_env
+    from devkit.testing import ROOT, settings_env
 
     account_id, auth = await set_up_recharge(
         pay_http, "pm_card_visa", 10 * USD + SMS_MICROS, "cli@example.com"

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import redis as redis_sync
 
+from devkit.testing import RATE_CARD, free_port
 from metering import accounts, credits, debits, reservations, sweeper
 from metering.rate_card import RateCard
 from metering.store import open_store
-from tests.conftest import RATE_CARD, free_port, test_settings
+from tests.conftest import test_settings
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -149,13 +150,13 @@ async def test_scripts_run_unchanged_on_a_redis_cluster(cluster_ports: list[int]
 
 
 async def test_ledger_writer_drains_a_redis_cluster(cluster_ports: list[int]) -> None:
-    """The writer, trim and lag scripts and reconcile on the cluster (issue 4)."""
+    """The writer, trim and lag scripts and reconcile on the cluster."""
     import asyncpg
 
-    from metering.database import create_pool
-    from metering.ledger_lag import ledger_lag
-    from metering.ledger_writer import LedgerWriter
-    from metering.reconcile import reconcile
+    from metering.ledger.database import create_pool
+    from metering.ledger.lag import ledger_lag
+    from metering.ledger.reconcile import reconcile
+    from metering.ledger.writer import LedgerWriter
     from tests.fixtures_ledger import Traffic, assert_postgres_matches, postgres_schema
 
     # The cluster is this module's own: start from empty nodes.

@@ -112,13 +112,33 @@ local function publish(channel, account_id, event, item, amount, balance, reserv
     int(balance - reserved), int(seq), int(at), p))
 end
 
+-- The account's money fields and its recharge settings, which every script that
+-- moves a balance reads together, plus any extra fields named.
+-- Returns nil for an unknown account, else
+-- {balance, reserved, seq, recharge = {enabled, threshold, amount, pending_since}, [name] = value}.
+local function read_account(account_key, ...)
+  local extra = {...}
+  local a = redis.call('HMGET', account_key, 'balance', 'reserved', 'seq', 'recharge_enabled',
+    'recharge_threshold_micros', 'recharge_amount_micros', 'recharge_pending_since_us', unpack(extra))
+  if not a[1] then return nil end
+  local acct = {balance = tonumber(a[1]), reserved = tonumber(a[2]), seq = tonumber(a[3]),
+    recharge = {a[4], a[5], a[6], a[7]}}
+  for i, name in ipairs(extra) do acct[name] = a[7 + i] end
+  return acct
+end
+
+local function recharge_pending(acct)
+  local since = acct.recharge[4]
+  return since ~= nil and since ~= false and since ~= ''
+end
+
 -- Automatic recharge: the first change that takes the available balance below
 -- the threshold marks a recharge pending and asks for one; later changes see
 -- the mark and ask nothing more until the recharge worker clears it.
--- r = {enabled, threshold_micros, amount_micros, pending_since_us}
 -- Returns whether a recharge is pending after this change.
-local function maybe_request_recharge(account_key, recharge_key, account_id, available, r, at)
-  local pending = r[4] and r[4] ~= ''
+local function maybe_request_recharge(account_key, recharge_key, account_id, available, acct, at)
+  local r = acct.recharge
+  local pending = recharge_pending(acct)
   if r[1] == '1' and not pending and available < num(r[2]) then
     redis.call('HSET', account_key, 'recharge_pending_since_us', int(at))
     redis.call('XADD', recharge_key, '*', 'account_id', account_id,
@@ -127,6 +147,25 @@ local function maybe_request_recharge(account_key, recharge_key, account_id, ava
     return true
   end
   return pending
+end
+
+-- An open call's member in the shard's expiry zset (the sweeper splits it at the
+-- first '|'; account ids cannot contain one).
+local function expiry_member(account_id, call_id)
+  return account_id .. '|' .. call_id
+end
+
+-- Close an open call (commit, release, expiry): store the account's money, mark
+-- the call with its final state and answer fields, keep it for the idempotency
+-- window, and take it out of the open set and the expiry queue.
+-- k = {account, call, calls, expiry} (keys the caller received)
+local function close_call(k, account_id, call_id, state, acct, at, window_s, ...)
+  redis.call('HSET', k.account, 'balance', int(acct.balance), 'reserved', int(acct.reserved),
+    'seq', int(acct.seq))
+  redis.call('HSET', k.call, 'state', state, 'closed_us', int(at), ...)
+  redis.call('EXPIRE', k.call, window_s)
+  redis.call('SREM', k.calls, call_id)
+  redis.call('ZREM', k.expiry, expiry_member(account_id, call_id))
 end
 
 -- ---- end of _lib.lua ----

@@ -17,33 +17,29 @@ if c[1] == 'committed' then return replay(c[7], ARGV[3]) end
 if c[1] ~= 'open' then return {'call_closed', 0, c[1]} end
 if ledger_full(KEYS[5], tonumber(ARGV[5])) then return {'ledger_backlog_full', 0} end
 
-local a = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'seq',
-  'recharge_enabled', 'recharge_threshold_micros', 'recharge_amount_micros', 'recharge_pending_since_us')
-local balance, reserved, seq = tonumber(a[1]), tonumber(a[2]), tonumber(a[3])
+local acct = read_account(KEYS[1])
 local rate, inc, min, held = tonumber(c[2]), tonumber(c[3]), tonumber(c[4]), tonumber(c[5])
 local duration = tonumber(ARGV[3])
 local billed = billable_seconds(duration, min, inc)
 local cost = call_cost(billed, rate)
-local can_take = held + math.max(0, balance - reserved)
+local can_take = held + math.max(0, acct.balance - acct.reserved)
 local charge = math.min(cost, can_take)
 local capped = 0
 if charge < cost then capped = 1 end
 
 local at = now_us()
 local item = 'call_' .. c[6]
-balance = balance - charge
-reserved = reserved - held
+acct.balance = acct.balance - charge
+acct.reserved = acct.reserved - held
 if charge > 0 then
-  seq = seq + 1
-  append_ledger(KEYS[5], ARGV[1], seq, item, -charge, balance, ARGV[2], at,
+  acct.seq = acct.seq + 1
+  append_ledger(KEYS[5], ARGV[1], acct.seq, item, -charge, acct.balance, ARGV[2], at,
     'duration_s=' .. ARGV[3] .. ' billed_s=' .. int(billed) .. (capped == 1 and ' capped' or ''))
 end
-redis.call('HSET', KEYS[1], 'balance', int(balance), 'reserved', int(reserved), 'seq', int(seq))
-local values = {charge, billed, balance, reserved, seq, capped}
-redis.call('HSET', KEYS[2], 'state', 'committed', 'commit_answer', answer_text(ARGV[3], values), 'closed_us', int(at))
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('SREM', KEYS[3], ARGV[2])
-redis.call('ZREM', KEYS[4], ARGV[1] .. '|' .. ARGV[2])
-local pending = maybe_request_recharge(KEYS[1], KEYS[6], ARGV[1], balance - reserved, {a[4], a[5], a[6], a[7]}, at)
-publish(ARGV[6], ARGV[1], 'commit', item, -charge, balance, reserved, seq, at, pending)
-return {'ok', 0, charge, billed, balance, reserved, seq, capped}
+local values = {charge, billed, acct.balance, acct.reserved, acct.seq, capped}
+local k = {account = KEYS[1], call = KEYS[2], calls = KEYS[3], expiry = KEYS[4]}
+close_call(k, ARGV[1], ARGV[2], 'committed', acct, at, ARGV[4],
+  'commit_answer', answer_text(ARGV[3], values))
+local pending = maybe_request_recharge(KEYS[1], KEYS[6], ARGV[1], acct.balance - acct.reserved, acct, at)
+publish(ARGV[6], ARGV[1], 'commit', item, -charge, acct.balance, acct.reserved, acct.seq, at, pending)
+return {'ok', 0, charge, billed, acct.balance, acct.reserved, acct.seq, capped}

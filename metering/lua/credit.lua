@@ -11,9 +11,9 @@
 local prior = redis.call('GET', KEYS[2])
 if prior then return replay(prior, ARGV[4]) end
 
-local a = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'seq', 'recharge_pending_since_us')
-if not a[1] then return {'unknown_account', 0} end
-local balance, reserved, seq = tonumber(a[1]), tonumber(a[2]), tonumber(a[3])
+local acct = read_account(KEYS[1])
+if not acct then return {'unknown_account', 0} end
+local balance, reserved, seq = acct.balance, acct.reserved, acct.seq
 local amount = tonumber(ARGV[2])
 if balance + amount > tonumber(ARGV[10]) then return {'balance_limit', 0, tonumber(ARGV[10])} end
 if ledger_full(KEYS[3], tonumber(ARGV[6])) then return {'ledger_backlog_full', 0} end
@@ -22,7 +22,7 @@ local at = now_us()
 balance = balance + amount
 seq = seq + 1
 redis.call('HSET', KEYS[1], 'balance', int(balance), 'seq', int(seq))
-local pending = a[4] and a[4] ~= ''
+local pending = recharge_pending(acct)
 if ARGV[9] == '1' and pending then
   redis.call('HDEL', KEYS[1], 'recharge_pending_since_us')
   pending = false

@@ -10,10 +10,9 @@
 local prior = redis.call('GET', KEYS[2])
 if prior then return replay(prior, ARGV[5]) end
 
-local a = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'seq', ARGV[3],
-  'recharge_enabled', 'recharge_threshold_micros', 'recharge_amount_micros', 'recharge_pending_since_us')
-if not a[1] then return {'unknown_account', 0} end
-local balance, reserved, seq, cost = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), num(a[4])
+local acct = read_account(KEYS[1], ARGV[3])
+if not acct then return {'unknown_account', 0} end
+local balance, reserved, seq, cost = acct.balance, acct.reserved, acct.seq, num(acct[ARGV[3]])
 if balance - reserved < cost or (cost == 0 and balance - reserved <= 0) then
   -- at zero every billable action is blocked, even one priced at nothing
   return {'insufficient_funds', 0, cost, balance - reserved}
@@ -25,7 +24,7 @@ balance = balance - cost
 seq = seq + 1
 redis.call('HSET', KEYS[1], 'balance', int(balance), 'seq', int(seq))
 append_ledger(KEYS[3], ARGV[1], seq, ARGV[2], -cost, balance, ARGV[4], at, ARGV[9])
-local pending = maybe_request_recharge(KEYS[1], KEYS[4], ARGV[1], balance - reserved, {a[5], a[6], a[7], a[8]}, at)
+local pending = maybe_request_recharge(KEYS[1], KEYS[4], ARGV[1], balance - reserved, acct, at)
 publish(ARGV[8], ARGV[1], 'debit', ARGV[2], -cost, balance, reserved, seq, at, pending)
 local answer = {cost, balance, reserved, seq}
 redis.call('SET', KEYS[2], answer_text(ARGV[5], answer), 'EX', ARGV[6])

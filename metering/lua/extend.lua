@@ -21,9 +21,8 @@ if c[1] ~= 'open' then return {'call_closed', 0, c[1]} end
 local extends = tonumber(c[8])
 if extends >= tonumber(ARGV[7]) then return {'call_extend_limit', 0, tonumber(ARGV[7])} end
 
-local a = redis.call('HMGET', KEYS[1], 'balance', 'reserved',
-  'recharge_enabled', 'recharge_threshold_micros', 'recharge_amount_micros', 'recharge_pending_since_us')
-local balance, reserved = tonumber(a[1]), tonumber(a[2])
+local acct = read_account(KEYS[1])
+local balance, reserved = acct.balance, acct.reserved
 local rate, inc, min = tonumber(c[2]), tonumber(c[3]), tonumber(c[4])
 local total, held = tonumber(c[5]), tonumber(c[6])
 local cap = tonumber(ARGV[6])
@@ -52,8 +51,7 @@ redis.call('HSET', KEYS[2], 'granted_s', int(new_total), 'held', int(new_held),
   'expires_ms', int(expires_ms), 'extends', int(extends + 1))
 local values = {extra, max_s, validity, final, new_held, balance, reserved, new_total}
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], answer_field, answer_text('', values)) end
-redis.call('ZADD', KEYS[4], expires_ms, ARGV[1] .. '|' .. ARGV[2])
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
-local pending = maybe_request_recharge(KEYS[1], KEYS[5], ARGV[1], balance - reserved, {a[3], a[4], a[5], a[6]}, at)
-publish(ARGV[8], ARGV[1], 'extend', 'call_' .. c[9], 0, balance, reserved, seq, at, pending)
+redis.call('ZADD', KEYS[4], expires_ms, expiry_member(ARGV[1], ARGV[2]))
+local pending = maybe_request_recharge(KEYS[1], KEYS[5], ARGV[1], balance - reserved, acct, at)
+publish(ARGV[8], ARGV[1], 'extend', 'call_' .. c[9], 0, balance, reserved, acct.seq, at, pending)
 return {'ok', 0, extra, max_s, validity, final, new_held, balance, reserved, new_total}

@@ -8,16 +8,13 @@ if not c[1] then return {'unknown_call', 0} end
 if c[1] == 'released' then return replay(c[4], '') end
 if c[1] ~= 'open' then return {'call_closed', 0, c[1]} end
 
-local a = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'seq', 'recharge_pending_since_us')
-local balance, reserved, held = tonumber(a[1]), tonumber(a[2]), tonumber(c[2])
-reserved = reserved - held
+local acct = read_account(KEYS[1])
+local held = tonumber(c[2])
+acct.reserved = acct.reserved - held
 local at = now_us()
-redis.call('HSET', KEYS[1], 'reserved', int(reserved))
-redis.call('HSET', KEYS[2], 'state', 'released', 'closed_us', int(at),
-  'release_answer', answer_text('', {held, balance, reserved}))
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('SREM', KEYS[3], ARGV[2])
-redis.call('ZREM', KEYS[4], ARGV[1] .. '|' .. ARGV[2])
-publish(ARGV[4], ARGV[1], 'release', 'call_' .. c[3], 0, balance, reserved, tonumber(a[3]), at,
-  a[4] and a[4] ~= '')
-return {'ok', 0, held, balance, reserved}
+local k = {account = KEYS[1], call = KEYS[2], calls = KEYS[3], expiry = KEYS[4]}
+close_call(k, ARGV[1], ARGV[2], 'released', acct, at, ARGV[3],
+  'release_answer', answer_text('', {held, acct.balance, acct.reserved}))
+publish(ARGV[4], ARGV[1], 'release', 'call_' .. c[3], 0, acct.balance, acct.reserved, acct.seq, at,
+  recharge_pending(acct))
+return {'ok', 0, held, acct.balance, acct.reserved}

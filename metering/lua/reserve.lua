@@ -17,14 +17,14 @@ local c = redis.call('HMGET', KEYS[2], 'state', 'direction', 'reserve_answer')
 if c[1] then return replay(c[3], ARGV[3]) end
 
 local rate_field = 'call_' .. ARGV[3] .. '_per_minute_micros'
-local a = redis.call('HMGET', KEYS[1], 'balance', 'reserved', rate_field,
-  'call_increment_seconds', 'call_minimum_seconds', 'max_concurrent_calls',
-  'recharge_enabled', 'recharge_threshold_micros', 'recharge_amount_micros', 'recharge_pending_since_us')
-if not a[1] then return {'unknown_account', 0} end
-local balance, reserved = tonumber(a[1]), tonumber(a[2])
-local rate, inc, min = num(a[3]), tonumber(a[4]), tonumber(a[5])
+local acct = read_account(KEYS[1], rate_field,
+  'call_increment_seconds', 'call_minimum_seconds', 'max_concurrent_calls')
+if not acct then return {'unknown_account', 0} end
+local balance, reserved = acct.balance, acct.reserved
+local rate = num(acct[rate_field])
+local inc, min = tonumber(acct.call_increment_seconds), tonumber(acct.call_minimum_seconds)
 local open = redis.call('SCARD', KEYS[3])
-local limit = num(a[6])
+local limit = num(acct.max_concurrent_calls)
 if limit > 0 and open >= limit then return {'concurrent_call_limit', 0, limit} end
 
 local cap = tonumber(ARGV[6])
@@ -51,8 +51,7 @@ redis.call('HSET', KEYS[2], 'state', 'open', 'direction', ARGV[3], 'rate', int(r
   'inc', int(inc), 'min', int(min), 'granted_s', int(grant), 'held', int(held),
   'opened_us', int(at), 'expires_ms', int(expires_ms), 'extends', '0', 'reserve_answer', answer)
 redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('ZADD', KEYS[4], expires_ms, ARGV[1] .. '|' .. ARGV[2])
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
-local pending = maybe_request_recharge(KEYS[1], KEYS[5], ARGV[1], balance - reserved, {a[7], a[8], a[9], a[10]}, at)
-publish(ARGV[7], ARGV[1], 'reserve', 'call_' .. ARGV[3], 0, balance, reserved, seq, at, pending)
+redis.call('ZADD', KEYS[4], expires_ms, expiry_member(ARGV[1], ARGV[2]))
+local pending = maybe_request_recharge(KEYS[1], KEYS[5], ARGV[1], balance - reserved, acct, at)
+publish(ARGV[7], ARGV[1], 'reserve', 'call_' .. ARGV[3], 0, balance, reserved, acct.seq, at, pending)
 return {'ok', 0, grant, max_s, validity, final, held, balance, reserved}

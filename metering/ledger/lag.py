@@ -4,16 +4,11 @@ pipelined)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from typing import Any
 
 from metering.keys import all_shards
-from metering.scripts import LuaScript
-from metering.store import Store
-
-# Concurrent script calls on a cluster, whose pipelines refuse EVALSHA.
-CLUSTER_CONCURRENCY = 16
+from metering.store import Store, run_each
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -38,40 +33,13 @@ class LedgerLag:
         }
 
 
-async def each_stream(
-    store: Store, script: LuaScript, streams: list[str], args: list[Any]
-) -> list[Any]:
-    """Run a one-key script on each stream: one pipelined round trip on a single
-    server, bounded concurrent calls on a cluster."""
-    if store.settings.redis_cluster:
-        limit = asyncio.Semaphore(CLUSTER_CONCURRENCY)
-
-        async def one(stream: str) -> Any:
-            async with limit:
-                return await script(store.redis, [stream], args)
-
-        return list(await asyncio.gather(*(one(s) for s in streams)))
-    async with store.redis.pipeline(transaction=False) as pipe:
-        for stream in streams:
-            pipe.evalsha(script.sha, 1, stream, *args)
-        answers = await pipe.execute(raise_on_error=False)
-    out = []
-    for stream, answer in zip(streams, answers, strict=True):
-        if isinstance(answer, Exception):  # NOSCRIPT after a Redis restart
-            answer = await script(store.redis, [stream], args)
-        out.append(answer)
-    return out
-
-
 async def ledger_lag(store: Store) -> LedgerLag:
     """Entries the writers have not committed yet (delivered and unacknowledged,
     or never delivered), and the age of the oldest of them by Redis's clock."""
     shards = all_shards(store.settings.shard_count)
-    answers = await each_stream(
-        store,
-        store.scripts["ledger_lag"],
-        [s.ledger for s in shards],
-        [store.settings.ledger_consumer_group],
+    group = store.settings.ledger_consumer_group
+    answers = await run_each(
+        store, store.scripts["ledger_lag"], [([s.ledger], [group]) for s in shards]
     )
     lags = [
         ShardLag(shard.shard, int(a[0]), int(a[1]))

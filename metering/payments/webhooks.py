@@ -17,8 +17,8 @@ import orjson
 import stripe
 
 from metering.errors import WebhookRejected
-from metering.payments import settle_pay_now_event
-from metering.recharge_worker import settle_recharge_event
+from metering.payments.pay_now import settle_pay_now_event
+from metering.payments.recharge_worker import settle_recharge_event
 from metering.settings import Settings
 from metering.store import Store
 

@@ -18,9 +18,9 @@ import argparse
 import dataclasses
 from typing import Any
 
-from metering.account_records import PERSISTED_FIELDS, hash_fields
-from metering.database import store_and_connection
 from metering.keys import AccountKeys, token_key
+from metering.ledger.database import store_and_connection
+from metering.ledger.registry import PERSISTED_FIELDS, hash_fields
 from metering.settings import Settings
 from metering.store import Store
 

@@ -1,4 +1,5 @@
-"""`python -m metering demo`: a pretend call-control switch for the live demo.
+"""`python -m devkit.demo`: a pretend call-control switch for the live demo of
+`./dev run`.
 
 It is only an HTTP client of the gateway (the switch contract v1): it creates a
 few demo accounts with credit and a customer token each, prints the dashboard
@@ -325,3 +326,17 @@ def expect(r: httpx.Response, *statuses: int) -> None:
 
 class DemoError(RuntimeError):
     """The gateway answered something the switch contract does not allow."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devkit.demo", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(run(args, Settings.from_env()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,23 +7,22 @@ fails, its retry completes the Redis side (creation is idempotent), and
 with money moving that a lost Redis could not bring back.
 
 Accounts hold no balance here: an account's balance is its ledger's last
-balance_after_micros (see metering/rebuild.py).
+balance_after_micros (see metering/ledger/rebuild.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from metering import accounts, fields
-from metering.accounts import AccountView
-from metering.database import acquire
-from metering.errors import AccountExists, InvalidRequest
+from metering.accounts import AccountView, token_digest
+from metering.errors import AccountExists
 from metering.keys import token_key
+from metering.ledger.database import acquire
 from metering.rate_card import RateCard
 from metering.store import Store
 
@@ -51,11 +50,6 @@ RETURNING id
 """
 SELECT_ACCOUNT_SQL = f"SELECT {', '.join(PERSISTED_FIELDS)} FROM accounts WHERE id = $1"
 INSERT_TOKEN_SQL = "INSERT INTO customer_tokens (sha256, account_id, label) VALUES ($1, $2, $3)"
-
-
-def token_digest(token: str) -> str:
-    """The SHA-256 hex under which a customer token is stored (Redis and Postgres)."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 async def create_account(
@@ -124,39 +118,6 @@ async def issue_customer_token(store: Store, pool: Any, account_id: str, label: 
         await conn.execute(INSERT_TOKEN_SQL, digest, account_id, label)
     await store.redis.set(token_key(digest), account_id)
     return token
-
-
-def _column_value(name: str, value: Any) -> Any:
-    if value is None or value == "":
-        return False if name in BOOL_FIELDS else None
-    if name in BOOL_FIELDS:
-        return value in (True, 1, "1", "true")
-    if name in INT_FIELDS:
-        return int(value)
-    return str(value)
-
-
-async def save_account_fields(
-    pool: Any, account_id: str, values: Mapping[str, Any], timeout_s: float = 5.0
-) -> None:
-    """Write-through of account settings (e.g. automatic recharge): call it BEFORE
-    writing the same hash fields to Redis. Keys are hash field names from
-    PERSISTED_FIELDS; bools may be given as '1'/'0'."""
-    unknown = sorted(set(values) - set(PERSISTED_FIELDS))
-    if unknown:
-        raise InvalidRequest(unknown[0], f"{unknown[0]} is not a persisted account field")
-    if not values:
-        return
-    names = list(values)
-    assignments = ", ".join(f"{n} = ${i + 2}" for i, n in enumerate(names))
-    async with acquire(pool, timeout_s) as conn:
-        status = await conn.execute(
-            f"UPDATE accounts SET {assignments}, updated_at = now() WHERE id = $1",
-            account_id,
-            *[_column_value(n, values[n]) for n in names],
-        )
-    if status.split()[-1] == "0":
-        raise InvalidRequest("account_id", f"account {account_id} has no durable record")
 
 
 def hash_fields(row: Mapping[str, Any]) -> dict[str, str]:

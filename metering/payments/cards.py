@@ -1,15 +1,9 @@
-"""Pay now and the card on file.
+"""The card on file.
 
 Stripe holds the card: the browser registers it with Stripe's own elements and
 hands this service a payment method id. The service keeps only Stripe ids,
 brand, last four digits and expiry (Postgres `cards_on_file` and the account's
 Redis hash, where the dashboard and the recharge worker read them).
-
-Pay now charges the card on file off-session and credits the balance once per
-payment id: the Postgres row remembers the payment, the Stripe call carries an
-idempotency key derived from the payment id, and the credit script is
-idempotent by the same id, so a repeated request, a retried Stripe call and a
-redelivered `payment_intent.succeeded` webhook all land on the one credit.
 """
 
 from __future__ import annotations
@@ -22,18 +16,9 @@ from typing import Any
 import stripe
 
 from metering import accounts, fields
-from metering.credits import add_funds
-from metering.errors import (
-    CardDeclined,
-    IdempotencyConflict,
-    InvalidRequest,
-    NoCardOnFile,
-    PaymentFailed,
-    Unavailable,
-)
-from metering.settings import Settings
+from metering.errors import CardDeclined, InvalidRequest, Unavailable
+from metering.payments.stripe_client import failure_of, idempotency_key
 from metering.store import Store
-from metering.stripe_client import charge_off_session, failure_of, idempotency_key, to_cents
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +52,6 @@ SQL_DISABLE_RECHARGE = """
 SQL_RETRY_EPISODE_NOW = """
     UPDATE recharge_episodes SET next_attempt_at_us = 0, updated_at = now()
     WHERE account_id = $1 AND status = 'open'"""
-SQL_INSERT_PAYMENT = """
-    INSERT INTO payments (account_id, payment_id, kind, amount_micros, status)
-    VALUES ($1, $2, 'pay_now', $3, 'pending')
-    ON CONFLICT (account_id, payment_id) DO NOTHING RETURNING payment_id"""
-SQL_PAYMENT = """
-    SELECT kind, amount_micros, status, payment_intent_id, failure_reason, credited
-    FROM payments WHERE account_id = $1 AND payment_id = $2"""
-SQL_PAYMENT_SUCCEEDED = """
-    UPDATE payments SET status = 'succeeded', credited = true, payment_intent_id = $3,
-        failure_reason = NULL, updated_at = now()
-    WHERE account_id = $1 AND payment_id = $2"""
-# A failure never overwrites a success (a late payment_failed webhook after a retry).
-SQL_PAYMENT_FAILED = """
-    UPDATE payments SET status = 'failed', payment_intent_id = coalesce($3, payment_intent_id),
-        failure_reason = $4, updated_at = now()
-    WHERE account_id = $1 AND payment_id = $2 AND status <> 'succeeded'"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -226,138 +195,3 @@ async def _detach(client: stripe.StripeClient, payment_method_id: str) -> None:
         await client.v1.payment_methods.detach_async(payment_method_id)
     except stripe.StripeError as exc:
         log.warning("could not detach %s at Stripe: %s", payment_method_id, failure_of(exc).reason)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Payment:
-    payment_id: str
-    amount_micros: int
-    status: str
-    balance_micros: int
-    available_micros: int
-    payment_intent_id: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "payment_id": self.payment_id,
-            "amount_micros": self.amount_micros,
-            "status": self.status,
-            "balance_micros": self.balance_micros,
-            "available_micros": self.available_micros,
-            "payment_intent_id": self.payment_intent_id,
-        }
-
-
-def credit_reason(payment_intent_id: str) -> str:
-    """The ledger detail of a card payment; the same on every path so the credit
-    script sees the same request and answers the first credit again."""
-    return f"card payment {payment_intent_id}"
-
-
-async def pay_now(
-    store: Store,
-    db: Any,
-    client: stripe.StripeClient,
-    settings: Settings,
-    account_id: str,
-    payment_id: Any,
-    amount_micros: Any,
-) -> Payment:
-    """Charge the card on file and credit the balance, once per payment id."""
-    fields.account_id(account_id)
-    fields.request_id(payment_id, "payment_id")
-    fields.integer(
-        amount_micros, "amount_micros", settings.payment_micros_min, settings.payment_micros_max
-    )
-    to_cents(amount_micros)
-    await accounts.get_account(store, account_id)
-    row = await db.fetchrow(SQL_PAYMENT, account_id, payment_id)
-    if row is not None:
-        if row["kind"] != "pay_now" or row["amount_micros"] != amount_micros:
-            raise IdempotencyConflict(
-                f"payment {payment_id} was already used with another amount; "
-                "a retry must repeat the first body exactly"
-            )
-        if row["status"] == "succeeded":
-            return await _credit(
-                store, db, account_id, payment_id, amount_micros, row["payment_intent_id"]
-            )
-        if row["status"] == "failed":
-            raise PaymentFailed(
-                f"payment {payment_id} failed: {row['failure_reason']}; "
-                "nothing was credited (use a new payment_id to try again)",
-                reason=row["failure_reason"],
-            )
-    card = await card_on_file(db, account_id)
-    if card is None:
-        raise NoCardOnFile(f"account {account_id} has no card on file; register a card first")
-    # A concurrent twin may insert first; both then make the same idempotent Stripe call.
-    await db.execute(SQL_INSERT_PAYMENT, account_id, payment_id, amount_micros)
-    outcome = await charge_off_session(
-        client,
-        settings,
-        card.customer_id,
-        card.payment_method_id,
-        amount_micros,
-        {"account_id": account_id, "payment_id": payment_id, "kind": "pay_now"},
-        idempotency_key("pay_now", account_id, payment_id),
-    )
-    if outcome.succeeded:
-        assert outcome.payment_intent_id is not None
-        return await _credit(
-            store, db, account_id, payment_id, amount_micros, outcome.payment_intent_id
-        )
-    if outcome.retryable:
-        # Left pending: the same payment id retried later reuses the idempotency
-        # key, and a succeeded webhook credits it if the charge went through.
-        raise Unavailable(f"{outcome.reason}; retry with the same payment_id")
-    await db.execute(
-        SQL_PAYMENT_FAILED, account_id, payment_id, outcome.payment_intent_id, outcome.reason
-    )
-    raise CardDeclined(
-        f"the card was declined, nothing was credited: {outcome.reason}", reason=outcome.reason
-    )
-
-
-async def _credit(
-    store: Store,
-    db: Any,
-    account_id: str,
-    payment_id: str,
-    amount_micros: int,
-    payment_intent_id: str,
-) -> Payment:
-    credit = await add_funds(
-        store, account_id, payment_id, amount_micros, "pay_now", credit_reason(payment_intent_id)
-    )
-    await db.execute(SQL_PAYMENT_SUCCEEDED, account_id, payment_id, payment_intent_id)
-    return Payment(
-        payment_id,
-        amount_micros,
-        "succeeded",
-        credit.balance_micros,
-        credit.balance_micros - credit.reserved_micros,
-        payment_intent_id,
-    )
-
-
-async def settle_pay_now_event(
-    store: Store, db: Any, intent: dict[str, Any], succeeded: bool
-) -> str:
-    """A payment_intent webhook for a pay-now payment: credit it (once) or mark it failed."""
-    meta = intent.get("metadata") or {}
-    account_id, payment_id = str(meta.get("account_id")), str(meta.get("payment_id"))
-    row = await db.fetchrow(SQL_PAYMENT, account_id, payment_id)
-    if row is None or row["kind"] != "pay_now":
-        log.warning("webhook for unknown payment %s/%s", account_id, payment_id)
-        return "unknown_payment"
-    if to_cents(row["amount_micros"]) != int(intent.get("amount") or 0):
-        log.error("webhook amount differs for payment %s/%s", account_id, payment_id)
-        return "amount_mismatch"
-    if succeeded:
-        await _credit(store, db, account_id, payment_id, row["amount_micros"], intent["id"])
-        return "credited"
-    err = intent.get("last_payment_error") or {}
-    reason = f"{err.get('code') or 'payment_failed'}: {err.get('message') or 'payment failed'}"
-    await db.execute(SQL_PAYMENT_FAILED, account_id, payment_id, intent["id"], reason)
-    return "failed"

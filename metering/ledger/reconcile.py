@@ -21,10 +21,10 @@ import dataclasses
 from typing import Any
 
 from metering.accounts import account_ids_by_shard
-from metering.database import store_and_connection
 from metering.keys import all_shards
+from metering.ledger.database import store_and_connection
+from metering.ledger.lag import LedgerLag, ledger_lag
 from metering.ledger_entries import LedgerEntry
-from metering.ledger_lag import LedgerLag, ledger_lag
 from metering.settings import Settings
 from metering.store import Store
 

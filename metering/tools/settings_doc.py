@@ -1,8 +1,8 @@
 """The README's table of `METERING_*` variables, generated from the Settings
 dataclass (`documented_settings()`) so it cannot drift from the code:
 
-    python -m metering.settings_doc            print the table
-    python -m metering.settings_doc --write    rewrite it in README.md
+    python -m metering.tools.settings_doc            print the table
+    python -m metering.tools.settings_doc --write    rewrite it in README.md
 
 A test fails when README.md and this table disagree.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from metering.settings import Settings, documented_settings
 
-BEGIN = "<!-- generated:settings (python -m metering.settings_doc --write) -->"
+BEGIN = "<!-- generated:settings (python -m metering.tools.settings_doc --write) -->"
 END = "<!-- /generated:settings -->"
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -55,7 +55,7 @@ def with_table(readme_text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m metering.settings_doc", description=__doc__.split("\n\n")[0]
+        prog="python -m metering.tools.settings_doc", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--write", action="store_true", help="rewrite the table in README.md")
     args = parser.parse_args(argv)

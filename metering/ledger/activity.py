@@ -14,8 +14,8 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from metering.database import acquire
 from metering.errors import InvalidRequest, UnknownAccount
+from metering.ledger.database import acquire
 from metering.ledger_entries import CREDIT_ITEMS, ITEM_LABELS
 from metering.money import MICROS_PER_USD
 from metering.settings import Settings

@@ -9,9 +9,10 @@ import pathlib
 
 import orjson
 
-from metering import account_records, accounts
-from metering.database import create_pool
+from metering import accounts
 from metering.errors import MeteringError
+from metering.ledger import registry
+from metering.ledger.database import create_pool
 from metering.money import format_usd
 from metering.rate_card import RateCard
 from metering.settings import Settings
@@ -64,12 +65,12 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         pool = await create_pool(settings)
         try:
             card = RateCard.parse(json.loads(text))
-            view, created = await account_records.create_account(
+            view, created = await registry.create_account(
                 store, pool, args.account_id, card, args.max_concurrent_calls
             )
             out = {"created": created, **view.as_dict()}
             if args.token:
-                out["token"] = await account_records.issue_customer_token(
+                out["token"] = await registry.issue_customer_token(
                     store, pool, args.account_id, args.token
                 )
         except (MeteringError, ValueError) as exc:

@@ -16,26 +16,28 @@ from metering.settings import Settings, SettingsError
 
 # name -> (module, help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "migrate": ("metering.migrate", "apply the Postgres migrations (safe to run twice)"),
+    "migrate": ("metering.ledger.migrate", "apply the Postgres migrations (safe to run twice)"),
     "sweep": ("metering.sweeper", "run the reservation sweeper on its own"),
     "recharge-worker": (
-        "metering.recharge_worker",
+        "metering.payments.recharge_worker",
         "charge cards for automatic recharges, credit them, email failures",
     ),
     "ledger-writer": (
-        "metering.ledger_writer",
+        "metering.ledger.writer",
         "move ledger entries from the shard streams into Postgres",
     ),
     "reconcile": (
-        "metering.reconcile",
+        "metering.ledger.reconcile",
         "compare Redis balances and seqs with the Postgres ledger (exit 1 on any difference)",
     ),
-    "accounts": ("metering.accounts_cli", "list accounts, or create one (with a customer token)"),
+    "accounts": (
+        "metering.tools.accounts_cli",
+        "list accounts, or create one (with a customer token)",
+    ),
     "rebuild": (
-        "metering.rebuild",
+        "metering.ledger.rebuild",
         "restore accounts, balances and tokens Redis lacks from Postgres",
     ),
-    "demo": ("metering.demo", "a demo switch: demo accounts, calls and texts over the HTTP API"),
 }
 
 

@@ -34,7 +34,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from email.message import EmailMessage
 from typing import Any
 
@@ -42,21 +42,21 @@ import stripe
 from redis.exceptions import ResponseError
 
 from metering.credits import add_funds
-from metering.database import create_pool
 from metering.errors import raise_refusal
 from metering.keys import all_shards
-from metering.ledger_entries import RechargeRequest
-from metering.notifications import recharge_failure_message, send_email
-from metering.payments import card_on_file, credit_reason
-from metering.settings import Settings
-from metering.store import Store, open_store
-from metering.stripe_client import (
+from metering.ledger.database import create_pool
+from metering.payments.cards import card_on_file
+from metering.payments.notifications import recharge_failure_message, send_email
+from metering.payments.pay_now import credit_reason
+from metering.payments.stripe_client import (
     ChargeOutcome,
     build_stripe_client,
     charge_off_session,
     close_stripe_client,
     idempotency_key,
 )
+from metering.settings import Settings
+from metering.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,29 @@ SQL_RECORD_PAYMENT = """
         payment_intent_id = $4, updated_at = now()"""
 
 Mailer = Callable[[Settings, EmailMessage], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RechargeRequest:
+    """One request of a shard's recharge stream `m:{sNNN}:recharge`: one XADD
+    (lua/_lib.lua) when a change takes the available balance below the threshold
+    while no recharge is pending."""
+
+    account_id: str
+    amount_micros: int
+    available_micros: int
+    threshold_micros: int
+    at_us: int
+
+    @classmethod
+    def from_stream(cls, fields: Mapping[str, str]) -> RechargeRequest:
+        return cls(
+            account_id=fields["account_id"],
+            amount_micros=int(fields["amount_micros"]),
+            available_micros=int(fields["available_micros"]),
+            threshold_micros=int(fields["threshold_micros"]),
+            at_us=int(fields["at_us"]),
+        )
 
 
 def now_us() -> int:

@@ -1,4 +1,4 @@
-"""Ordered plain-SQL migrations in metering/migrations/NNNN_name.sql, applied once
+"""Ordered plain-SQL migrations in metering/ledger/migrations/NNNN_name.sql, applied once
 each, tracked in schema_migrations, under an advisory lock so two processes
 starting together do not race. Safe to run twice."""
 
@@ -20,9 +20,7 @@ MIGRATION_LOCK_KEY = 7_240_001
 
 def migration_files() -> list[tuple[str, str]]:
     """(name, sql) in order."""
-    folder = resources.files("metering") / "migrations"
-    if not folder.is_dir():  # a branch with no migration yet
-        return []
+    folder = resources.files("metering.ledger") / "migrations"
     files = sorted((e.name, e.read_text()) for e in folder.iterdir() if e.name.endswith(".sql"))
     return files
 
@@ -65,6 +63,18 @@ async def ensure_database(database_url: str) -> None:
         await conn.close()
 
 
+async def migrate(database_url: str, create_database: bool = False) -> list[str]:
+    """Create the database if asked, then apply what is missing; returns the
+    names applied now."""
+    if create_database:
+        await ensure_database(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await apply_migrations(conn)
+    finally:
+        await conn.close()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--create-database",
@@ -74,12 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.create_database:
-        await ensure_database(settings.database_url)
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        applied = await apply_migrations(conn)
-    finally:
-        await conn.close()
+    applied = await migrate(settings.database_url, args.create_database)
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none needed'}")
     return 0

@@ -1,4 +1,4 @@
--- Payments, card on file, automatic recharge (issue 5).
+-- Payments, card on file, automatic recharge.
 -- Keyed by account_id text without a foreign key: accounts live in Redis and
 -- in the ledger's tables (0001-0004), which these tables do not depend on.
 -- Only Stripe ids, brand, last four digits and expiry are stored: never a card

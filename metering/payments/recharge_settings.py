@@ -17,8 +17,8 @@ from typing import Any
 from metering import accounts, fields
 from metering.errors import InvalidRequest
 from metering.money import CREDIT_MICROS_MAX, MICROS_PER_USD, format_usd
+from metering.payments.stripe_client import to_cents
 from metering.store import Store
-from metering.stripe_client import to_cents
 
 # Strictly greater than this amount.
 RECHARGE_AMOUNT_MICROS_ABOVE = 50 * MICROS_PER_USD

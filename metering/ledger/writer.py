@@ -33,12 +33,11 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from metering.database import DATABASE_DOWN, connect
 from metering.keys import ShardKeys
+from metering.ledger.database import DATABASE_DOWN, connect
 from metering.ledger_entries import LedgerEntry
-from metering.ledger_lag import each_stream
 from metering.settings import Settings
-from metering.store import Store, open_store
+from metering.store import Store, open_store, run_each
 
 log = logging.getLogger(__name__)
 
@@ -322,8 +321,10 @@ class LedgerWriter:
             for stream, stream_ids in ids.items():
                 pipe.xack(stream, self.group, *stream_ids)
             await pipe.execute()
-        trimmed = await each_stream(
-            self.store, self.store.scripts["trim_ledger"], list(ids), [self.group]
+        trimmed = await run_each(
+            self.store,
+            self.store.scripts["trim_ledger"],
+            [([stream], [self.group]) for stream in ids],
         )
         self.stats.entries_trimmed += sum(int(t[0]) for t in trimmed)
         self.stats.rows_read += len(batch.entries)

@@ -1,0 +1,318 @@
+"""`./dev run`, `./dev test` and `./dev stop`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from devkit.processes import (
+    STOP_TIMEOUT_S,
+    Children,
+    DevError,
+    Stop,
+    free_port,
+    raise_stop,
+    say,
+    wait_http,
+    wait_port,
+)
+from devkit.servers import (
+    dev_dir,
+    ensure_postgres,
+    ensure_redis,
+    redis_binaries_dir,
+    stop_left_servers,
+    test_servers_dir,
+)
+from devkit.venv import ROOT, VENV_PY, ensure_python, ensure_venv, venv_env, venv_has_module
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/metering"
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/metering_test"
+DEFAULT_GATEWAY_PORT = 8080
+DEFAULT_STRIPE_PORT = 8420
+DEFAULT_SMTP_PORT = 8025
+GATEWAY_START_TIMEOUT_S = 60.0
+CHILD_POLL_S = 0.2
+
+
+def ensure_chromium() -> str | None:
+    """Debian's Chromium for the browser tests (never a browser download of a test tool)."""
+    for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser"):
+        if Path(candidate).exists():
+            return candidate
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        say(
+            "chromium is missing and cannot be installed here (needs root and apt-get); "
+            "browser tests will be skipped"
+        )
+        return None
+    say("installing chromium from Debian's packages for the browser tests")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
+    ):
+        done = subprocess.run(
+            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            # Not fatal: every other test still runs; the browser tests say what is missing.
+            sys.stderr.write(done.stdout[-2000:] + done.stderr[-2000:])
+            say(f"warning: {' '.join(argv)} failed; browser tests cannot run")
+            return None
+    return "/usr/bin/chromium"
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    children = Children()
+    signal.signal(signal.SIGTERM, raise_stop)
+    try:
+        ensure_venv()
+        # Servers of their own (.dev/test/): stopping them at the end of the suite must
+        # not take away the servers of a `./dev run` going on beside it.
+        root = test_servers_dir()
+        redis_url = ensure_redis(
+            os.environ.get("METERING_TEST_REDIS_URL") or DEFAULT_TEST_REDIS_URL, children, root
+        )
+        database_url = ensure_postgres(
+            os.environ.get("METERING_TEST_DATABASE_URL") or DEFAULT_TEST_DATABASE_URL,
+            children,
+            root,
+        )
+        extra = {"METERING_TEST_REDIS_URL": redis_url, "METERING_TEST_DATABASE_URL": database_url}
+        chromium = ensure_chromium()
+        if chromium:
+            extra["METERING_TEST_CHROMIUM"] = chromium
+        redis_bin = redis_binaries_dir()
+        if redis_bin:
+            extra["PATH"] = f"{redis_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+        say(f"pytest {' '.join(args.pytest_args)}".rstrip())
+        # Same process group as us: a Ctrl-C in the terminal reaches pytest directly.
+        pytest = subprocess.Popen(
+            [str(VENV_PY), "-m", "pytest", *args.pytest_args], cwd=ROOT, env=venv_env(extra)
+        )
+        try:
+            return pytest.wait()
+        except (Stop, KeyboardInterrupt):
+            pytest.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                pytest.wait(timeout=STOP_TIMEOUT_S)
+            if pytest.poll() is None:
+                pytest.kill()
+            return 130
+    except (DevError, OSError, subprocess.SubprocessError) as exc:
+        say(f"error: {exc}")
+        return 1
+    except (Stop, KeyboardInterrupt):
+        return 130
+    finally:
+        children.stop_all()
+
+
+def metering_subcommands() -> set[str]:
+    """The `python -m metering` subcommands that exist on this branch."""
+    out = subprocess.run(
+        [str(VENV_PY), "-m", "metering", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=venv_env({}),
+    ).stdout
+    match = re.search(r"\{([^}]*)\}", out)
+    return set(match.group(1).split(",")) if match else set()
+
+
+def hold_run_lock() -> object:
+    """One `./dev run` per data directory; a second one refuses instead of fighting."""
+    lock_path = dev_dir() / "run.lock"
+    lock = open(lock_path, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        raise DevError(
+            f"another ./dev run is using {dev_dir()} (pid {lock.read().strip()}); "
+            "stop it first (Ctrl-C in its terminal)"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    children = Children()
+    signal.signal(signal.SIGTERM, raise_stop)
+    signal.signal(signal.SIGINT, raise_stop)
+    signal.signal(signal.SIGHUP, raise_stop)
+    try:
+        _run_lock = hold_run_lock()  # held until this process exits
+        ensure_venv()
+        env = run_environment(children)
+        py = str(VENV_PY)
+        say("applying migrations")
+        subprocess.run(
+            [py, "-m", "metering", "migrate", "--create-database"], cwd=ROOT, env=env, check=True
+        )
+        commands = metering_subcommands()
+        gateway_url = f"http://127.0.0.1:{env['METERING_PORT']}"
+        gateway = children.start("gateway", [py, "-m", "gateway"], cwd=ROOT, env=env)
+        for worker in ("ledger-writer", "recharge-worker"):
+            if worker in commands:
+                children.start(worker, [py, "-m", "metering", worker], cwd=ROOT, env=env)
+            else:
+                say(f"{worker}: not on this branch yet (`python -m metering {worker}`); skipped")
+        wait_http(gateway_url + "/healthz", gateway, GATEWAY_START_TIMEOUT_S)
+        say(f"gateway: {gateway_url}")
+        if not args.no_demo:
+            children.start(
+                "demo switch",
+                [py, "-m", "devkit.demo", "--gateway-url", gateway_url],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        say("running; Ctrl-C stops everything started here")
+        while True:
+            for name, code in children.exited():
+                raise DevError(f"{name} exited with {code}; stopping everything")
+            time.sleep(CHILD_POLL_S)
+    except DevError as exc:
+        say(f"error: {exc}")
+        return 1
+    except subprocess.CalledProcessError as exc:
+        say(f"error: {' '.join(map(str, exc.cmd))} exited with {exc.returncode}")
+        return 1
+    except (OSError, subprocess.SubprocessError) as exc:
+        say(f"error: {exc}")
+        return 1
+    except (Stop, KeyboardInterrupt):
+        say("stopping")
+        return 0
+    finally:
+        # A second signal while stopping must not leave half the children running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        children.stop_all()
+        say("stopped everything started here")
+
+
+def local_stripe_command() -> list[str] | None:
+    """The payments tests' Stripe (localstripe plus idempotency keys, on 127.0.0.1)
+    when the branch has it, else plain localstripe, else none."""
+    if not venv_has_module("localstripe"):
+        return None
+    if (ROOT / "tests" / "stripe_local.py").exists():
+        return [str(VENV_PY), "-m", "tests.stripe_local"]
+    return [str(VENV_PY), "-m", "localstripe"]
+
+
+def run_environment(children: Children) -> dict[str, str]:
+    """METERING_* for every process of the run: servers found or started, free ports."""
+    extra: dict[str, str] = {}
+    extra["METERING_REDIS_URL"] = ensure_redis(
+        os.environ.get("METERING_REDIS_URL") or DEFAULT_REDIS_URL, children, dev_dir()
+    )
+    extra["METERING_DATABASE_URL"] = ensure_postgres(
+        os.environ.get("METERING_DATABASE_URL") or DEFAULT_DATABASE_URL, children, dev_dir()
+    )
+    if not os.environ.get("METERING_PORT"):
+        extra["METERING_PORT"] = str(free_port(DEFAULT_GATEWAY_PORT))
+    else:
+        extra["METERING_PORT"] = os.environ["METERING_PORT"]
+    extra.setdefault("METERING_LOG_LEVEL", os.environ.get("METERING_LOG_LEVEL", "warning"))
+    env = venv_env(extra)
+    if not os.environ.get("METERING_STRIPE_API_BASE"):
+        stripe = local_stripe_command()
+        if stripe:
+            port = free_port(DEFAULT_STRIPE_PORT)
+            children.start(
+                "local stripe",
+                [*stripe, "--port", str(port)],
+                cwd=ROOT,
+                env=env,
+                stdout=open(dev_dir() / "localstripe.log", "ab"),
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            env["METERING_STRIPE_API_BASE"] = f"http://127.0.0.1:{port}"
+            wait_port(port, "local stripe")
+            say(f"local stripe: {env['METERING_STRIPE_API_BASE']}")
+        else:
+            say("local stripe: localstripe is not installed by pyproject.toml; skipped")
+    if not os.environ.get("METERING_SMTP_PORT") and venv_has_module("aiosmtpd"):
+        port = free_port(DEFAULT_SMTP_PORT)
+        mail = dev_dir() / "mail"
+        for sub in ("cur", "new", "tmp"):
+            (mail / sub).mkdir(parents=True, exist_ok=True)
+        children.start(
+            "smtp sink",
+            [
+                str(VENV_PY),
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                f"127.0.0.1:{port}",
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+                str(mail),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=open(dev_dir() / "smtp.log", "ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        env["METERING_SMTP_HOST"] = "127.0.0.1"
+        env["METERING_SMTP_PORT"] = str(port)
+        say(f"smtp sink: 127.0.0.1:{port}, mail saved in {mail}/new")
+    return env
+
+
+def main(argv: list[str] | None = None, doc: str = "") -> int:
+    parser = argparse.ArgumentParser(
+        prog="./dev",
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Data directory: .dev/ (METERING_DEV_DIR). METERING_DEV_SERVERS=pip skips "
+        "Debian's server binaries and uses the pip packages.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="set up and start the gateway with a live demo")
+    run.add_argument("--no-demo", action="store_true", help="do not start the demo switch")
+    test = sub.add_parser(
+        "test",
+        help="set up and run the whole test suite",
+        description="Extra arguments go to pytest.",
+    )
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    sub.add_parser("stop", help="stop servers a killed ./dev left running in the data dir")
+    # Options for pytest (`./dev test -x -k name`) are not ours: pass them through.
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "test":
+        args.pytest_args = unknown + args.pytest_args
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        ensure_python()
+    except DevError as exc:
+        say(f"error: {exc}")
+        return 1
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "test":
+        return cmd_test(args)
+    return stop_left_servers()

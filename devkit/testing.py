@@ -1,0 +1,220 @@
+"""Helpers the tests (tests/) and the benchmarks (bench/) share: real processes
+on free ports, each stopped by the handle that started it, and the settings as
+environment variables for a child process.
+
+Runs inside the virtual environment (it imports redis and httpx).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import redis as redis_sync
+
+from metering.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+
+# A rate card with every price distinct, so a wrong item shows in the numbers.
+RATE_CARD = {
+    "call_outbound_per_minute_micros": 10_000,
+    "call_inbound_per_minute_micros": 5_000,
+    "call_increment_seconds": 6,
+    "call_minimum_seconds": 6,
+    "sms_outbound_micros": 7_500,
+    "sms_inbound_micros": 1_000,
+    "ring_through_attempt_micros": 2_000,
+    "number_purchase_micros": 1_000_000,
+    "number_renewal_micros": 1_000_000,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as METERING_* variables for a child process (the rest of
+    this process's environment, minus its own METERING_* variables)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
+    for name in Settings.__dataclass_fields__:
+        value = getattr(settings, name)
+        if isinstance(value, bool):
+            value = "1" if value else "0"
+        env["METERING_" + name.upper()] = str(value)
+    return env
+
+
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], timeout_s: float = START_TIMEOUT_S
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} not open within {timeout_s}s")
+
+
+def wait_for_http(
+    url: str, timeout_s: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before serving {url}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Stop one process we started (SIGTERM, then SIGKILL after a bound)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(found):
+        raise RuntimeError("redis-server not found (apt-get install redis-server)")
+    return found
+
+
+class RedisServer:
+    """A private redis-server on a free port, its data in a folder of its own
+    (no persistence unless `extra_args` ask for it); ours alone, so flushing or
+    killing it touches nobody else."""
+
+    def __init__(self, *extra_args: str, data_dir: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._own_dir = data_dir is None
+        self.dir = Path(data_dir or tempfile.mkdtemp(prefix="metering-redis-"))
+        self.argv = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            *extra_args,
+        ]
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis_sync.Redis(port=self.port)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return proc
+                except (redis_sync.ConnectionError, redis_sync.BusyLoadingError):
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def flush(self) -> None:
+        """Empty the private server (it is ours alone)."""
+        client = redis_sync.Redis.from_url(self.url)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+    def restart(self, kill: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL as a crash) and start again on the same port
+        and data folder."""
+        if kill:
+            self.proc.kill()
+            self.proc.wait()
+        else:
+            stop_process(self.proc)
+        self.proc = self._start()
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class GatewayProcess:
+    """A real `python -m gateway` on a free port; stopped (only it) at the end."""
+
+    def __init__(self, settings: Settings, log_path: Path | None = None) -> None:
+        self.port = free_port()
+        self.settings = settings.replace(port=self.port, host="127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port}"
+        log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway"],
+            cwd=ROOT,
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT if log else None,
+        )
+        if log:
+            log.close()
+        wait_for_http(self.url + "/healthz", proc=self.proc)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def open_stuck_socket(port: int, path: str) -> socket.socket:
+    """A websocket handshake on a raw socket with a tiny receive buffer that is
+    then never read: the server's sends to it block once the buffers fill."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    if not head.startswith(b"HTTP/1.1 101"):
+        sock.close()
+        raise RuntimeError(f"the websocket handshake was refused: {head!r}")
+    return sock

@@ -1,0 +1,42 @@
+-- expire_call.lua: the sweeper closes one call whose validity ran out with no
+-- commit or release from the switch.
+-- KEYS[1] account hash  KEYS[2] call hash  KEYS[3] account's open calls set
+-- KEYS[4] shard expiry zset  KEYS[5] shard ledger stream  KEYS[6] shard recharge stream
+-- ARGV[1] account_id  ARGV[2] call_id  ARGV[3] idempotency window s
+-- ARGV[4] ledger backlog max  ARGV[5] live channel
+-- Returns {'expired', charged_micros} | {'not_due', 0} | {'ledger_backlog_full', 0}
+--
+-- Policy: a forgotten reservation is CHARGED for the seconds granted. The switch
+-- was allowed to carry the call that long and never said it did less, so the
+-- grant is taken as used (the credit-control practice when a session times out).
+-- Never more than was reserved, so never below zero.
+--
+-- The sweeper picks due calls from the expiry zset before calling this; the
+-- script checks again, since an extend may have pushed the call's expiry since.
+local member = expiry_member(ARGV[1], ARGV[2])
+local at = now_us()
+local due_ms = redis.call('ZSCORE', KEYS[4], member)
+if not due_ms or tonumber(due_ms) > math.floor(at / 1000) then return {'not_due', 0} end
+local c = redis.call('HMGET', KEYS[2], 'state', 'held', 'granted_s', 'direction')
+if c[1] ~= 'open' then
+  redis.call('ZREM', KEYS[4], member)
+  return {'not_due', 0}
+end
+if ledger_full(KEYS[5], tonumber(ARGV[4])) then return {'ledger_backlog_full', 0} end
+
+local acct = read_account(KEYS[1])
+local held = tonumber(c[2])
+local charge = math.min(held, acct.balance)
+local item = 'call_' .. c[4]
+acct.balance = acct.balance - charge
+acct.reserved = acct.reserved - held
+if charge > 0 then
+  acct.seq = acct.seq + 1
+  append_ledger(KEYS[5], ARGV[1], acct.seq, item, -charge, acct.balance, ARGV[2], at,
+    'expired billed_s=' .. c[3])
+end
+local k = {account = KEYS[1], call = KEYS[2], calls = KEYS[3], expiry = KEYS[4]}
+close_call(k, ARGV[1], ARGV[2], 'expired', acct, at, ARGV[3], 'expired_charge', int(charge))
+local pending = maybe_request_recharge(KEYS[1], KEYS[6], ARGV[1], acct.balance - acct.reserved, acct, at)
+publish(ARGV[5], ARGV[1], 'expire', item, -charge, acct.balance, acct.reserved, acct.seq, at, pending)
+return {'expired', charge}
