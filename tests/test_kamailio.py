@@ -178,6 +178,8 @@ async def test_calls_complete_then_the_one_that_outruns_the_balance_is_cut(
     for log, call_id in ((logs[0], short), (logs[1], longer)):
         assert set(log.events[call_id]) == {"answered", "hangup"}, switch.log()[-4000:]
     assert set(logs[2].events[cut]) == {"answered", "reinvited", "cut"}, switch.log()[-4000:]
+    # BYE on both legs: the callee got one too.
+    assert await wait_until(lambda: cut in callee.calls().with_event("bye")), switch.log()[-4000:]
     cut_ms = logs[2].talk_ms(cut)
     assert 4_000 - 100 <= cut_ms <= 4_000 + CUT_LATE_MS_MAX, cut_ms
     assert list(refused.refusals.values()) == [402]
@@ -284,6 +286,7 @@ async def test_gateway_outage_mid_call_fails_closed_and_bills_once(
         log = await asyncio.to_thread(caller.wait)
         (call_id,) = log.events
         assert set(log.events[call_id]) == {"answered", "cut"}
+        assert await wait_until(lambda: call_id in callee.calls().with_event("bye"))
         assert GRANT_S * 1000 - 100 <= log.talk_ms(call_id) <= GRANT_S * 1000 + CUT_LATE_MS_MAX
         # The commit waits in the outbox, retried.
         pending = switch.table("mout")
@@ -301,3 +304,56 @@ async def test_gateway_outage_mid_call_fails_closed_and_bills_once(
     assert final["balance_micros"] == (100 - GRANT_S) * MICROS_PER_S
     assert (final["reserved_micros"], final["open_calls"]) == (0, 0)
     assert "gateway unreachable for the extend" in switch.log()
+
+
+async def test_gateway_outage_fail_open_lets_calls_run_and_bills_once(
+    world: LedgerWorld,
+    metered_gateway: GatewayProcess,
+    switch: Kamailio,
+    callee: Sipp,
+    workdir: Path,
+) -> None:
+    fail_open_max_s = 3
+    open_switch = Kamailio(
+        workdir,
+        METERING_GATEWAY_URL=metered_gateway.url,
+        METERING_SWITCH_TOKEN=metered_gateway.settings.switch_token,
+        METERING_HTTP_TIMEOUT_S=1,
+        METERING_EXTEND_LEAD_MS=EXTEND_LEAD_MS,
+        METERING_RETRY_MS=400,
+        METERING_FAILURE_POLICY="open",
+        METERING_FAIL_OPEN_MAX_S=fail_open_max_s,
+    )
+    try:
+        account_id = await new_account(metered_gateway, 100 * MICROS_PER_S)
+        caller = Sipp.caller(workdir, open_switch, callee, account_id, scenario(workdir, 8_000))
+        assert await wait_until(lambda: caller.calls().with_event("answered"))
+        metered_gateway.stop()
+        try:
+            # Fail-open: a new call connects, unmetered ...
+            unmetered = await place(workdir, open_switch, callee, account_id, 1_000)
+            assert [set(e) for e in unmetered.events.values()] == [{"answered", "hangup"}]
+            # ... and the call in progress runs on past its 2 s grant for the
+            # fail-open allowance, then ends.
+            log = await asyncio.to_thread(caller.wait)
+            (call_id,) = log.events
+            assert set(log.events[call_id]) == {"answered", "cut"}
+            assert await wait_until(lambda: call_id in callee.calls().with_event("bye"))
+            ran_ms = log.talk_ms(call_id)
+            limit_ms = (GRANT_S + fail_open_max_s) * 1000
+            assert limit_ms - 100 <= ran_ms <= limit_ms + CUT_LATE_MS_MAX, ran_ms
+        finally:
+            metered_gateway.restart()
+        assert await wait_until(lambda: not open_switch.table("mout")), open_switch.log()[-4000:]
+        await call_rows(world, account_id, 1)
+        await asyncio.sleep(1.0)  # a second commit, were there one, would land by now
+        rows = await call_rows(world, account_id, 0)
+        # The call is billed once, for the time it really ran; the unmetered one never.
+        billed = round(ran_ms / 1000)
+        assert [(r["request_id"], billed_s(r)) for r in rows] == [(f"{call_id}:1", billed)]
+        final = await account(metered_gateway, account_id)
+        assert final["balance_micros"] == (100 - billed) * MICROS_PER_S
+        assert (final["reserved_micros"], final["open_calls"]) == (0, 0)
+        assert "connects unmetered (fail-open)" in open_switch.log()
+    finally:
+        open_switch.stop()
