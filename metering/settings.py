@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +50,10 @@ class Settings:
     call_extends_max: int = 1_000
     reservation_sweep_interval_s: float = 1.0
     reservation_sweep_batch_max: int = 200
+
+    # Workers (ledger writer, sweeper, recharge worker) ride out a Redis or
+    # Postgres restart: retries back off from 0.1 s, doubling, up to this pause.
+    outage_backoff_max_s: float = 5.0
 
     # Idempotency: how long a request id is remembered with its first answer.
     idempotency_window_s: int = 7 * 86_400
@@ -115,6 +120,12 @@ class Settings:
     stripe_currency: str = "usd"
     payment_micros_min: int = 1_000_000
     payment_micros_max: int = 10_000_000_000
+    # Stripe.js for the dashboard's card entry: Stripe's own
+    # https://js.stripe.com/v3/ with a publishable key (pk_live_/pk_test_) in
+    # production; the local Stripe's copy in development and tests. The pages'
+    # Content-Security-Policy allows this script's origin and no other.
+    stripe_js_url: str = "http://127.0.0.1:8420/js.stripe.com/v3/"
+    stripe_publishable_key: str = "pk_test_local"
     # Recharge worker: poll period, requests per read, retry rule. Network and
     # 5xx failures retry with exponential backoff (base, cap, count); a declined
     # card or a missing card waits recharge_decline_retry_s; an episode gives up
@@ -134,6 +145,20 @@ class Settings:
     smtp_port: int = 8025
     smtp_sender: str = "billing@metering.local"
     smtp_timeout_s: float = 10.0
+
+    # Receipts: links in emails start with public_url (where customers reach the
+    # gateway); a receipt link carries an HMAC made with receipt_link_key, so it
+    # opens that one receipt without a token. Set both in production.
+    public_url: str = "http://127.0.0.1:8080"
+    receipt_link_key: str = "dev-receipt-link-key"
+
+    # Burn rate on the ops page: the debit scripts count each account's spend in
+    # Redis buckets of burn_bucket_s (kept for burn_window_s plus two buckets);
+    # the rate is the spend over the last burn_window_s, per minute, sent to ops
+    # pages every live_ops_burn_refresh_s.
+    burn_window_s: int = 300
+    burn_bucket_s: int = 60
+    live_ops_burn_refresh_s: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -190,6 +215,8 @@ class Settings:
             raise SettingsError(
                 "METERING_LIVE_SEND_TIMEOUT_S and METERING_LIVE_OPS_REFRESH_S must be positive"
             )
+        if self.outage_backoff_max_s <= 0:
+            raise SettingsError("METERING_OUTAGE_BACKOFF_MAX_S must be positive")
         if self.call_validity_grace_s < 0:
             raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
         if self.call_grant_s > self.call_duration_s_max:
@@ -202,6 +229,20 @@ class Settings:
             )
         if not 0 <= self.stripe_max_network_retries <= 5:
             raise SettingsError("METERING_STRIPE_MAX_NETWORK_RETRIES must be between 0 and 5")
+        if self.burn_bucket_s < 1 or self.burn_window_s % self.burn_bucket_s:
+            raise SettingsError(
+                "METERING_BURN_WINDOW_S must be a whole number of METERING_BURN_BUCKET_S (>= 1)"
+            )
+        if self.burn_window_s < self.burn_bucket_s or self.live_ops_burn_refresh_s <= 0:
+            raise SettingsError(
+                "METERING_BURN_WINDOW_S must hold at least one bucket and "
+                "METERING_LIVE_OPS_BURN_REFRESH_S must be positive"
+            )
+        for name in ("stripe_js_url", "public_url"):
+            if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", getattr(self, name)):
+                raise SettingsError(f"METERING_{name.upper()} must be an http(s) URL")
+        if not self.receipt_link_key:
+            raise SettingsError("METERING_RECEIPT_LINK_KEY must not be empty")
         if not self.switch_token or not self.ops_token:
             raise SettingsError("METERING_SWITCH_TOKEN and METERING_OPS_TOKEN must not be empty")
 

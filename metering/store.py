@@ -82,5 +82,9 @@ async def open_store(settings: Settings) -> Store:
     """Connect and load the scripts; the caller closes `store.redis`."""
     redis = connect_redis(settings)
     scripts = Scripts()
-    await scripts.load(redis)
+    try:
+        await scripts.load(redis)
+    except BaseException:
+        await redis.aclose()
+        raise
     return Store(redis=redis, scripts=scripts, settings=settings)

@@ -27,6 +27,7 @@ if ARGV[9] == '1' and pending then
   redis.call('HDEL', KEYS[1], 'recharge_pending_since_us')
   pending = false
 end
+rearm_balance_alerts(KEYS[1], balance, acct)
 append_ledger(KEYS[3], ARGV[1], seq, 'funds_added', amount, balance, ARGV[3], at, ARGV[8])
 publish(ARGV[7], ARGV[1], 'credit', 'funds_added', amount, balance, reserved, seq, at, pending)
 local answer = {amount, balance, reserved, seq}

@@ -23,6 +23,7 @@ from metering.errors import (
     PaymentFailed,
     Unavailable,
 )
+from metering.events import emit_event, event_id
 from metering.payments.cards import card_on_file
 from metering.payments.stripe_client import (
     charge_off_session,
@@ -155,6 +156,18 @@ async def _credit(
         store, account_id, payment_id, amount_micros, "pay_now", credit_reason(payment_intent_id)
     )
     await db.execute(SQL_PAYMENT_SUCCEEDED, account_id, payment_id, payment_intent_id)
+    await emit_event(
+        store,
+        account_id,
+        "payment.succeeded",
+        event_id("payment.succeeded", account_id, payment_id),
+        {
+            "payment_id": payment_id,
+            "amount_micros": amount_micros,
+            "balance_micros": credit.balance_micros,
+            "payment_intent_id": payment_intent_id,
+        },
+    )
     return Payment(
         payment_id,
         amount_micros,

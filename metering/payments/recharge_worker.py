@@ -41,11 +41,15 @@ from typing import Any
 import stripe
 from redis.exceptions import ResponseError
 
+from metering.account_state import publish_account_state
 from metering.credits import add_funds
 from metering.errors import raise_refusal
+from metering.events import emit_event, event_id
 from metering.keys import all_shards
-from metering.ledger.database import create_pool
+from metering.ledger.database import DATABASE_DOWN, create_pool
+from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.payments.cards import card_on_file
+from metering.payments.decline_words import failure_words
 from metering.payments.notifications import recharge_failure_message, send_email
 from metering.payments.pay_now import credit_reason
 from metering.payments.stripe_client import (
@@ -98,6 +102,13 @@ SQL_RECORD_PAYMENT = """
     VALUES ($1, $2, 'automatic_recharge', $3, 'succeeded', $4, true)
     ON CONFLICT (account_id, payment_id) DO UPDATE SET status = 'succeeded', credited = true,
         payment_intent_id = $4, updated_at = now()"""
+
+# What the account hash says about the last failed automatic recharge.
+LAST_FAILURE_FIELDS = (
+    "recharge_last_failure",
+    "recharge_last_failure_at_us",
+    "recharge_next_attempt_at_us",
+)
 
 Mailer = Callable[[Settings, EmailMessage], Awaitable[None]]
 
@@ -163,10 +174,18 @@ async def credit_recharge(
         credit_reason(payment_intent_id),
         settles_recharge=True,
     )
-    await store.redis.hdel(store.account_keys(account_id).account, "recharge_last_failure")
+    await store.redis.hdel(store.account_keys(account_id).account, *LAST_FAILURE_FIELDS)
+    await publish_account_state(store, account_id)
     # db is a pool or, from a webhook, the connection holding its transaction.
     await db.execute(SQL_RECORD_PAYMENT, account_id, credit_id, amount_micros, payment_intent_id)
     await db.execute(SQL_END_EPISODE, account_id, episode_us, "succeeded", None)
+    await emit_event(
+        store,
+        account_id,
+        "recharge.succeeded",
+        event_id("recharge.succeeded", account_id, episode_us),
+        {"amount_micros": amount_micros, "payment_intent_id": payment_intent_id},
+    )
 
 
 async def settle_recharge_event(store: Store, db: Any, intent: dict[str, Any]) -> str:
@@ -192,6 +211,7 @@ async def clear_pending_mark(
         store.redis, [keys.account], [episode_us, failure_text]
     )
     raise_refusal(result, account_id)
+    await publish_account_state(store, account_id)
     return bool(result[1] == 1)
 
 
@@ -273,17 +293,30 @@ class RechargeWorker:
         return await self.read_requests() + await self.attempt_due()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until stop is set; errors are logged and the next round retries."""
-        await self.ensure_groups()
+        """Work until stop is set. A Redis or Postgres restart is waited out with
+        bounded backoff (metering/outages.py); a Redis that lost its consumer
+        groups gets them back; other errors are logged and the next round retries."""
+        outage = Outage(f"recharge worker {self.consumer}", log, self.settings.outage_backoff_max_s)
+        groups_ready = False
         while not stop.is_set():
             done = 0
             try:
+                if not groups_ready:
+                    await self.ensure_groups()
+                    groups_ready = True
                 done = await self.step()
+            except (*REDIS_DOWN, *DATABASE_DOWN) as exc:
+                await outage.wait(exc, stop)
+                continue
+            except ResponseError as exc:
+                groups_ready = "NOGROUP" not in str(exc)
+                log.exception("recharge worker round failed; retrying")
             except Exception:
                 log.exception("recharge worker round failed; retrying")
+            else:
+                outage.ended()
             if not done:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.recharge_poll_interval_s)
+                await pause(stop, self.settings.recharge_poll_interval_s)
 
     async def attempt(self, ep: Episode) -> ChargeOutcome | None:
         """One attempt of an episode: charge, then credit or record the failure."""
@@ -377,8 +410,13 @@ class RechargeWorker:
             )
             return
         declines = ep.declines + (0 if outcome.retryable else 1)
-        at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        failure_text = f"{at}: {outcome.reason}"[:500]
+        # The pages show the failure in the customer's words, with when it
+        # happened and when the next attempt is (the code stays in recharge_attempts).
+        failure_text = failure_words(outcome.reason)
+        failure_fields: dict[str, str | int] = {
+            "recharge_last_failure": failure_text,
+            "recharge_last_failure_at_us": now_us(),
+        }
         if attempt_no >= s.recharge_attempts_max:
             next_attempt = (
                 "none (automatic recharge gave up after "
@@ -394,6 +432,9 @@ class RechargeWorker:
                 0,
                 0,
                 outcome.reason,
+            )
+            await self.store.redis.hset(
+                self.store.account_keys(ep.account_id).account, mapping=failure_fields
             )
             await self._settle(ep, failure_text)
         else:
@@ -415,12 +456,24 @@ class RechargeWorker:
                 next_us,
                 outcome.reason,
             )
+            failure_fields["recharge_next_attempt_at_us"] = next_us
             await self.store.redis.hset(
-                self.store.account_keys(ep.account_id).account,
-                "recharge_last_failure",
-                failure_text,
+                self.store.account_keys(ep.account_id).account, mapping=failure_fields
             )
+            await publish_account_state(self.store, ep.account_id)
         log.warning("recharge of %s failed: %s", ep.account_id, outcome.reason)
+        await emit_event(
+            self.store,
+            ep.account_id,
+            "recharge.failed",
+            event_id("recharge.failed", ep.account_id, ep.episode_us, attempt_no),
+            {
+                "amount_micros": ep.amount_micros,
+                "reason": outcome.reason,
+                "attempt": attempt_no,
+                "next_attempt": next_attempt,
+            },
+        )
         await self._email_once(ep, email, outcome.reason, next_attempt)
 
     async def _email_once(self, ep: Episode, email: str, reason: str, next_attempt: str) -> None:
@@ -451,16 +504,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the worker until SIGTERM or SIGINT."""
-    store = await open_store(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Started while Redis restarts: wait for it rather than exit.
+    starting = Outage("recharge worker", log, settings.outage_backoff_max_s)
+    store = await until_it_answers(starting, stop, lambda: open_store(settings))
+    if store is None:
+        return 0
     db = await create_pool(settings)
     client = build_stripe_client(settings)
     worker = RechargeWorker(store, db, client, settings)
     if args.consumer:
         worker.consumer = args.consumer
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("recharge worker %s started", worker.consumer)
     try:
         await worker.run(stop)
