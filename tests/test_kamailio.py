@@ -60,16 +60,22 @@ def metered_gateway(world: LedgerWorld, workdir: Path) -> Iterator[GatewayProces
     gateway.stop()
 
 
-@pytest.fixture(scope="module")
-def switch(metered_gateway: GatewayProcess, workdir: Path) -> Iterator[Kamailio]:
-    kamailio = Kamailio(
+def start_switch(gateway: GatewayProcess, workdir: Path, **defines: str | int) -> Kamailio:
+    """Kamailio in front of `gateway`, with the test's short extend lead and retry."""
+    return Kamailio(
         workdir,
-        METERING_GATEWAY_URL=metered_gateway.url,
-        METERING_SWITCH_TOKEN=metered_gateway.settings.switch_token,
+        METERING_GATEWAY_URL=gateway.url,
+        METERING_SWITCH_TOKEN=gateway.settings.switch_token,
         METERING_HTTP_TIMEOUT_S=1,
         METERING_EXTEND_LEAD_MS=EXTEND_LEAD_MS,
         METERING_RETRY_MS=400,
+        **defines,
     )
+
+
+@pytest.fixture(scope="module")
+def switch(metered_gateway: GatewayProcess, workdir: Path) -> Iterator[Kamailio]:
+    kamailio = start_switch(metered_gateway, workdir)
     yield kamailio
     kamailio.stop()
 
@@ -314,13 +320,9 @@ async def test_gateway_outage_fail_open_lets_calls_run_and_bills_once(
     workdir: Path,
 ) -> None:
     fail_open_max_s = 3
-    open_switch = Kamailio(
+    open_switch = start_switch(
+        metered_gateway,
         workdir,
-        METERING_GATEWAY_URL=metered_gateway.url,
-        METERING_SWITCH_TOKEN=metered_gateway.settings.switch_token,
-        METERING_HTTP_TIMEOUT_S=1,
-        METERING_EXTEND_LEAD_MS=EXTEND_LEAD_MS,
-        METERING_RETRY_MS=400,
         METERING_FAILURE_POLICY="open",
         METERING_FAIL_OPEN_MAX_S=fail_open_max_s,
     )
