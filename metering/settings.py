@@ -27,6 +27,14 @@ class Settings:
     redis_cluster: bool = False
     redis_connections_max: int = 64
     redis_timeout_s: float = 5.0
+    # Automatic pipelining (metering/pipelining.py): the script calls of one
+    # event-loop tick go to Redis in one write, at most redis_pipeline_batch_max
+    # calls a write; at most redis_pipeline_pending_max calls wait for answers on
+    # one connection (one more is refused with 503 at once). 0 sends each script
+    # call through redis-py on its own.
+    redis_pipeline: bool = True
+    redis_pipeline_batch_max: int = 256
+    redis_pipeline_pending_max: int = 4_096
     database_url: str = "postgresql://postgres@127.0.0.1:5432/metering"
     database_pool_max: int = 10
 
@@ -189,6 +197,8 @@ class Settings:
             "call_grant_s",
             "call_duration_s_max",
             "redis_connections_max",
+            "redis_pipeline_batch_max",
+            "redis_pipeline_pending_max",
             "request_body_bytes_max",
             "idempotency_window_s",
             "ledger_backlog_max",
