@@ -16,8 +16,9 @@ from metering.ledger_entries import CREDIT_ITEMS, ITEM_LABELS
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 ANY_ROLE = frozenset({CUSTOMER, OPS, SWITCH})
-# Pages carry a token in their URL: never cache them, never leak it as a referrer.
-PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+# Pages carry a token in their URL: never cache them (no referrer leaves either:
+# gateway/security_headers.py sends Referrer-Policy on every answer).
+PAGE_HEADERS = {"Cache-Control": "no-store"}
 
 
 async def get_billing_items(request: Request) -> Response:

@@ -38,6 +38,9 @@ class Settings:
     ops_token: str = "dev-ops-token"
     request_body_bytes_max: int = 16_384
     log_level: str = "warning"
+    # Strict-Transport-Security max-age on answers served over TLS (https, or
+    # X-Forwarded-Proto https from a trusted proxy); 0 sends none.
+    http_hsts_max_age_s: int = 31_536_000
 
     # Sharding: fixed for the life of a deployment (changing it moves accounts).
     shard_count: int = 256
@@ -117,6 +120,10 @@ class Settings:
     stripe_webhook_tolerance_s: int = 300
     stripe_webhook_bytes_max: int = 262_144
     stripe_currency: str = "usd"
+    # Where the pages load Stripe.js from: Stripe's https://js.stripe.com/v3/ in
+    # production, the local Stripe's copy in development. The pages' Content
+    # Security Policy allows this origin (and no other) besides their own.
+    stripe_js_url: str = "http://127.0.0.1:8420/js.stripe.com/v3/"
     payment_micros_min: int = 1_000_000
     payment_micros_max: int = 10_000_000_000
     # Recharge worker: poll period, requests per read, retry rule. Network and
@@ -196,6 +203,10 @@ class Settings:
             )
         if self.outage_backoff_max_s <= 0:
             raise SettingsError("METERING_OUTAGE_BACKOFF_MAX_S must be positive")
+        if self.http_hsts_max_age_s < 0:
+            raise SettingsError("METERING_HTTP_HSTS_MAX_AGE_S must not be negative")
+        if not self.stripe_js_url.startswith(("https://", "http://")):
+            raise SettingsError("METERING_STRIPE_JS_URL must be an http(s) URL")
         if self.call_validity_grace_s < 0:
             raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
         if self.call_grant_s > self.call_duration_s_max:

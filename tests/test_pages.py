@@ -48,7 +48,10 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture
 async def page(browser: Browser) -> AsyncIterator[Page]:
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    # Playwright's wait_for_function evaluates its predicate as a string in the
+    # page, which the pages' CSP forbids (no 'unsafe-eval'); the policy itself is
+    # tested without this bypass in tests/test_security_headers.py.
+    context = await browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
     p = await context.new_page()
     errors: list[str] = []
     p.on("pageerror", lambda exc: errors.append(str(exc)))
