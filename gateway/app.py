@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", health, methods=["GET"]),
         WebSocketRoute("/v1/accounts/{account_id}/live", account_live),
         WebSocketRoute("/v1/ops/live", ops_live),
-        *page_routes(),
+        *page_routes(settings),
     ]
     return GatewayApp(
         settings, routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS

@@ -5,8 +5,8 @@ per-request parsing: two precomputed header lists, picked by path).
   CSP `frame-ancestors 'none'`, its modern form), `Referrer-Policy: no-referrer`
   (page URLs carry tokens).
 - The pages (`/dashboard`, `/ops`, `/static/*`, anything outside the API): the
-  Content Security Policy of `page_csp` -- this origin, plus the configured
-  Stripe.js origin; no inline script or style.
+  pages' Content Security Policy (gateway/csp.py: this origin, plus the
+  configured Stripe.js origin; no inline script or style).
 - The API, `/openapi.json` and `/healthz`: `default-src 'none'`, since a JSON
   answer never needs to load anything.
 - `Strict-Transport-Security` only on answers served over TLS (`scheme` https,
@@ -16,10 +16,9 @@ per-request parsing: two precomputed header lists, picked by path).
 
 from __future__ import annotations
 
-import urllib.parse
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.csp import content_security_policy
 from metering.settings import Settings
 
 Headers = list[tuple[bytes, bytes]]
@@ -27,41 +26,6 @@ Headers = list[tuple[bytes, bytes]]
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 # Paths answered with JSON; everything else is a page or a page's asset.
 API_PREFIXES = ("/v1/", "/openapi.json", "/healthz")
-# Stripe.js opens 3-D Secure challenges in frames from this origin.
-STRIPE_HOOKS_ORIGIN = "https://hooks.stripe.com"
-STRIPE_JS_ORIGIN = "https://js.stripe.com"
-
-
-def _origin(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-def page_csp(settings: Settings) -> str:
-    """The pages' Content Security Policy: scripts, styles, fonts and images from
-    this origin only; Stripe.js (`stripe_js_url`) may add its script, its
-    frames and its calls to the Stripe API (`stripe_api_base`); the live
-    websockets are same-origin (`'self'` covers ws: and wss: to this host)."""
-    stripe_js = _origin(settings.stripe_js_url)
-    stripe_api = _origin(settings.stripe_api_base)
-    frames = [stripe_js]
-    if stripe_js == STRIPE_JS_ORIGIN:
-        frames.append(STRIPE_HOOKS_ORIGIN)
-    connect = ["'self'", stripe_js] + ([stripe_api] if stripe_api != stripe_js else [])
-    policy = {
-        "default-src": ["'none'"],
-        "script-src": ["'self'", stripe_js],
-        "style-src": ["'self'"],
-        "img-src": ["'self'", "data:"],
-        "font-src": ["'self'"],
-        "connect-src": connect,
-        "frame-src": frames,
-        "form-action": ["'self'"],
-        "base-uri": ["'none'"],
-        "object-src": ["'none'"],
-        "frame-ancestors": ["'none'"],
-    }
-    return "; ".join(f"{name} {' '.join(values)}" for name, values in policy.items())
 
 
 class SecurityHeaders:
@@ -75,7 +39,10 @@ class SecurityHeaders:
             (b"referrer-policy", b"no-referrer"),
         ]
         self.api_headers = [*common, (b"content-security-policy", API_CSP.encode())]
-        self.page_headers = [*common, (b"content-security-policy", page_csp(settings).encode())]
+        self.page_headers = [
+            *common,
+            (b"content-security-policy", content_security_policy(settings).encode()),
+        ]
         hsts: Headers = []
         if settings.http_hsts_max_age_s > 0:
             hsts = [

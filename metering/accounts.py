@@ -80,10 +80,19 @@ class AccountView:
                 "pending": bool(pending),
                 "pending_since_us": int(pending) if pending else None,
                 "last_failure": h.get("recharge_last_failure") or None,
+                "last_failure_at_us": _int_or_none(h.get("recharge_last_failure_at_us")),
+                # Only meaningful while a recharge is pending.
+                "next_attempt_at_us": _int_or_none(h.get("recharge_next_attempt_at_us"))
+                if pending
+                else None,
             },
             card=card,
             created_at_us=int(h.get("created_at_us") or 0),
         )
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value else None
 
 
 async def create_account(

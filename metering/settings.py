@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,14 @@ class Settings:
     redis_cluster: bool = False
     redis_connections_max: int = 64
     redis_timeout_s: float = 5.0
+    # Automatic pipelining (metering/pipelining.py): the script calls of one
+    # event-loop tick go to Redis in one write, at most redis_pipeline_batch_max
+    # calls a write; at most redis_pipeline_pending_max calls wait for answers on
+    # one connection (one more is refused with 503 at once). 0 sends each script
+    # call through redis-py on its own.
+    redis_pipeline: bool = True
+    redis_pipeline_batch_max: int = 256
+    redis_pipeline_pending_max: int = 4_096
     database_url: str = "postgresql://postgres@127.0.0.1:5432/metering"
     database_pool_max: int = 10
 
@@ -120,12 +129,14 @@ class Settings:
     stripe_webhook_tolerance_s: int = 300
     stripe_webhook_bytes_max: int = 262_144
     stripe_currency: str = "usd"
-    # Where the pages load Stripe.js from: Stripe's https://js.stripe.com/v3/ in
-    # production, the local Stripe's copy in development. The pages' Content
-    # Security Policy allows this origin (and no other) besides their own.
-    stripe_js_url: str = "http://127.0.0.1:8420/js.stripe.com/v3/"
     payment_micros_min: int = 1_000_000
     payment_micros_max: int = 10_000_000_000
+    # Stripe.js for the dashboard's card entry: Stripe's own
+    # https://js.stripe.com/v3/ with a publishable key (pk_live_/pk_test_) in
+    # production; the local Stripe's copy in development and tests. The pages'
+    # Content-Security-Policy allows this script's origin and no other.
+    stripe_js_url: str = "http://127.0.0.1:8420/js.stripe.com/v3/"
+    stripe_publishable_key: str = "pk_test_local"
     # Recharge worker: poll period, requests per read, retry rule. Network and
     # 5xx failures retry with exponential backoff (base, cap, count); a declined
     # card or a missing card waits recharge_decline_retry_s; an episode gives up
@@ -145,6 +156,20 @@ class Settings:
     smtp_port: int = 8025
     smtp_sender: str = "billing@metering.local"
     smtp_timeout_s: float = 10.0
+
+    # Receipts: links in emails start with public_url (where customers reach the
+    # gateway); a receipt link carries an HMAC made with receipt_link_key, so it
+    # opens that one receipt without a token. Set both in production.
+    public_url: str = "http://127.0.0.1:8080"
+    receipt_link_key: str = "dev-receipt-link-key"
+
+    # Burn rate on the ops page: the debit scripts count each account's spend in
+    # Redis buckets of burn_bucket_s (kept for burn_window_s plus two buckets);
+    # the rate is the spend over the last burn_window_s, per minute, sent to ops
+    # pages every live_ops_burn_refresh_s.
+    burn_window_s: int = 300
+    burn_bucket_s: int = 60
+    live_ops_burn_refresh_s: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -175,6 +200,8 @@ class Settings:
             "call_grant_s",
             "call_duration_s_max",
             "redis_connections_max",
+            "redis_pipeline_batch_max",
+            "redis_pipeline_pending_max",
             "request_body_bytes_max",
             "idempotency_window_s",
             "ledger_backlog_max",
@@ -205,8 +232,6 @@ class Settings:
             raise SettingsError("METERING_OUTAGE_BACKOFF_MAX_S must be positive")
         if self.http_hsts_max_age_s < 0:
             raise SettingsError("METERING_HTTP_HSTS_MAX_AGE_S must not be negative")
-        if not self.stripe_js_url.startswith(("https://", "http://")):
-            raise SettingsError("METERING_STRIPE_JS_URL must be an http(s) URL")
         if self.call_validity_grace_s < 0:
             raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
         if self.call_grant_s > self.call_duration_s_max:
@@ -219,6 +244,20 @@ class Settings:
             )
         if not 0 <= self.stripe_max_network_retries <= 5:
             raise SettingsError("METERING_STRIPE_MAX_NETWORK_RETRIES must be between 0 and 5")
+        if self.burn_bucket_s < 1 or self.burn_window_s % self.burn_bucket_s:
+            raise SettingsError(
+                "METERING_BURN_WINDOW_S must be a whole number of METERING_BURN_BUCKET_S (>= 1)"
+            )
+        if self.burn_window_s < self.burn_bucket_s or self.live_ops_burn_refresh_s <= 0:
+            raise SettingsError(
+                "METERING_BURN_WINDOW_S must hold at least one bucket and "
+                "METERING_LIVE_OPS_BURN_REFRESH_S must be positive"
+            )
+        for name in ("stripe_js_url", "public_url"):
+            if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", getattr(self, name)):
+                raise SettingsError(f"METERING_{name.upper()} must be an http(s) URL")
+        if not self.receipt_link_key:
+            raise SettingsError("METERING_RECEIPT_LINK_KEY must not be empty")
         if not self.switch_token or not self.ops_token:
             raise SettingsError("METERING_SWITCH_TOKEN and METERING_OPS_TOKEN must not be empty")
 

@@ -13,7 +13,7 @@ import pytest
 from playwright.async_api import Browser, async_playwright
 
 from devkit.testing import GatewayProcess
-from gateway.security_headers import page_csp
+from gateway.csp import content_security_policy
 from metering.settings import Settings
 from tests.conftest import OPS, SWITCH, make_account
 from tests.test_pages import CHROMIUM, CHROMIUM_ARGS, token_for
@@ -77,7 +77,7 @@ async def test_every_answer_carries_the_security_headers(
         assert_common_headers(r, where)
         csp = directives(r.headers["content-security-policy"])
         if path in ("/dashboard", "/ops"):
-            assert csp == directives(page_csp(gateway.settings)), where
+            assert csp == directives(content_security_policy(gateway.settings)), where
             assert "'unsafe-inline'" not in r.headers["content-security-policy"]
             assert "'unsafe-eval'" not in r.headers["content-security-policy"]
         elif not path.startswith("/static/"):
@@ -88,7 +88,7 @@ def test_the_page_policy_allows_self_and_the_configured_stripe_js_origin_only() 
     settings = Settings.from_env({}).replace(
         stripe_js_url=STRIPE_JS_URL, stripe_api_base="https://api.stripe.com"
     )
-    csp = directives(page_csp(settings))
+    csp = directives(content_security_policy(settings))
     assert csp["default-src"] == ["'none'"]
     assert csp["script-src"] == ["'self'", "https://js.stripe.com"]
     assert csp["style-src"] == ["'self'"]
@@ -96,7 +96,7 @@ def test_the_page_policy_allows_self_and_the_configured_stripe_js_origin_only() 
     assert set(csp["connect-src"]) == {"'self'", "https://api.stripe.com", "https://js.stripe.com"}
     assert csp["frame-ancestors"] == ["'none'"] and csp["base-uri"] == ["'none'"]
     assert csp["form-action"] == ["'self'"] and csp["object-src"] == ["'none'"]
-    local = directives(page_csp(Settings.from_env({})))
+    local = directives(content_security_policy(Settings.from_env({})))
     assert local["script-src"] == ["'self'", "http://127.0.0.1:8420"]
 
 

@@ -102,9 +102,10 @@ end
 -- Every change is published by the script that makes it, so a dashboard moves
 -- even when no worker runs. account_id and item are restricted to JSON-safe
 -- characters by the callers (metering/fields.py).
-local function publish(channel, account_id, event, item, amount, balance, reserved, seq, at, pending)
+-- pending_since is the pending recharge's start (a decimal string), or false.
+local function publish(channel, account_id, event, item, amount, balance, reserved, seq, at, pending_since)
   local p = 'false'
-  if pending then p = 'true' end
+  if pending_since then p = 'true,"recharge_pending_since_us":' .. pending_since end
   redis.call('PUBLISH', channel, string.format(
     '{"account_id":"%s","event":"%s","item":"%s","amount_micros":%s,"balance_micros":%s,' ..
     '"reserved_micros":%s,"available_micros":%s,"seq":%s,"at_us":%s,"recharge_pending":%s}',
@@ -129,15 +130,17 @@ local function read_account(account_key, ...)
   return acct
 end
 
+-- The pending recharge's start (a decimal string), or false when none is pending.
 local function recharge_pending(acct)
   local since = acct.recharge[4]
-  return since ~= nil and since ~= false and since ~= ''
+  if since ~= nil and since ~= false and since ~= '' then return since end
+  return false
 end
 
 -- Automatic recharge: the first change that takes the available balance below
 -- the threshold marks a recharge pending and asks for one; later changes see
 -- the mark and ask nothing more until the recharge worker clears it.
--- Returns whether a recharge is pending after this change.
+-- Returns when the recharge pending after this change started, or false.
 local function maybe_request_recharge(account_key, recharge_key, account_id, available, acct, at)
   local r = acct.recharge
   local pending = recharge_pending(acct)
@@ -146,7 +149,7 @@ local function maybe_request_recharge(account_key, recharge_key, account_id, ava
     redis.call('XADD', recharge_key, '*', 'account_id', account_id,
       'amount_micros', r[3], 'available_micros', int(available),
       'threshold_micros', r[2], 'at_us', int(at))
-    return true
+    return int(at)
   end
   return pending
 end

@@ -16,6 +16,7 @@ from typing import Any
 import stripe
 
 from metering import accounts, fields
+from metering.account_state import publish_account_state
 from metering.errors import CardDeclined, InvalidRequest, Unavailable
 from metering.payments.stripe_client import failure_of, idempotency_key
 from metering.store import Store
@@ -165,6 +166,7 @@ async def set_card(
                 "card_exp_year": card.exp_year,
             },
         )
+    await publish_account_state(store, account_id)
     if previous is not None and previous.payment_method_id != card.payment_method_id:
         await _detach(client, previous.payment_method_id)
     return card
@@ -183,6 +185,8 @@ async def delete_card(store: Store, db: Any, client: stripe.StripeClient, accoun
         # against a card the customer removed, and Postgres rolls back.
         await store.redis.hset(keys.account, "recharge_enabled", "0")
         await store.redis.hdel(keys.account, *CARD_FIELDS)
+    # Open pages show recharge off and no card at once.
+    await publish_account_state(store, account_id)
     if removed:
         await _detach(client, removed)
     return removed is not None

@@ -15,6 +15,7 @@ import dataclasses
 from typing import Any
 
 from metering import accounts, fields
+from metering.account_state import publish_account_state
 from metering.errors import InvalidRequest
 from metering.money import CREDIT_MICROS_MAX, MICROS_PER_USD, format_usd
 from metering.payments.stripe_client import to_cents
@@ -110,4 +111,5 @@ async def save_settings(
         # One HSET of all four fields, inside the Postgres transaction: if Redis
         # refuses, Postgres rolls back and nothing changed.
         await store.redis.hset(keys.account, mapping=settings.redis_fields())
+    await publish_account_state(store, account_id)
     return settings

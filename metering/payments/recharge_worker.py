@@ -41,6 +41,7 @@ from typing import Any
 import stripe
 from redis.exceptions import ResponseError
 
+from metering.account_state import publish_account_state
 from metering.credits import add_funds
 from metering.errors import raise_refusal
 from metering.events import emit_event, event_id
@@ -48,6 +49,7 @@ from metering.keys import all_shards
 from metering.ledger.database import DATABASE_DOWN, create_pool
 from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.payments.cards import card_on_file
+from metering.payments.decline_words import failure_words
 from metering.payments.notifications import recharge_failure_message, send_email
 from metering.payments.pay_now import credit_reason
 from metering.payments.stripe_client import (
@@ -100,6 +102,13 @@ SQL_RECORD_PAYMENT = """
     VALUES ($1, $2, 'automatic_recharge', $3, 'succeeded', $4, true)
     ON CONFLICT (account_id, payment_id) DO UPDATE SET status = 'succeeded', credited = true,
         payment_intent_id = $4, updated_at = now()"""
+
+# What the account hash says about the last failed automatic recharge.
+LAST_FAILURE_FIELDS = (
+    "recharge_last_failure",
+    "recharge_last_failure_at_us",
+    "recharge_next_attempt_at_us",
+)
 
 Mailer = Callable[[Settings, EmailMessage], Awaitable[None]]
 
@@ -165,7 +174,8 @@ async def credit_recharge(
         credit_reason(payment_intent_id),
         settles_recharge=True,
     )
-    await store.redis.hdel(store.account_keys(account_id).account, "recharge_last_failure")
+    await store.redis.hdel(store.account_keys(account_id).account, *LAST_FAILURE_FIELDS)
+    await publish_account_state(store, account_id)
     # db is a pool or, from a webhook, the connection holding its transaction.
     await db.execute(SQL_RECORD_PAYMENT, account_id, credit_id, amount_micros, payment_intent_id)
     await db.execute(SQL_END_EPISODE, account_id, episode_us, "succeeded", None)
@@ -201,6 +211,7 @@ async def clear_pending_mark(
         store.redis, [keys.account], [episode_us, failure_text]
     )
     raise_refusal(result, account_id)
+    await publish_account_state(store, account_id)
     return bool(result[1] == 1)
 
 
@@ -399,8 +410,13 @@ class RechargeWorker:
             )
             return
         declines = ep.declines + (0 if outcome.retryable else 1)
-        at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        failure_text = f"{at}: {outcome.reason}"[:500]
+        # The pages show the failure in the customer's words, with when it
+        # happened and when the next attempt is (the code stays in recharge_attempts).
+        failure_text = failure_words(outcome.reason)
+        failure_fields: dict[str, str | int] = {
+            "recharge_last_failure": failure_text,
+            "recharge_last_failure_at_us": now_us(),
+        }
         if attempt_no >= s.recharge_attempts_max:
             next_attempt = (
                 "none (automatic recharge gave up after "
@@ -416,6 +432,9 @@ class RechargeWorker:
                 0,
                 0,
                 outcome.reason,
+            )
+            await self.store.redis.hset(
+                self.store.account_keys(ep.account_id).account, mapping=failure_fields
             )
             await self._settle(ep, failure_text)
         else:
@@ -437,11 +456,11 @@ class RechargeWorker:
                 next_us,
                 outcome.reason,
             )
+            failure_fields["recharge_next_attempt_at_us"] = next_us
             await self.store.redis.hset(
-                self.store.account_keys(ep.account_id).account,
-                "recharge_last_failure",
-                failure_text,
+                self.store.account_keys(ep.account_id).account, mapping=failure_fields
             )
+            await publish_account_state(self.store, ep.account_id)
         log.warning("recharge of %s failed: %s", ep.account_id, outcome.reason)
         await emit_event(
             self.store,
