@@ -47,6 +47,9 @@ class Settings:
     ops_token: str = "dev-ops-token"
     request_body_bytes_max: int = 16_384
     log_level: str = "warning"
+    # Strict-Transport-Security max-age on answers served over TLS (https, or
+    # X-Forwarded-Proto https from a trusted proxy); 0 sends none.
+    http_hsts_max_age_s: int = 31_536_000
 
     # Sharding: fixed for the life of a deployment (changing it moves accounts).
     shard_count: int = 256
@@ -277,6 +280,8 @@ class Settings:
             )
         if self.outage_backoff_max_s <= 0:
             raise SettingsError("METERING_OUTAGE_BACKOFF_MAX_S must be positive")
+        if self.http_hsts_max_age_s < 0:
+            raise SettingsError("METERING_HTTP_HSTS_MAX_AGE_S must not be negative")
         if self.call_validity_grace_s < 0:
             raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
         if self.call_grant_s > self.call_duration_s_max:
