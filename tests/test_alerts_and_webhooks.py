@@ -25,7 +25,7 @@ from metering.ledger.database import create_pool
 from metering.notify import webhooks
 from metering.notify.notifier import Notifier, webhook_client
 from metering.settings import Settings
-from metering.store import Store, open_store
+from metering.store import open_store
 from tests.conftest import OPS, SWITCH, make_account, test_settings
 from tests.fixtures_payments import Mailbox
 
