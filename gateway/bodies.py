@@ -62,6 +62,16 @@ class RequestBody(msgspec.Struct, forbid_unknown_fields=True):
 BodyT = TypeVar("BodyT", bound=msgspec.Struct)
 
 
+def as_mapping(body: msgspec.Struct) -> dict[str, Any]:
+    """The body's fields as a dict, without the optional ones it did not carry
+    (for domain functions that take a mapping)."""
+    return {
+        name: value
+        for name, value in msgspec.structs.asdict(body).items()
+        if value is not msgspec.UNSET
+    }
+
+
 _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 
