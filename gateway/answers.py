@@ -183,6 +183,13 @@ class CallCharged(Answer):
     billed_seconds: int
     charged_micros: Micros
     capped: Annotated[bool, Meta(description="The charge was capped at what was reserved.")]
+    correction_micros: Annotated[
+        Micros,
+        Meta(
+            description="A late commit of an expired call: how the balance moved to correct "
+            "the expiry's charge (a refund is positive); 0 for a commit in time."
+        ),
+    ]
     balance_micros: Micros
     reserved_micros: Micros
     available_micros: Micros
@@ -190,17 +197,8 @@ class CallCharged(Answer):
 
     @classmethod
     def of(cls, c: CallCharge) -> CallCharged:
-        return cls(
-            c.call_id,
-            c.duration_seconds,
-            c.billed_seconds,
-            c.charged_micros,
-            c.capped,
-            c.balance_micros,
-            c.reserved_micros,
-            c.balance_micros - c.reserved_micros,
-            c.seq,
-        )
+        # From the domain's own view, so a field it adds fails here, not silently.
+        return cls(**c.as_dict())
 
 
 class CallReleased(Answer):
@@ -208,6 +206,10 @@ class CallReleased(Answer):
 
     call_id: str
     charged_micros: Micros
+    correction_micros: Annotated[
+        Micros,
+        Meta(description="A late release of an expired call: the expiry's charge refunded."),
+    ]
     released_micros: Micros
     balance_micros: Micros
     reserved_micros: Micros
@@ -215,14 +217,7 @@ class CallReleased(Answer):
 
     @classmethod
     def of(cls, r: Release) -> CallReleased:
-        return cls(
-            r.call_id,
-            0,
-            r.released_micros,
-            r.balance_micros,
-            r.reserved_micros,
-            r.balance_micros - r.reserved_micros,
-        )
+        return cls(**r.as_dict())
 
 
 class TokenIssued(Answer):
@@ -280,6 +275,15 @@ class CardOnFile(Answer):
     exp_year: int
 
 
+class AlertState(Answer):
+    """Low-balance alert settings and state."""
+
+    low_balance_threshold_micros: Annotated[Micros, Meta(description="0: alert off.")]
+    email: str | None
+    low_since_us: Annotated[int | None, Meta(description="Below the threshold since.")]
+    depleted_since_us: Annotated[int | None, Meta(description="At zero since.")]
+
+
 class AccountAnswer(Answer):
     """An account: balance, reservations, rate card, recharge settings, card on file."""
 
@@ -294,3 +298,4 @@ class AccountAnswer(Answer):
     recharge: RechargeState
     card: CardOnFile | None
     created_at_us: Annotated[int, Meta(description="Microseconds since the Unix epoch.")]
+    alerts: AlertState

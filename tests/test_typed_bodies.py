@@ -171,6 +171,7 @@ async def test_answers_are_exactly_their_declarations(http: httpx.AsyncClient) -
     view = r.json()
     exactly(answers.AccountAnswer, view)
     exactly(answers.RechargeState, view["recharge"])
+    exactly(answers.AlertState, view["alerts"])
     assert set(view["rate_card"]) == set(RATE_CARD)
     r = await http.post(f"/v1/accounts/{account}/tokens", headers=OPS, json={"label": "dash"})
     exactly(answers.TokenIssued, r.json())
@@ -181,3 +182,28 @@ async def test_answers_are_exactly_their_declarations(http: httpx.AsyncClient) -
     )
     assert r.status_code == 404
     msgspec.convert(r.json(), answers.Error)
+
+
+def test_answers_declare_every_field_of_the_domain_results() -> None:
+    """A field the domain adds to a result must be declared in its answer (the
+    message path builds its answer field by field, for speed)."""
+    from metering.credits import Credit
+    from metering.debits import Charge
+    from metering.reservations import CallCharge, Grant, Release
+
+    charge = Charge("sms_outbound", 1, 2, 0, 3, False).as_dict()
+    for declared, extra in (
+        (answers.MessageCharged, {"message_id"}),
+        (answers.AttemptCharged, {"attempt_id"}),
+        (answers.PurchaseCharged, {"purchase_id", "number"}),
+        (answers.RenewalCharged, {"renewal_id", "number"}),
+    ):
+        assert set(declared.__struct_fields__) == set(charge) | extra, declared.__name__
+    grant = Grant("c", 1, 2, 3, False, 4, 5, 6, 7, False).as_dict()
+    assert set(answers.CallGrant.__struct_fields__) == set(grant)
+    call = CallCharge("c", 1, 1, 1, 1, 0, 1, False, False).as_dict()
+    assert set(answers.CallCharged.__struct_fields__) == set(call)
+    released = Release("c", 1, 1, 0, False).as_dict()
+    assert set(answers.CallReleased.__struct_fields__) == set(released)
+    credit = Credit(1, 1, 0, 1, False).as_dict()
+    assert set(answers.FundsAdded.__struct_fields__) == set(credit) | {"credit_id"}
