@@ -21,6 +21,7 @@ from gateway.bodies import (
 )
 from gateway.responses import JSONResponse, error_body
 from metering import errors
+from metering.ledger.database import DATABASE_DOWN
 from metering.notify.webhooks import UnknownWebhook
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,11 @@ async def on_redis_down(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body("unavailable", "the balance store did not answer; retry"), 503)
 
 
+async def on_database_down(request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable: %r", exc)
+    return JSONResponse(error_body("unavailable", "the database did not answer; retry"), 503)
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(error_body("internal", "an internal error occurred"), 500)
@@ -99,5 +105,8 @@ EXCEPTION_HANDLERS = {
     HTTPException: on_http_error,
     RedisConnectionError: on_redis_down,
     RedisTimeoutError: on_redis_down,
+    # A handler that reached Postgres through the pool directly (not through
+    # metering.ledger.database.acquire) gets the same 503 for an outage.
+    **{kind: on_database_down for kind in DATABASE_DOWN if issubclass(kind, Exception)},
     Exception: on_unexpected,
 }
