@@ -629,6 +629,86 @@ class Driver:
             )
         raise AssertionError(variant)
 
+    # ---- concurrency on one account ----
+
+    async def run_contention(self, idx: int, item: str, n: int, batch: int) -> None:
+        """n different debits of one item at once on one account: exactly as many
+        succeed as the available balance pays for, in some serial order (their
+        seqs), and the rest are refused with what was left."""
+        lane = self.lanes[idx]
+        worlds = lane.model.worlds
+        w = worlds[0]
+        if (
+            len(worlds) != 1
+            or not w.exists
+            or w.recharge_enabled
+            or w.recharge_pending
+            or any(c.state == "open" for c in w.calls.values())
+        ):
+            return
+        self.stats.contention_steps += 1
+        reqs = []
+        for j in range(n):
+            rid = f"k{batch}x{j}"
+            path, body, extra, fp = debit_request(lane.account_id, item, rid, "+15550000009")
+            reqs.append((Op("debit", (item, rid, "+15550000009")), path, body, extra, fp))
+        answers = await asyncio.gather(
+            *(self.http("POST", path, SWITCH_TOKEN, body) for _, path, body, _, _ in reqs)
+        )
+        self.stats.steps += n
+        for (op, *_), a in zip(reqs, answers, strict=True):
+            self._record(lane, op, a, "(contention)")
+        if any(a.status not in (200, 402) for a in answers):
+            for (op, _, _, extra, fp), a in zip(reqs, answers, strict=True):
+                await self.check_answer(
+                    lane, op, a, self._debit_predict(item, op.args[1], fp, extra), None, 0
+                )
+            return
+        order = sorted(
+            zip(reqs, answers, strict=True),
+            key=lambda ra: (ra[1].status != 200, ra[1].body.get("seq", 0)),
+        )
+        for (op, _, _, extra, fp), a in order:
+            pred = self._debit_predict(item, op.args[1], fp, extra)
+            miss = lane.model.observe(
+                lambda w2, pred=pred, a=a: pred(w2, a.when), a.status, a.body, a.when.hi_ms
+            )
+            if miss is not None:
+                raise self.fail(
+                    "concurrency",
+                    lane,
+                    f"{n} concurrent {item} debits: no serial order explains the answers "
+                    f"(at {op}: {self._explain(op, a, miss)})",
+                )
+
+    def _debit_predict(
+        self, item: str, rid: str, fp: str, extra: dict[str, Any]
+    ) -> Callable[[State, Window], list[Outcome]]:
+        return lambda w, when: self.predict.debit(w, item, rid, fp, when, extra)
+
+    async def run_dupes(self, idx: int, n: int, op: Op) -> None:
+        """The same request n times at once: one effect, n identical answers."""
+        lane = self.lanes[idx]
+        req = self.request_for(lane, op)
+        if req is None:
+            return
+        method, path, token, body, predict, unknown = req
+        self.stats.duplicate_steps += 1
+        answers = await asyncio.gather(*(self.http(method, path, token, body) for _ in range(n)))
+        self.stats.steps += n
+        for a in answers:
+            self._record(lane, op, a, "(duplicate)")
+        clean = [a for a in answers if a.status not in (0, 503)]
+        if len({json.dumps([a.status, a.body], sort_keys=True) for a in clean}) > 1:
+            raise self.fail(
+                "duplicates",
+                lane,
+                f"{n} identical {op} at once got different answers: "
+                + "; ".join(f"{a.status} {_short(a.body)}" for a in clean[:4]),
+            )
+        first = clean[0] if clean else answers[0]
+        await self.check_answer(lane, op, first, predict, unknown, 0)
+
     # ---- webhooks crafted as Stripe would send them ----
 
     async def run_webhook(self, lane: Lane, op: Op) -> None:

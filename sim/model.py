@@ -604,9 +604,7 @@ class Predict:
                 out.append(Outcome(409, error("call_closed", state=c.state), None))
                 continue
             if c.extends >= lim.call_extends_max:
-                out.append(
-                    Outcome(409, error("call_extend_limit", limit=lim.call_extends_max), None)
-                )
+                out.append(Outcome(409, error("call_extend_limit"), None))
                 continue
             cap = lim.call_duration_s_max
             if c.granted_s >= floor_to_grid(cap, c.min_s, c.inc):

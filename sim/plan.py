@@ -443,7 +443,8 @@ class Plan:
             batch.globals.append(Op("contention", (lane, rng.choice(ITEMS), rng.randint(5, 20))))
         if p.contention_every and i % p.contention_every == p.contention_every // 2:
             lane = rng.randrange(len(self.lanes))
-            batch.globals.append(Op("dupes", (lane, rng.randint(3, 8))))
+            inner = self.lanes[lane].dupe_op()
+            batch.globals.append(Op("dupes", (lane, rng.randint(3, 8), inner.kind, inner.args)))
         if p.fuzz_every and i % p.fuzz_every == 0:
             batch.globals.append(Op("fuzz", (rng.randrange(2**31), p.fuzz_cases)))
         return batch

@@ -179,7 +179,7 @@ class Runner:
             raise SimFailure("worker", "; ".join(exits))
         await auditor.snapshot([lane for lane in d.lanes if lane.touched])
         for op in batch.globals:
-            await self._global(op, d, auditor)
+            await self._global(op, d, auditor, batch.index)
         del fault_task
 
     def _fault_running(self, fault: Fault) -> bool:
@@ -210,8 +210,16 @@ class Runner:
                 raise t.exception()  # type: ignore[misc]
         self.tasks = []
 
-    async def _global(self, op: Op, d: Driver, auditor: Auditor) -> None:
-        if op.kind == "sweep":
+    async def _global(self, op: Op, d: Driver, auditor: Auditor, batch: int) -> None:
+        if op.kind == "contention":
+            idx, item, n = op.args
+            await d.run_contention(idx, item, n, batch)
+            await auditor.snapshot([d.lanes[idx]])
+        elif op.kind == "dupes":
+            idx, n, kind, args = op.args
+            await d.run_dupes(idx, n, Op(kind, args))
+            await auditor.snapshot([d.lanes[idx]])
+        elif op.kind == "sweep":
             if d.faults.recent("redis"):
                 return
             at = now_ms()
