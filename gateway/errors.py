@@ -38,6 +38,7 @@ STATUS: dict[type[Exception], int] = {
     errors.CardDeclined: 402,
     errors.PaymentFailed: 402,
     errors.NoCardOnFile: 409,
+    errors.ChargeMismatch: 409,
     errors.WebhookRejected: 400,
     errors.LedgerBacklogFull: 503,
     errors.Unavailable: 503,

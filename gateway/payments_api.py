@@ -1,16 +1,22 @@
-"""Payment endpoints: recharge settings, pay now, card on file, Stripe webhook."""
+"""Payment endpoints: recharge settings, pay now, card on file, Stripe webhook.
+
+Pay now, the card and the recharge settings belong to the customer: only the
+account's own customer token may use them. An operator has no path to act for a
+customer here (charging a card needs the card holder's own action); operators
+adjust money with ops credits, which the ledger records with their reason.
+"""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth import CUSTOMER, OPS, authenticate
+from gateway.auth import CUSTOMER, authenticate
 from gateway.bodies import Body, BodyTooLarge, Field, read_json
 from gateway.responses import JSONResponse
 from metering.payments import cards, pay_now, recharge_settings, webhooks
 
-CUSTOMER_OR_OPS = frozenset({CUSTOMER, OPS})
+CUSTOMER_ONLY = frozenset({CUSTOMER})
 
 RECHARGE_BODY = Body(
     {
@@ -53,7 +59,7 @@ CARD_BODY = Body(
 async def put_recharge(request: Request) -> Response:
     state = request.state
     account_id = request.path_params["account_id"]
-    await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
+    await authenticate(request, state.settings, state.store, CUSTOMER_ONLY, account_id)
     b = await read_json(request, RECHARGE_BODY, state.settings.request_body_bytes_max)
     saved = await recharge_settings.save_settings(state.store, state.db, account_id, b)
     return JSONResponse({"account_id": account_id, **saved.as_dict()})
@@ -62,7 +68,7 @@ async def put_recharge(request: Request) -> Response:
 async def post_payment(request: Request) -> Response:
     state = request.state
     account_id = request.path_params["account_id"]
-    await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
+    await authenticate(request, state.settings, state.store, CUSTOMER_ONLY, account_id)
     b = await read_json(request, PAYMENT_BODY, state.settings.request_body_bytes_max)
     payment = await pay_now.pay_now(
         state.store,
@@ -79,7 +85,7 @@ async def post_payment(request: Request) -> Response:
 async def put_card(request: Request) -> Response:
     state = request.state
     account_id = request.path_params["account_id"]
-    await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
+    await authenticate(request, state.settings, state.store, CUSTOMER_ONLY, account_id)
     b = await read_json(request, CARD_BODY, state.settings.request_body_bytes_max)
     card = await cards.set_card(
         state.store, state.db, state.stripe, account_id, b["payment_method_id"]
@@ -90,7 +96,7 @@ async def put_card(request: Request) -> Response:
 async def delete_card(request: Request) -> Response:
     state = request.state
     account_id = request.path_params["account_id"]
-    await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
+    await authenticate(request, state.settings, state.store, CUSTOMER_ONLY, account_id)
     deleted = await cards.delete_card(state.store, state.db, state.stripe, account_id)
     return JSONResponse({"account_id": account_id, "deleted": deleted, "recharge_enabled": False})
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
+
+import orjson
 
 from metering import fields
 from metering.errors import UnknownAccount, raise_refusal
@@ -118,6 +121,22 @@ async def get_account(store: Store, account_id: str) -> AccountView:
     if not stored:
         raise UnknownAccount(f"no account {account_id!r}")
     return AccountView.from_redis(account_id, stored, open_calls)
+
+
+async def publish_settings(store: Store, account_id: str) -> None:
+    """Tell open pages that the account's recharge state or card on file changed,
+    as the scripts tell them a balance changed: one message on the live channel
+    carrying the whole recharge state and card as the account answer shows them
+    (it has no balance, so pages update those parts only)."""
+    view = await get_account(store, account_id)
+    message = {
+        "account_id": account_id,
+        "event": "settings",
+        "recharge": view.recharge,
+        "card": view.card,
+        "at_us": time.time_ns() // 1_000,
+    }
+    await store.redis.publish(store.settings.live_channel, orjson.dumps(message))
 
 
 async def account_ids_by_shard(store: Store) -> AsyncIterator[list[str]]:

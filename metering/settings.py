@@ -128,12 +128,32 @@ class Settings:
     recharge_attempts_max: int = 10
     recharge_lease_s: float = 120.0
     recharge_consumer_group: str = "recharge-worker"
+    # One automatic recharge charges at most this much (like payment_micros_max
+    # for pay now); a saved amount above it is refused, an older one is not charged.
+    recharge_micros_max: int = 10_000_000_000
+    # Recharge intake: requests another worker left unacknowledged this long are
+    # taken over, checked for every recharge_claim_interval_ms.
+    recharge_claim_idle_ms: int = 30_000
+    recharge_claim_interval_ms: int = 5_000
+    # The worker's repair pass (every recharge_repair_interval_s): a pending mark
+    # without an open episode, a charge not yet credited and card or recharge
+    # settings not yet copied to Redis are put right once they are older than
+    # recharge_repair_grace_s; each pass looks at recharge_repair_accounts_max
+    # accounts' marks, so every account is looked at within
+    # (accounts / recharge_repair_accounts_max) passes.
+    recharge_repair_interval_s: float = 2.0
+    recharge_repair_grace_s: float = 60.0
+    recharge_repair_accounts_max: int = 5_000
 
     # Email for recharge failures.
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
     smtp_sender: str = "billing@metering.local"
     smtp_timeout_s: float = 10.0
+
+    # Tests of crash windows only: a process that reaches the named point
+    # (metering/crash_points.py) kills itself with SIGKILL there. Empty: never.
+    crash_point: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -175,6 +195,8 @@ class Settings:
             "payment_micros_min",
             "recharge_batch_max",
             "recharge_attempts_max",
+            "recharge_micros_max",
+            "recharge_repair_accounts_max",
             "ledger_retry_max",
             "activity_export_rows_max",
             "database_pool_max",

@@ -55,6 +55,15 @@ function applySnapshot(account) {
 
 function applyUpdate(change) {
   if (state.account) {
+    // A "settings" message carries the whole recharge state and the card on file.
+    if (change.recharge) {
+      state.account.recharge = change.recharge;
+      fillRechargeForm(change.recharge);
+    }
+    if (change.card !== undefined) {
+      state.account.card = change.card;
+      showCard(change.card);
+    }
     const r = state.account.recharge;
     if (change.recharge_pending !== undefined) r.pending = change.recharge_pending;
     if (change.recharge_last_failure !== undefined) r.last_failure = change.recharge_last_failure;

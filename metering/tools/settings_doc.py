@@ -19,7 +19,7 @@ from metering.settings import Settings, documented_settings
 
 BEGIN = "<!-- generated:settings (python -m metering.tools.settings_doc --write) -->"
 END = "<!-- /generated:settings -->"
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def settings_table() -> str:
