@@ -11,7 +11,7 @@ from redis.cluster import key_slot
 from devkit.testing import RATE_CARD, RedisServer
 from metering import accounts, credits, debits, reservations, sweeper
 from metering.keys import AccountKeys
-from metering.payments import recharge_worker
+from metering.payments import recharge_marks
 from metering.rate_card import RateCard
 from metering.scripts import Scripts
 from metering.store import Store, open_store
@@ -57,7 +57,9 @@ async def test_every_script_call_uses_keys_of_one_slot(store: Store) -> None:
             [*keys.call_keys("k3"), keys.shard.ledger, keys.shard.recharge],
             [account, "k3", 60, 1000, s.settings.live_channel],
         )
-        await recharge_worker.clear_pending_mark(s, account, 0)
+        await recharge_marks.clear_pending_mark(s, account, 0)
+        await credits.add_charge_funds(s, account, "pi_slots", 1_000_000, "pay_now", "p")
+        await s.scripts["sync_settings"](recording, [keys.account], [1, "recharge_enabled", "0"])
         # The ledger writer's scripts take one shard stream each.
         group = s.settings.ledger_consumer_group
         await s.scripts["trim_ledger"](recording, [keys.shard.ledger], [group])
@@ -77,6 +79,7 @@ def test_account_and_shard_keys_share_the_shard_tag() -> None:
             keys.calls,
             keys.call("c@host"),
             keys.request("message", "m"),
+            keys.charge_credit("pi_123"),
             keys.shard.ledger,
             keys.shard.recharge,
             keys.shard.expiry,
