@@ -7,6 +7,7 @@ Runs inside the virtual environment (it imports redis and httpx).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -14,8 +15,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from email import message_from_bytes
+from email.message import Message
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis as redis_sync
@@ -163,10 +168,19 @@ class RedisServer:
         """Stop (SIGTERM, or SIGKILL as a crash) and start again on the same port
         and data folder."""
         if kill:
-            self.proc.kill()
-            self.proc.wait()
+            self.crash()
         else:
             stop_process(self.proc)
+        self.start()
+
+    def crash(self) -> None:
+        """SIGKILL: no shutdown, no final fsync; the data folder stays as it was."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def start(self) -> None:
+        """Start again (after crash) on the same port and data folder."""
         self.proc = self._start()
 
     def stop(self) -> None:
@@ -182,8 +196,12 @@ class GatewayProcess:
         self.port = free_port()
         self.settings = settings.replace(port=self.port, host="127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port}"
-        log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
+        self.log_path = log_path
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen(
             [sys.executable, "-m", "gateway"],
             cwd=ROOT,
             env=settings_env(self.settings),
@@ -192,7 +210,12 @@ class GatewayProcess:
         )
         if log:
             log.close()
-        wait_for_http(self.url + "/healthz", proc=self.proc)
+        wait_for_http(self.url + "/healthz", proc=proc)
+        return proc
+
+    def restart(self) -> None:
+        """Start again on the same port after stop() (an outage its clients see)."""
+        self.proc = self._start()
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -218,3 +241,194 @@ def open_stuck_socket(port: int, path: str) -> socket.socket:
         sock.close()
         raise RuntimeError(f"the websocket handshake was refused: {head!r}")
     return sock
+
+
+class TcpProxy:
+    """A TCP proxy we control, in front of one server (Postgres, Redis, Stripe):
+
+    - stop() refuses new connections and drops open ones (the server is
+      'unreachable' for whoever connects through it); start() again;
+    - hold(direction) stops forwarding bytes one way ('up': client to server,
+      'down': server to client, or both) without closing anything, so a client
+      waits in the middle of a request; release() lets them through.
+    """
+
+    DIRECTIONS = ("up", "down")
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self._flowing = self._run(self._make_events())
+
+    async def _make_events(self) -> dict[str, asyncio.Event]:
+        events = {d: asyncio.Event() for d in self.DIRECTIONS}
+        for event in events.values():
+            event.set()
+        return events
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self._flowing[direction].wait()
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self.writers.update((writer, up_writer))
+        await asyncio.gather(
+            self._pipe(reader, up_writer, "up"), self._pipe(up_reader, writer, "down")
+        )
+        self.writers.difference_update((writer, up_writer))
+
+    async def _start(self) -> None:
+        if self.server is None:
+            self.server = await asyncio.start_server(
+                self._handle, "127.0.0.1", self.port, reuse_address=True
+            )
+
+    async def _stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for w in list(self.writers):
+            w.transport.abort()
+        self.writers.clear()
+
+    async def _set_flowing(self, directions: tuple[str, ...], flowing: bool) -> None:
+        for d in directions:
+            if flowing:
+                self._flowing[d].set()
+            else:
+                self._flowing[d].clear()
+
+    def start(self) -> None:
+        self._run(self._start())
+
+    def stop(self) -> None:
+        self._run(self._stop())
+
+    def hold(self, *directions: str) -> None:
+        """Stop forwarding in the given directions (default both)."""
+        self._run(self._set_flowing(directions or self.DIRECTIONS, False))
+
+    def release(self, *directions: str) -> None:
+        self._run(self._set_flowing(directions or self.DIRECTIONS, True))
+
+    def close(self) -> None:
+        self.release()
+        self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+class StripeServer:
+    """`python -m tests.stripe_local` on a free port; stopped (only it) at the end."""
+
+    def __init__(self, log_path: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.stripe_local", "--port", str(self.port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL,
+        )
+        if log_path:
+            log.close()  # type: ignore[union-attr]
+        wait_for_http(self.url + "/_config/counts", proc=self.proc)
+
+    def intents_created(self) -> int:
+        return int(httpx.get(self.url + "/_config/counts").json()["payment_intents_created"])
+
+    def lose_responses(self, count: int) -> None:
+        """The next `count` PaymentIntent creations run, then answer 500."""
+        httpx.post(self.url + f"/_config/lose_responses?count={count}").raise_for_status()
+
+    def fail_requests(self, count: int, status: int = 503) -> None:
+        """The next `count` PaymentIntent creations answer `status` without running."""
+        httpx.post(
+            self.url + f"/_config/fail_requests?count={count}&status={status}"
+        ).raise_for_status()
+
+    def register_webhook(self, endpoint_id: str, url: str, secret: str) -> None:
+        httpx.post(
+            f"{self.url}/_config/webhooks/{endpoint_id}", data={"url": url, "secret": secret}
+        ).raise_for_status()
+
+    def payment_intents(self, api_key: str) -> list[dict[str, Any]]:
+        """Every PaymentIntent the server holds (its own record of the charges)."""
+        out: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 100}
+        while True:
+            page = httpx.get(
+                self.url + "/v1/payment_intents",
+                params=params,
+                headers={"Authorization": f"Bearer {api_key}"},
+            ).json()
+            out += page["data"]
+            if not page.get("has_more") or not page["data"]:
+                return out
+            params["starting_after"] = page["data"][-1]["id"]
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+class Mailbox:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], Message]] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        with self._lock:
+            self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content)))
+        return "250 OK"
+
+    def to(self, address: str) -> list[Message]:
+        with self._lock:
+            return [m for rcpts, m in self.messages if address in rcpts]
+
+
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) on a free port keeping mail in a Mailbox;
+    stop() and start() again on the same port (an SMTP outage)."""
+
+    def __init__(self) -> None:
+        self.mailbox = Mailbox()
+        self.port = free_port()
+        self._controller: Any = None
+        self.start()
+
+    def start(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        if self._controller is None:
+            self._controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port)
+            self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None

@@ -12,9 +12,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.auth import Forbidden, Unauthorized
-from gateway.bodies import BodyTooLarge, MalformedBody, MissingField
+from gateway.bodies import (
+    BodyTooLarge,
+    DuplicateKey,
+    MalformedBody,
+    MissingField,
+    UnsupportedMediaType,
+)
 from gateway.responses import JSONResponse, error_body
 from metering import errors
+from metering.notify.webhooks import UnknownWebhook
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +32,15 @@ STATUS: dict[type[Exception], int] = {
     Forbidden: 403,
     errors.UnknownAccount: 404,
     errors.UnknownCall: 404,
+    errors.UnknownNumber: 404,
+    errors.NumberSuspended: 402,
+    UnknownWebhook: 404,
     errors.AccountExists: 409,
     errors.IdempotencyConflict: 409,
     errors.CallClosed: 409,
     errors.CallExtendLimit: 409,
     BodyTooLarge: 413,
+    UnsupportedMediaType: 415,
     MissingField: 422,
     errors.InvalidRequest: 422,
     errors.BalanceLimit: 422,
@@ -58,7 +69,7 @@ async def on_known_error(request: Request, exc: Exception) -> Response:
     details = {}
     if isinstance(exc, errors.MeteringError):
         details = dict(exc.details)
-    elif isinstance(exc, MissingField):
+    elif isinstance(exc, MissingField | DuplicateKey):
         details = {"field": exc.field}
     code = getattr(exc, "code", "error")
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None

@@ -72,7 +72,11 @@ class Subscriber:
             return
         if seq is not None and seq < self.floor_seq.get(account_id, -1):
             return
-        self.pending[key or account_id] = (-1 if seq is None else seq, payload)
+        slot = key or account_id
+        # Re-inserted at the end, so frames leave in the order they came: a
+        # balance and an account-state frame of one account never swap places.
+        self.pending.pop(slot, None)
+        self.pending[slot] = (-1 if seq is None else seq, payload)
         if len(self.pending) > self.pending_max:
             self.close(CLOSE_TOO_SLOW)
         self.wake.set()

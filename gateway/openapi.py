@@ -17,17 +17,24 @@ ERROR_SCHEMA = {
     },
 }
 ERROR_TEXT = {
-    400: "Malformed JSON.",
+    400: "malformed_json, duplicate_key (a key twice in one object) or trailing_data "
+    "(data after the JSON object).",
     401: "Missing or invalid bearer token.",
     402: "insufficient_funds: the available balance does not cover the cost.",
     403: "The token's role or account may not do this.",
     404: "Unknown account or call.",
     409: "Idempotency conflict or a closed call.",
     413: "Body too large.",
+    415: "unsupported_media_type: the body is not sent as Content-Type: application/json.",
     422: "A field is missing or invalid (the body names it).",
     429: "The account's concurrent call limit.",
     503: "Redis unavailable or ledger backlog full.",
 }
+
+
+def _error_codes(e: Endpoint) -> list[int]:
+    # Every JSON body may be refused as too large or not declared JSON.
+    return sorted(set(e.errors) | ({413, 415} if e.body is not None else set()))
 
 
 def _operation(e: Endpoint) -> dict[str, Any]:
@@ -48,7 +55,7 @@ def _operation(e: Endpoint) -> dict[str, Any]:
                         "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
                     },
                 }
-                for code in e.errors
+                for code in _error_codes(e)
             },
         },
     }

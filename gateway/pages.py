@@ -3,21 +3,22 @@ that is not account data: billing items in the product's words."""
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.auth import CUSTOMER, OPS, SWITCH, authenticate
 from gateway.responses import JSONResponse
 from metering.ledger_entries import CREDIT_ITEMS, ITEM_LABELS
+from metering.settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 ANY_ROLE = frozenset({CUSTOMER, OPS, SWITCH})
-# Pages carry a token in their URL: never cache them, never leak it as a referrer.
-PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+PAGES = ("dashboard", "ops")
 
 
 async def get_billing_items(request: Request) -> Response:
@@ -31,18 +32,36 @@ async def get_billing_items(request: Request) -> Response:
     return JSONResponse({"items": items})
 
 
-def _page(name: str) -> Route:
+def page_headers(settings: Settings) -> dict[str, str]:
+    """Pages carry a token in their URL: never cached. Their Content-Security-Policy
+    (gateway/csp.py), Referrer-Policy and the other security headers are added to
+    every answer by gateway/security_headers.py, once."""
+    return {"Cache-Control": "no-store"}
+
+
+def render_page(name: str, settings: Settings) -> str:
+    """The page's HTML with the settings it names filled in ({{stripe_js_url}},
+    {{stripe_publishable_key}}), escaped."""
+    text = (STATIC_DIR / f"{name}.html").read_text()
+    for key in ("stripe_js_url", "stripe_publishable_key"):
+        text = text.replace("{{" + key + "}}", html.escape(str(getattr(settings, key))))
+    return text
+
+
+def _page(name: str, settings: Settings) -> Route:
+    body = render_page(name, settings)
+    headers = page_headers(settings)
+
     async def serve(request: Request) -> Response:
-        return FileResponse(STATIC_DIR / name, headers=PAGE_HEADERS)
+        return HTMLResponse(body, headers=headers)
 
-    serve.__name__ = "page_" + name.split(".")[0]
-    return Route("/" + name.split(".")[0], serve, methods=["GET"])
+    serve.__name__ = "page_" + name
+    return Route("/" + name, serve, methods=["GET"])
 
 
-def page_routes() -> list[BaseRoute]:
-    """/dashboard, /ops and their assets under /static."""
+def page_routes(settings: Settings) -> list[BaseRoute]:
+    """/dashboard, /ops, /receipt and their assets under /static."""
     return [
-        _page("dashboard.html"),
-        _page("ops.html"),
+        *(_page(name, settings) for name in PAGES),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]

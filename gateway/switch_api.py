@@ -24,6 +24,12 @@ MESSAGE_BODY = Body(
             "string", True, "The switch's id of the text message (idempotency key)."
         ),
         "direction": DIRECTION,
+        "number": Field(
+            "string",
+            False,
+            "The account's number the text is sent from or to: refused (402 "
+            "number_suspended) while that number is suspended.",
+        ),
     }
 )
 ATTEMPT_BODY = Body(
@@ -37,6 +43,13 @@ PURCHASE_BODY = Body(
         "account_id": ACCOUNT,
         "purchase_id": Field("string", True, "The id of this purchase."),
         "number": Field("string", True, "The phone number bought, e.g. +15551234567."),
+        "renewal": Field(
+            "string",
+            False,
+            "automatic (default): the gateway renews it each period; switch: the switch "
+            "renews it through /v1/numbers/renewals.",
+            enum=("automatic", "switch"),
+        ),
     }
 )
 RENEWAL_BODY = Body(
@@ -51,6 +64,12 @@ RESERVE_BODY = Body(
         "account_id": ACCOUNT,
         "call_id": Field("string", True, "The switch's call id (idempotency key)."),
         "direction": DIRECTION,
+        "number": Field(
+            "string",
+            False,
+            "The account's number called (inbound) or calling (outbound): refused (402 "
+            "number_suspended) while that number is suspended.",
+        ),
     }
 )
 EXTEND_BODY = Body(
@@ -86,7 +105,7 @@ async def _switch_body(request: Request, body: Body) -> dict[str, Any]:
 async def post_message(request: Request) -> Response:
     b = await _switch_body(request, MESSAGE_BODY)
     charge = await debits.message(
-        request.state.store, b["account_id"], b["message_id"], b["direction"]
+        request.state.store, b["account_id"], b["message_id"], b["direction"], b.get("number")
     )
     return JSONResponse({"message_id": b["message_id"], **charge.as_dict()})
 
@@ -102,7 +121,11 @@ async def post_ring_through_attempt(request: Request) -> Response:
 async def post_number_purchase(request: Request) -> Response:
     b = await _switch_body(request, PURCHASE_BODY)
     charge = await debits.number_purchase(
-        request.state.store, b["account_id"], b["purchase_id"], b["number"]
+        request.state.store,
+        b["account_id"],
+        b["purchase_id"],
+        b["number"],
+        b.get("renewal", "automatic"),
     )
     return JSONResponse(
         {"purchase_id": b["purchase_id"], "number": b["number"], **charge.as_dict()}
@@ -120,7 +143,7 @@ async def post_number_renewal(request: Request) -> Response:
 async def post_call(request: Request) -> Response:
     b = await _switch_body(request, RESERVE_BODY)
     grant = await reservations.reserve(
-        request.state.store, b["account_id"], b["call_id"], b["direction"]
+        request.state.store, b["account_id"], b["call_id"], b["direction"], b.get("number")
     )
     return JSONResponse(grant.as_dict())
 

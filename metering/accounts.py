@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import time
 from collections.abc import AsyncIterator
 from typing import Any
-
-import orjson
 
 from metering import fields
 from metering.errors import UnknownAccount, raise_refusal
@@ -32,6 +29,7 @@ class AccountView:
     recharge: dict[str, Any]
     card: dict[str, Any] | None
     created_at_us: int
+    alerts: dict[str, Any]
 
     @property
     def available_micros(self) -> int:
@@ -50,6 +48,7 @@ class AccountView:
             "recharge": self.recharge,
             "card": self.card,
             "created_at_us": self.created_at_us,
+            "alerts": self.alerts,
         }
 
     @classmethod
@@ -83,10 +82,29 @@ class AccountView:
                 "pending": bool(pending),
                 "pending_since_us": int(pending) if pending else None,
                 "last_failure": h.get("recharge_last_failure") or None,
+                "last_failure_at_us": _int_or_none(h.get("recharge_last_failure_at_us")),
+                # Only meaningful while a recharge is pending.
+                "next_attempt_at_us": _int_or_none(h.get("recharge_next_attempt_at_us"))
+                if pending
+                else None,
             },
             card=card,
             created_at_us=int(h.get("created_at_us") or 0),
+            alerts={
+                "low_balance_threshold_micros": int(h.get("alert_low_balance_micros") or 0),
+                "email": h.get("alert_email") or None,
+                "low_since_us": int(h["alert_low_since_us"])
+                if h.get("alert_low_since_us")
+                else None,
+                "depleted_since_us": int(h["alert_zero_since_us"])
+                if h.get("alert_zero_since_us")
+                else None,
+            },
         )
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value else None
 
 
 async def create_account(
@@ -121,22 +139,6 @@ async def get_account(store: Store, account_id: str) -> AccountView:
     if not stored:
         raise UnknownAccount(f"no account {account_id!r}")
     return AccountView.from_redis(account_id, stored, open_calls)
-
-
-async def publish_settings(store: Store, account_id: str) -> None:
-    """Tell open pages that the account's recharge state or card on file changed,
-    as the scripts tell them a balance changed: one message on the live channel
-    carrying the whole recharge state and card as the account answer shows them
-    (it has no balance, so pages update those parts only)."""
-    view = await get_account(store, account_id)
-    message = {
-        "account_id": account_id,
-        "event": "settings",
-        "recharge": view.recharge,
-        "card": view.card,
-        "at_us": time.time_ns() // 1_000,
-    }
-    await store.redis.publish(store.settings.live_channel, orjson.dumps(message))
 
 
 async def account_ids_by_shard(store: Store) -> AsyncIterator[list[str]]:

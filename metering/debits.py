@@ -15,6 +15,8 @@ from metering.rate_card import ONE_SHOT_PRICE_FIELD
 from metering.store import Store
 
 DIRECTIONS = ("outbound", "inbound")
+# Who renews a number: the number scheduler, or the switch through /v1/numbers/renewals.
+RENEWAL_MODES = ("automatic", "switch")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,15 +47,28 @@ async def debit(
     request_id: str,
     fingerprint: str,
     detail: str = "",
+    number: str = "",
+    number_role: str = "",
+    renewal_mode: str = "",
 ) -> Charge:
     """Charge one billing item at the account's rate; idempotent by (kind, request id),
-    so a message id reused with the other direction is a conflict, not a second charge."""
+    so a message id reused with the other direction is a conflict, not a second charge.
+    A number named in a role (lua/_lib.lua number_refusal) is checked and recorded in
+    the same script."""
     price_field = ONE_SHOT_PRICE_FIELD[item]
     keys = store.account_keys(account_id)
     settings = store.settings
     result = await store.scripts.debit(
         store.redis,
-        [keys.account, keys.request(kind, request_id), keys.shard.ledger, keys.shard.recharge],
+        [
+            keys.account,
+            keys.request(kind, request_id),
+            keys.shard.ledger,
+            keys.shard.recharge,
+            keys.numbers,
+            keys.shard.numbers,
+            keys.shard.events,
+        ],
         [
             account_id,
             item,
@@ -64,6 +79,9 @@ async def debit(
             settings.ledger_backlog_max,
             settings.live_channel,
             detail,
+            number,
+            number_role,
+            renewal_mode,
         ],
     )
     raise_refusal(result, account_id, f"{item} {request_id}")
@@ -72,12 +90,28 @@ async def debit(
     )
 
 
-async def message(store: Store, account_id: str, message_id: str, direction: str) -> Charge:
-    """An outgoing or incoming text message."""
+async def message(
+    store: Store, account_id: str, message_id: str, direction: str, number: str | None = None
+) -> Charge:
+    """An outgoing or incoming text message; naming the account's number (sent from
+    or to) refuses it while that number is suspended."""
     fields.account_id(account_id)
     fields.request_id(message_id, "message_id")
     fields.choice(direction, "direction", DIRECTIONS)
-    return await debit(store, account_id, f"sms_{direction}", "message", message_id, direction)
+    fingerprint = direction
+    if number is not None:
+        fields.phone_number(number)
+        fingerprint = f"{direction};{number}"
+    return await debit(
+        store,
+        account_id,
+        f"sms_{direction}",
+        "message",
+        message_id,
+        fingerprint,
+        number=number or "",
+        number_role="use" if number else "",
+    )
 
 
 async def ring_through_attempt(store: Store, account_id: str, attempt_id: str) -> Charge:
@@ -87,18 +121,48 @@ async def ring_through_attempt(store: Store, account_id: str, attempt_id: str) -
     return await debit(store, account_id, "ring_through_attempt", "attempt", attempt_id, "")
 
 
-async def number_purchase(store: Store, account_id: str, purchase_id: str, number: str) -> Charge:
+async def number_purchase(
+    store: Store, account_id: str, purchase_id: str, number: str, renewal: str = "automatic"
+) -> Charge:
+    """Buy a number: charged, and held by the account from now on (active). The
+    number scheduler renews it each period unless renewal is 'switch'."""
     fields.account_id(account_id)
     fields.request_id(purchase_id, "purchase_id")
     fields.phone_number(number)
+    fields.choice(renewal, "renewal", RENEWAL_MODES)
+    # The default mode keeps the fingerprint of the contract before renewal modes.
+    fingerprint = number if renewal == "automatic" else f"{number};{renewal}"
     return await debit(
-        store, account_id, "number_purchase", "purchase", purchase_id, number, number
+        store,
+        account_id,
+        "number_purchase",
+        "purchase",
+        purchase_id,
+        fingerprint,
+        number,
+        number=number,
+        number_role="purchase",
+        renewal_mode=renewal,
     )
 
 
-async def number_renewal(store: Store, account_id: str, renewal_id: str, number: str) -> Charge:
-    """A renewal the balance cannot pay is refused like any other debit."""
+async def number_renewal(
+    store: Store, account_id: str, renewal_id: str, number: str, automatic: bool = False
+) -> Charge:
+    """A renewal pays one period of a held number (and makes a suspended one active
+    again). The switch's renewals and the scheduler's (automatic) take this path;
+    one the balance cannot pay is refused like any other debit."""
     fields.account_id(account_id)
     fields.request_id(renewal_id, "renewal_id")
     fields.phone_number(number)
-    return await debit(store, account_id, "number_renewal", "renewal", renewal_id, number, number)
+    return await debit(
+        store,
+        account_id,
+        "number_renewal",
+        "renewal",
+        renewal_id,
+        number,
+        number,
+        number=number,
+        number_role="auto_renewal" if automatic else "renewal",
+    )

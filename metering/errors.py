@@ -67,6 +67,18 @@ class LedgerBacklogFull(MeteringError):
     code = "ledger_backlog_full"
 
 
+class UnknownNumber(MeteringError):
+    """The account does not hold the phone number named."""
+
+    code = "unknown_number"
+
+
+class NumberSuspended(MeteringError):
+    """The number's renewal could not be paid: calls and texts naming it are refused."""
+
+    code = "number_suspended"
+
+
 class Unavailable(MeteringError):
     """A dependency (Redis, Postgres, Stripe) did not answer."""
 
@@ -111,6 +123,16 @@ def raise_refusal(result: list[Any], account_id: str, subject: str = "") -> None
         raise BalanceLimit(
             f"the credit would take account {account_id} above the balance limit "
             f"of {result[2]} micros"
+        )
+    if status == "unknown_number":
+        raise UnknownNumber(
+            f"account {account_id} holds no phone number {result[2]}", number=result[2]
+        )
+    if status == "number_suspended":
+        raise NumberSuspended(
+            f"number {result[2]} of account {account_id} is suspended: its renewal could not "
+            "be paid; add funds and it is renewed at the next retry",
+            number=result[2],
         )
     if status == "ledger_backlog_full":
         raise LedgerBacklogFull(

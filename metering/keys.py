@@ -16,6 +16,10 @@ unchanged on Redis Cluster.
     m:{s042}:recharge                stream recharge requests (see payments/recharge_worker.py)
     m:{s042}:expiry                  zset   "<account_id>|<call_id>" scored by expiry in ms
                                             (written by lua/_lib.lua's expiry_member)
+    m:{s042}:n:<account_id>          hash   numbers the account holds -> 'active' | 'suspended'
+    m:{s042}:numbers                 stream purchases and switch renewals for the number scheduler
+                                            (see numbers/intake.py)
+    m:{s042}:events                  stream account events: low balance, payments (see events.py)
     m:token:<sha256 hex>             string account id of a customer token
 """
 
@@ -38,7 +42,7 @@ def shard_tag(shard: int) -> str:
 class ShardKeys:
     """The keys shared by all accounts of one shard."""
 
-    __slots__ = ("shard", "tag", "accounts", "ledger", "recharge", "expiry")
+    __slots__ = ("shard", "tag", "accounts", "ledger", "recharge", "expiry", "numbers", "events")
 
     def __init__(self, shard: int) -> None:
         self.shard = shard
@@ -48,12 +52,14 @@ class ShardKeys:
         self.ledger = base + ":ledger"
         self.recharge = base + ":recharge"
         self.expiry = base + ":expiry"
+        self.numbers = base + ":numbers"
+        self.events = base + ":events"
 
 
 class AccountKeys:
     """The keys of one account (all in its shard's slot)."""
 
-    __slots__ = ("account_id", "shard", "account", "calls", "_base")
+    __slots__ = ("account_id", "shard", "account", "calls", "numbers", "_base")
 
     def __init__(self, account_id: str, shard_count: int) -> None:
         self.account_id = account_id
@@ -61,6 +67,7 @@ class AccountKeys:
         self._base = PREFIX + self.shard.tag
         self.account = f"{self._base}:a:{account_id}"
         self.calls = f"{self._base}:calls:{account_id}"
+        self.numbers = f"{self._base}:n:{account_id}"
 
     def call(self, call_id: str) -> str:
         return f"{self._base}:c:{self.account_id}:{call_id}"

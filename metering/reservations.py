@@ -107,16 +107,21 @@ class Release:
         }
 
 
-async def reserve(store: Store, account_id: str, call_id: str, direction: str) -> Grant:
-    """Open a call and grant its first chunk of seconds."""
+async def reserve(
+    store: Store, account_id: str, call_id: str, direction: str, number: str | None = None
+) -> Grant:
+    """Open a call and grant its first chunk of seconds. Naming the account's number
+    (called, or calling) refuses the call while that number is suspended."""
     fields.account_id(account_id)
     fields.request_id(call_id, "call_id")
     fields.choice(direction, "direction", DIRECTIONS)
+    if number is not None:
+        fields.phone_number(number)
     keys = store.account_keys(account_id)
     s = store.settings
     r = await store.scripts.reserve(
         store.redis,
-        [*keys.call_keys(call_id), keys.shard.recharge],
+        [*keys.call_keys(call_id), keys.shard.recharge, keys.numbers],
         [
             account_id,
             call_id,
@@ -125,6 +130,7 @@ async def reserve(store: Store, account_id: str, call_id: str, direction: str) -
             s.call_validity_grace_s,
             s.call_duration_s_max,
             s.live_channel,
+            number or "",
         ],
     )
     raise_refusal(r, account_id, f"call {call_id}")
@@ -174,7 +180,7 @@ async def commit(store: Store, account_id: str, call_id: str, duration_seconds: 
     s = store.settings
     r = await store.scripts.commit(
         store.redis,
-        [*keys.call_keys(call_id), keys.shard.ledger, keys.shard.recharge],
+        [*keys.call_keys(call_id), keys.shard.ledger, keys.shard.recharge, keys.shard.events],
         [
             account_id,
             call_id,

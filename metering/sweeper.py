@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from typing import Any
 
 from metering.keys import AccountKeys, all_shards, split_expiry_member
+from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.store import Store, run_each
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,12 @@ async def expire_due_reservations(store: Store) -> int:
             keys = AccountKeys(account_id, s.shard_count)
             calls.append(
                 (
-                    [*keys.call_keys(call_id), keys.shard.ledger, keys.shard.recharge],
+                    [
+                        *keys.call_keys(call_id),
+                        keys.shard.ledger,
+                        keys.shard.recharge,
+                        keys.shard.events,
+                    ],
                     [
                         account_id,
                         call_id,
@@ -47,20 +54,24 @@ async def expire_due_reservations(store: Store) -> int:
 
 
 async def run_sweeper(store: Store, stop: asyncio.Event) -> None:
-    """Sweep every `reservation_sweep_interval_s` until stop is set; errors are
-    logged and retried on the next tick so a Redis blip does not end expiry."""
+    """Sweep every `reservation_sweep_interval_s` until stop is set. A Redis that
+    stops answering is waited out with bounded backoff (metering/outages.py);
+    any other error is logged and the next tick tries again."""
     interval_s = store.settings.reservation_sweep_interval_s
+    outage = Outage("sweeper", log, store.settings.outage_backoff_max_s)
     while not stop.is_set():
         try:
             expired = await expire_due_reservations(store)
-            if expired:
-                log.info("expired %d forgotten call reservations", expired)
+        except REDIS_DOWN as exc:
+            await outage.wait(exc, stop)
+            continue
         except Exception:
             log.exception("reservation sweep failed; retrying next tick")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        except TimeoutError:
-            pass
+        else:
+            outage.ended()
+            if expired:
+                log.info("expired %d forgotten call reservations", expired)
+        await pause(stop, interval_s)
 
 
 def add_arguments(parser: object) -> None:
@@ -72,9 +83,18 @@ async def run(args: object, settings: object) -> int:
     from metering.store import open_store
 
     assert isinstance(settings, Settings)
-    store = await open_store(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Started while Redis restarts: wait for it rather than exit.
+    outage = Outage("sweeper", log, settings.outage_backoff_max_s)
+    store = await until_it_answers(outage, stop, lambda: open_store(settings))
+    if store is None:
+        return 0
+    log.info("sweeper started: every %.1f s", settings.reservation_sweep_interval_s)
     try:
-        await run_sweeper(store, asyncio.Event())
+        await run_sweeper(store, stop)
     finally:
         await store.redis.aclose()
     return 0

@@ -55,7 +55,8 @@ function applySnapshot(account) {
 
 function applyUpdate(change) {
   if (state.account) {
-    // A "settings" message carries the whole recharge state and the card on file.
+    // An "account" message (publish_account.lua) carries the whole recharge state
+    // and the card on file, after a save, a deleted card or a recharge outcome.
     if (change.recharge) {
       state.account.recharge = change.recharge;
       fillRechargeForm(change.recharge);

@@ -16,14 +16,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 
-from devkit.testing import ROOT, RedisServer, free_port, settings_env
+from devkit.testing import ROOT, RedisServer, settings_env
 from metering.keys import all_shards
 from metering.ledger.database import create_pool
 from metering.ledger.migrate import apply_migrations, ensure_database
@@ -112,11 +111,15 @@ async def postgres_schema() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def ledger_world(**changes: Any) -> AsyncIterator[LedgerWorld]:
+async def ledger_world(
+    redis_args: tuple[str, ...] = (), **changes: Any
+) -> AsyncIterator[LedgerWorld]:
+    """redis_args go to the private redis-server (e.g. an append-only file);
+    changes to the settings."""
     schema = f"ledger_{uuid.uuid4().hex[:10]}"
     await ensure_database(TEST_DATABASE_URL)
     admin = await asyncpg.connect(TEST_DATABASE_URL)
-    redis_server = RedisServer()
+    redis_server = RedisServer(*redis_args)
     opened: list[Any] = []
     try:
         await admin.execute(f'CREATE SCHEMA "{schema}"')
@@ -153,67 +156,6 @@ def kill(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-
-
-class TcpProxy:
-    """A TCP proxy we can cut: stop() refuses new connections and drops open ones
-    (Postgres 'unavailable' for whoever connects through it); start() again."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self.writers.update((writer, up_writer))
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        self.writers.difference_update((writer, up_writer))
-
-    async def _start(self) -> None:
-        self.server = await asyncio.start_server(
-            self._handle, "127.0.0.1", self.port, reuse_address=True
-        )
-
-    async def _stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        for w in list(self.writers):
-            w.transport.abort()
-        self.writers.clear()
-
-    def start(self) -> None:
-        self._run(self._start())
-
-    def stop(self) -> None:
-        self._run(self._stop())
-
-    def close(self) -> None:
-        self.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,14 +6,9 @@ gateway process wired to all of them whose log is kept for inspection."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from email import message_from_bytes
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +18,7 @@ import pytest
 import stripe
 from aiosmtpd.controller import Controller
 
-from devkit.testing import RATE_CARD, ROOT, GatewayProcess, free_port, wait_for_http
+from devkit.testing import RATE_CARD, GatewayProcess, Mailbox, StripeServer, free_port
 from metering.ledger.migrate import migrate
 from metering.payments.recharge_worker import RechargeWorker
 from metering.payments.stripe_client import build_stripe_client, close_stripe_client
@@ -36,52 +31,6 @@ STRIPE_KEY = "sk_test_payments"
 # Each event is delivered to two registered endpoints, both this gateway: every
 # webhook in these tests arrives twice.
 WEBHOOK_ENDPOINT_IDS = ("first", "second")
-
-
-class StripeServer:
-    """`python -m tests.stripe_local` on a free port; stopped (only it) at the end."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.stripe_local", "--port", str(self.port)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_http(self.url + "/_config/counts", proc=self.proc)
-
-    def intents_created(self) -> int:
-        return int(httpx.get(self.url + "/_config/counts").json()["payment_intents_created"])
-
-    def lose_responses(self, count: int) -> None:
-        httpx.post(self.url + f"/_config/lose_responses?count={count}").raise_for_status()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-class Mailbox:
-    """An aiosmtpd handler that keeps every message it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], Message]] = []
-        self._lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        with self._lock:
-            self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content)))
-        return "250 OK"
-
-    def to(self, address: str) -> list[Message]:
-        with self._lock:
-            return [m for rcpts, m in self.messages if address in rcpts]
 
 
 class PaymentsGateway(GatewayProcess):

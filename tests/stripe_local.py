@@ -12,7 +12,9 @@ Added on top of localstripe (which is imported, not copied):
 - Test controls under /_config (as localstripe's own webhook registration is):
   `POST /_config/lose_responses?count=N` makes the next N POSTs to
   /v1/payment_intents run and then answer 500 with `Stripe-Should-Retry: true`,
-  as a response lost on the way back; `GET /_config/counts` says how many
+  as a response lost on the way back; `POST /_config/fail_requests?count=N&status=S`
+  makes the next N POSTs to /v1/payment_intents answer S (a 5xx) without running,
+  as Stripe failing before it charged; `GET /_config/counts` says how many
   PaymentIntents were really created.
 - No pickle of the whole store to /tmp after every write: several servers run
   side by side on one machine, each in memory only.
@@ -39,7 +41,12 @@ IDEMPOTENCY_MISMATCH = (
 )
 _saved: dict[tuple[str, str], tuple[bytes, int, bytes, str]] = {}
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
-_controls: dict[str, int] = {"lose_responses": 0, "payment_intents_created": 0}
+_controls: dict[str, int] = {
+    "lose_responses": 0,
+    "fail_requests": 0,
+    "fail_status": 503,
+    "payment_intents_created": 0,
+}
 
 
 @web.middleware
@@ -48,6 +55,15 @@ async def idempotency(request: web.Request, handler: Any) -> web.StreamResponse:
     creates_intent = request.method == "POST" and request.path == "/v1/payment_intents"
     if request.method != "POST" or not key or request.path.startswith("/_config/"):
         return await _counted(request, handler, creates_intent)
+    if creates_intent and _controls["fail_requests"] > 0:
+        # Before the idempotency record: Stripe failed without charging, so a
+        # retry with the same key really runs.
+        _controls["fail_requests"] -= 1
+        return web.json_response(
+            {"error": {"type": "api_error", "message": "failed before charging (test control)"}},
+            status=_controls["fail_status"],
+            headers={"Stripe-Should-Retry": "true"},
+        )
     scope = (request.headers.get("Authorization", ""), key)
     body = await request.read()
     fingerprint = request.path.encode() + b"\n" + body
@@ -109,6 +125,12 @@ async def lose_responses(request: web.Request) -> web.Response:
     return web.Response()
 
 
+async def fail_requests(request: web.Request) -> web.Response:
+    _controls["fail_requests"] = int(request.query.get("count", "1"))
+    _controls["fail_status"] = int(request.query.get("status", "503"))
+    return web.Response()
+
+
 async def counts(request: web.Request) -> web.Response:
     return web.json_response({"payment_intents_created": _controls["payment_intents_created"]})
 
@@ -117,6 +139,7 @@ def _install(app: web.Application) -> None:
     # Outermost, around localstripe's error middleware, so errors are saved and replayed too.
     app.middlewares.insert(0, idempotency)
     app.router.add_post("/_config/lose_responses", lose_responses)
+    app.router.add_post("/_config/fail_requests", fail_requests)
     app.router.add_get("/_config/counts", counts)
 
 

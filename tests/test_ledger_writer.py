@@ -113,9 +113,9 @@ async def test_postgres_outage_authorize_keeps_answering_then_ledger_catches_up(
 ) -> None:
     import httpx
 
-    from devkit.testing import RATE_CARD, GatewayProcess
+    from devkit.testing import RATE_CARD, GatewayProcess, TcpProxy
     from tests.conftest import OPS, SWITCH, url_port, url_with_port
-    from tests.fixtures_ledger import Expected, TcpProxy
+    from tests.fixtures_ledger import Expected
 
     proxy = TcpProxy("127.0.0.1", url_port(world.settings.database_url))
     proxy.start()

@@ -120,6 +120,7 @@ async def test_dashboard_shows_the_balance_and_follows_a_debit_within_a_second(p
     )
     answered = time.perf_counter()
     await page.wait_for_function(
+        "() => "
         f"document.getElementById('balance').dataset.balanceMicros === "
         f"'{answer['balance_micros']}'",
         timeout=LIVE_CHANGE_MS_MAX,
@@ -279,7 +280,7 @@ async def test_ops_page_lists_every_account_live_and_sorts(page, gateway, http, 
 
     await page.goto(f"{gateway.url}/ops?token=test-ops-token")
     await page.wait_for_function(
-        f"Number(document.getElementById('sum-accounts').textContent) >= {len(bulk) + 2}"
+        f"() => Number(document.getElementById('sum-accounts').textContent) >= {len(bulk) + 2}"
     )
     count = int(await page.text_content("#sum-accounts") or 0)
     assert "token=" not in page.url
@@ -294,7 +295,7 @@ async def test_ops_page_lists_every_account_live_and_sorts(page, gateway, http, 
 
     poor_row = await find(poor)
     await page.wait_for_function(
-        "document.getElementById('sum-shown').textContent === '1 shown'", timeout=3_000
+        "() => document.getElementById('sum-shown').textContent === '1 shown'", timeout=3_000
     )
     assert "near-zero" in (await page.get_attribute(poor_row, "class") or "")
 
@@ -323,6 +324,7 @@ async def test_ops_page_lists_every_account_live_and_sorts(page, gateway, http, 
     )
     assert answer["balance_micros"] == 1_000_000
     await page.wait_for_function(
+        "() => "
         f"document.querySelector(\"{poor_row} td:nth-child(4)\").dataset.micros === '1000000'",
         timeout=LIVE_CHANGE_MS_MAX,
     )
@@ -339,6 +341,7 @@ async def test_ops_page_lists_every_account_live_and_sorts(page, gateway, http, 
     rich_available = 500_000_000 - 400 * 7_500
     rich_row = await find(rich)
     await page.wait_for_function(
+        "() => "
         f'document.querySelector("{rich_row} td:nth-child(4)").dataset.micros === '
         f"'{rich_available}'",
         timeout=2_000,
@@ -411,7 +414,8 @@ async def card_pay_and_delete(
     await page.click("#pay-submit")
     # The balance rises through the live socket, not a page reload.
     await page.wait_for_function(
-        "document.getElementById('balance').dataset.balanceMicros === '26989500'", timeout=10_000
+        "() => document.getElementById('balance').dataset.balanceMicros === '26989500'",
+        timeout=10_000,
     )
     assert await page.text_content("#pay-amount-error") == ""
 

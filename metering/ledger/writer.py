@@ -16,7 +16,9 @@ within `ledger_batch_wait_ms` of the first one):
 
 Several writers split the shards: writer i of n owns the shards s with
 s % n == i. Postgres down: bounded retries with doubling backoff, then exit
-non-zero (a supervisor restarts it; nothing was acknowledged).
+non-zero (a supervisor restarts it; nothing was acknowledged). Redis down or
+restarting: waited out with bounded backoff (metering/outages.py), then the
+writer re-reads its own pending entries and goes on.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from redis.exceptions import ResponseError
 from metering.keys import ShardKeys
 from metering.ledger.database import DATABASE_DOWN, connect
 from metering.ledger_entries import LedgerEntry
+from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.settings import Settings
+from metering.shard_streams import claim_idle, ensure_groups
 from metering.store import Store, open_store, run_each
-from metering.stream_groups import claim_idle, ensure_groups
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,6 @@ ON CONFLICT DO NOTHING
 """
 # Idle wait between polls when the streams cannot be read with BLOCK (cluster).
 POLL_IDLE_S = 0.05
-RETRY_BACKOFF_FIRST_S = 0.1
 # How often a running writer logs its throughput.
 REPORT_INTERVAL_S = 10.0
 
@@ -163,44 +165,61 @@ class LedgerWriter:
         self._stop = asyncio.Event()
         self._last_report = time.monotonic()
         self._rows_reported = 0
+        backoff_max_s = self.settings.outage_backoff_max_s
+        self.redis_outage = Outage(f"ledger writer {consumer}", log, backoff_max_s)
+        self.database_outage = Outage(
+            f"ledger writer {consumer}", log, self.settings.ledger_retry_backoff_max_s
+        )
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on each owned stream (from the start: id 0)."""
         await ensure_groups(self.store.redis, self.streams, self.group)
 
     async def run(self, stop: asyncio.Event, drain: bool = False) -> WriterStats:
-        """Move entries until stop is set; with drain, return once nothing is left."""
+        """Move entries until stop is set; with drain, return once nothing is left.
+        A Redis restart is ridden out: what was read but not committed stays
+        pending in the group and is re-read once Redis answers again."""
         self._stop = stop
-        await self.ensure_groups()
         try:
-            await self._recover_own_pending()
-            batch = Batch()
             while not stop.is_set():
                 try:
-                    got = await self._fill(batch)
-                    due = len(batch) >= self.settings.ledger_batch_rows_max or (
-                        len(batch) > 0
-                        and (time.monotonic() - batch.started) * 1000
-                        >= self.settings.ledger_batch_wait_ms
-                    )
-                    if due or (got == 0 and (batch.entries or batch.empty)):
-                        await self._flush(batch)
-                        batch = Batch()
-                    elif got == 0 and drain and await self._drained():
-                        break
-                except ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
-                        raise
-                    # Redis lost its data (or was rebuilt): the groups are gone. What
-                    # was committed stays committed; the rest is re-read from id 0.
-                    log.warning("consumer group missing; recreating it")
-                    batch = Batch()
-                    await self.ensure_groups()
-            if batch.entries or batch.empty:
-                await self._flush(batch)  # a clean stop leaves nothing pending
+                    await self._move(stop, drain)
+                    break
+                except REDIS_DOWN as exc:
+                    await self.redis_outage.wait(exc, stop)
         finally:
             await self.close()
         return self.stats
+
+    async def _move(self, stop: asyncio.Event, drain: bool) -> None:
+        await self.ensure_groups()
+        await self._recover_own_pending()
+        self.redis_outage.ended()
+        batch = Batch()
+        while not stop.is_set():
+            try:
+                got = await self._fill(batch)
+                self.redis_outage.ended()
+                due = len(batch) >= self.settings.ledger_batch_rows_max or (
+                    len(batch) > 0
+                    and (time.monotonic() - batch.started) * 1000
+                    >= self.settings.ledger_batch_wait_ms
+                )
+                if due or (got == 0 and (batch.entries or batch.empty)):
+                    await self._flush(batch)
+                    batch = Batch()
+                elif got == 0 and drain and await self._drained():
+                    return
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost its data (or was rebuilt): the groups are gone. What
+                # was committed stays committed; the rest is re-read from id 0.
+                log.warning("consumer group missing; recreating it")
+                batch = Batch()
+                await self.ensure_groups()
+        if batch.entries or batch.empty:
+            await self._flush(batch)  # a clean stop leaves nothing pending
 
     async def _recover_own_pending(self) -> None:
         """Write what this consumer had read but not acknowledged when it died."""
@@ -337,29 +356,26 @@ class LedgerWriter:
             self._last_report, self._rows_reported = now, self.stats.rows_inserted
 
     async def _write_with_retry(self, entries: list[LedgerEntry]) -> tuple[int, int]:
-        delay_s = RETRY_BACKOFF_FIRST_S
+        """Commit one batch, riding out a Postgres restart for up to
+        `ledger_retry_max` attempts (backoff up to ledger_retry_backoff_max_s)."""
         attempts = self.settings.ledger_retry_max
         for attempt in range(1, attempts + 1):
             try:
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await connect(self.settings)
                     await self._conn.execute(STAGING_DDL)
-                return await write_batch(self._conn, entries)
+                result = await write_batch(self._conn, entries)
             except DATABASE_DOWN as exc:
-                log.warning(
-                    "ledger database unavailable (attempt %d of %d): %s", attempt, attempts, exc
-                )
                 await self.close()
                 if attempt == attempts or self._stop.is_set():
                     raise WriterStalled(
                         f"Postgres unreachable ({attempt} attempts); nothing was "
                         "acknowledged, a restarted writer re-reads the batch"
                     ) from exc
-                try:  # back off, but let a stop request end the wait
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay_s)
-                except TimeoutError:
-                    pass
-                delay_s = min(delay_s * 2, self.settings.ledger_retry_backoff_max_s)
+                await self.database_outage.wait(exc, self._stop)
+                continue
+            self.database_outage.ended()
+            return result
         raise AssertionError("unreachable")
 
 
@@ -374,10 +390,7 @@ async def run_in_process(store: Store, stop: asyncio.Event) -> None:
             await writer.run(stop)
         except Exception:
             log.exception("ledger writer failed; restarting it")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+            await pause(stop, 1.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -407,11 +420,15 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     """`python -m metering ledger-writer`."""
     shards = owned_shards(settings.shard_count, args.writer_index, args.writer_count)
     consumer = args.consumer or f"writer-{args.writer_index}-of-{args.writer_count}"
-    store = await open_store(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Started while Redis restarts: wait for it rather than exit.
+    starting = Outage(f"ledger writer {consumer}", log, settings.outage_backoff_max_s)
+    store = await until_it_answers(starting, stop, lambda: open_store(settings))
+    if store is None:
+        return 0
     writer = LedgerWriter(store, shards, consumer)
     began = time.monotonic()
     log.info("ledger writer %s: %d shards", consumer, len(shards))

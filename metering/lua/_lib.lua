@@ -102,9 +102,10 @@ end
 -- Every change is published by the script that makes it, so a dashboard moves
 -- even when no worker runs. account_id and item are restricted to JSON-safe
 -- characters by the callers (metering/fields.py).
-local function publish(channel, account_id, event, item, amount, balance, reserved, seq, at, pending)
+-- pending_since is the pending recharge's start (a decimal string), or false.
+local function publish(channel, account_id, event, item, amount, balance, reserved, seq, at, pending_since)
   local p = 'false'
-  if pending then p = 'true' end
+  if pending_since then p = 'true,"recharge_pending_since_us":' .. pending_since end
   redis.call('PUBLISH', channel, string.format(
     '{"account_id":"%s","event":"%s","item":"%s","amount_micros":%s,"balance_micros":%s,' ..
     '"reserved_micros":%s,"available_micros":%s,"seq":%s,"at_us":%s,"recharge_pending":%s}',
@@ -115,27 +116,31 @@ end
 -- The account's money fields and its recharge settings, which every script that
 -- moves a balance reads together, plus any extra fields named.
 -- Returns nil for an unknown account, else
--- {balance, reserved, seq, recharge = {enabled, threshold, amount, pending_since}, [name] = value}.
+-- {balance, reserved, seq, recharge = {enabled, threshold, amount, pending_since},
+--  alerts = {low_balance_threshold, low_since, zero_since}, [name] = value}.
 local function read_account(account_key, ...)
   local extra = {...}
   local a = redis.call('HMGET', account_key, 'balance', 'reserved', 'seq', 'recharge_enabled',
-    'recharge_threshold_micros', 'recharge_amount_micros', 'recharge_pending_since_us', unpack(extra))
+    'recharge_threshold_micros', 'recharge_amount_micros', 'recharge_pending_since_us',
+    'alert_low_balance_micros', 'alert_low_since_us', 'alert_zero_since_us', unpack(extra))
   if not a[1] then return nil end
   local acct = {balance = tonumber(a[1]), reserved = tonumber(a[2]), seq = tonumber(a[3]),
-    recharge = {a[4], a[5], a[6], a[7]}}
-  for i, name in ipairs(extra) do acct[name] = a[7 + i] end
+    recharge = {a[4], a[5], a[6], a[7]}, alerts = {a[8], a[9], a[10]}}
+  for i, name in ipairs(extra) do acct[name] = a[10 + i] end
   return acct
 end
 
+-- The pending recharge's start (a decimal string), or false when none is pending.
 local function recharge_pending(acct)
   local since = acct.recharge[4]
-  return since ~= nil and since ~= false and since ~= ''
+  if since ~= nil and since ~= false and since ~= '' then return since end
+  return false
 end
 
 -- Automatic recharge: the first change that takes the available balance below
 -- the threshold marks a recharge pending and asks for one; later changes see
 -- the mark and ask nothing more until the recharge worker clears it.
--- Returns whether a recharge is pending after this change.
+-- Returns when the recharge pending after this change started, or false.
 local function maybe_request_recharge(account_key, recharge_key, account_id, available, acct, at)
   local r = acct.recharge
   local pending = recharge_pending(acct)
@@ -144,7 +149,7 @@ local function maybe_request_recharge(account_key, recharge_key, account_id, ava
     redis.call('XADD', recharge_key, '*', 'account_id', account_id,
       'amount_micros', r[3], 'available_micros', int(available),
       'threshold_micros', r[2], 'at_us', int(at))
-    return true
+    return int(at)
   end
   return pending
 end
@@ -166,6 +171,81 @@ local function close_call(k, account_id, call_id, state, acct, at, window_s, ...
   redis.call('EXPIRE', k.call, window_s)
   redis.call('SREM', k.calls, call_id)
   redis.call('ZREM', k.expiry, expiry_member(account_id, call_id))
+end
+
+local function is_set(v)
+  return v ~= nil and v ~= false and v ~= ''
+end
+
+-- One account event on the shard's events stream (metering/events.py reads it;
+-- the notifier records it, emails and sends webhooks). data is a JSON object of
+-- numbers and JSON-safe strings. The id is unique per type, account and instant.
+local function append_event(events_key, event_type, account_id, at, data)
+  redis.call('XADD', events_key, '*', 'event_id', event_type .. ':' .. account_id .. ':' .. int(at),
+    'type', event_type, 'account_id', account_id, 'at_us', int(at), 'data', data)
+end
+
+-- Low-balance alerts watch the balance, not the available amount: a call's
+-- reservation coming and going never makes an alert flap. The first change that
+-- takes the balance below the customer's threshold, and the first that takes it
+-- to zero, each set a mark and append one event; more debits see the mark and
+-- add nothing, however many run at once. A credit that lifts the balance back
+-- clears the marks (rearm_balance_alerts), so the next crossing alerts again.
+local function balance_alerts(account_key, events_key, account_id, balance, acct, at)
+  local threshold = num(acct.alerts[1])
+  if threshold > 0 and balance < threshold and not is_set(acct.alerts[2]) then
+    redis.call('HSET', account_key, 'alert_low_since_us', int(at))
+    append_event(events_key, 'balance.low', account_id, at, string.format(
+      '{"balance_micros":%s,"threshold_micros":%s}', int(balance), int(threshold)))
+  end
+  if balance <= 0 and not is_set(acct.alerts[3]) then
+    redis.call('HSET', account_key, 'alert_zero_since_us', int(at))
+    append_event(events_key, 'balance.depleted', account_id, at, string.format(
+      '{"balance_micros":%s,"threshold_micros":%s}', int(balance), int(threshold)))
+  end
+end
+
+local function rearm_balance_alerts(account_key, balance, acct)
+  if is_set(acct.alerts[2]) and balance >= num(acct.alerts[1]) then
+    redis.call('HDEL', account_key, 'alert_low_since_us')
+  end
+  if is_set(acct.alerts[3]) and balance > 0 then
+    redis.call('HDEL', account_key, 'alert_zero_since_us')
+  end
+end
+
+-- Phone numbers. An account's numbers hash holds each number it holds with its
+-- status, 'active' or 'suspended' (a number released is removed). The number
+-- scheduler (metering/numbers/) keeps the durable inventory in Postgres.
+-- A request names a number in one of these roles:
+--   'use'           a call or text to or from it: refused unless the number is active
+--   'purchase'      the account buys it: held and active from now on
+--   'renewal'       the switch renews it: a held number is active again
+--   'auto_renewal'  the scheduler renews it: refused unless the account still holds it
+-- Returns a refusal, or nil when the request may go on.
+local function number_refusal(numbers_key, number, role)
+  if number == '' or (role ~= 'use' and role ~= 'auto_renewal') then return nil end
+  local status = redis.call('HGET', numbers_key, number)
+  if not status then return {'unknown_number', 0, number} end
+  if role == 'use' and status ~= 'active' then return {'number_suspended', 0, number} end
+  return nil
+end
+
+-- After a purchase or renewal was charged. A purchase, and a switch's renewal of
+-- a number the account holds, are told to the scheduler on the shard's numbers
+-- stream (its own renewals it records itself).
+local function record_number(numbers_key, numbers_stream, account_id, number, role, request_id,
+                             at, renewal_micros, mode)
+  if number == '' then return end
+  local held = redis.call('HEXISTS', numbers_key, number) == 1
+  if role == 'purchase' or ((role == 'renewal' or role == 'auto_renewal') and held) then
+    redis.call('HSET', numbers_key, number, 'active')
+  end
+  if role == 'purchase' or (role == 'renewal' and held) then
+    redis.call('XADD', numbers_stream, '*', 'kind', role, 'account_id', account_id,
+      'number', number, 'request_id', request_id, 'at_us', int(at),
+      'renewal_micros', int(renewal_micros), 'renewal', mode)
+  end
 end
 
 -- ---- end of _lib.lua ----

@@ -1,6 +1,7 @@
 -- commit.lua: hang-up. Charge the real duration, release the rest of the reservation.
 -- KEYS[1] account hash  KEYS[2] call hash  KEYS[3] account's open calls set
 -- KEYS[4] shard expiry zset  KEYS[5] shard ledger stream  KEYS[6] shard recharge stream
+-- KEYS[7] shard events stream (low-balance alerts)
 -- ARGV[1] account_id  ARGV[2] call_id  ARGV[3] duration_s  ARGV[4] idempotency window s
 -- ARGV[5] ledger backlog max  ARGV[6] live channel
 -- Returns {'ok', replayed, charged_micros, billed_s, balance_micros, reserved_micros, seq, capped}
@@ -40,6 +41,7 @@ local values = {charge, billed, acct.balance, acct.reserved, acct.seq, capped}
 local k = {account = KEYS[1], call = KEYS[2], calls = KEYS[3], expiry = KEYS[4]}
 close_call(k, ARGV[1], ARGV[2], 'committed', acct, at, ARGV[4],
   'commit_answer', answer_text(ARGV[3], values))
+balance_alerts(KEYS[1], KEYS[7], ARGV[1], acct.balance, acct, at)
 local pending = maybe_request_recharge(KEYS[1], KEYS[6], ARGV[1], acct.balance - acct.reserved, acct, at)
 publish(ARGV[6], ARGV[1], 'commit', item, -charge, acct.balance, acct.reserved, acct.seq, at, pending)
 return {'ok', 0, charge, billed, acct.balance, acct.reserved, acct.seq, capped}

@@ -27,9 +27,11 @@ seq = seq + 1
 redis.call('HSET', KEYS[1], 'balance', int(balance), 'seq', int(seq))
 local pending = recharge_pending(acct)
 if ARGV[9] ~= '' and pending and acct.recharge[4] == ARGV[9] then
-  redis.call('HDEL', KEYS[1], 'recharge_pending_since_us', 'recharge_last_failure')
+  redis.call('HDEL', KEYS[1], 'recharge_pending_since_us', 'recharge_last_failure',
+    'recharge_last_failure_at_us', 'recharge_next_attempt_at_us')
   pending = false
 end
+rearm_balance_alerts(KEYS[1], balance, acct)
 append_ledger(KEYS[3], ARGV[1], seq, 'funds_added', amount, balance, ARGV[3], at, ARGV[8])
 publish(ARGV[7], ARGV[1], 'credit', 'funds_added', amount, balance, reserved, seq, at, pending)
 local answer = answer_text(ARGV[4], {amount, balance, reserved, seq})

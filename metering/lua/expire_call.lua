@@ -2,6 +2,7 @@
 -- commit or release from the switch.
 -- KEYS[1] account hash  KEYS[2] call hash  KEYS[3] account's open calls set
 -- KEYS[4] shard expiry zset  KEYS[5] shard ledger stream  KEYS[6] shard recharge stream
+-- KEYS[7] shard events stream (low-balance alerts)
 -- ARGV[1] account_id  ARGV[2] call_id  ARGV[3] idempotency window s
 -- ARGV[4] ledger backlog max  ARGV[5] live channel
 -- Returns {'expired', charged_micros} | {'not_due', 0} | {'ledger_backlog_full', 0}
@@ -37,6 +38,7 @@ if charge > 0 then
 end
 local k = {account = KEYS[1], call = KEYS[2], calls = KEYS[3], expiry = KEYS[4]}
 close_call(k, ARGV[1], ARGV[2], 'expired', acct, at, ARGV[3], 'expired_charge', int(charge))
+balance_alerts(KEYS[1], KEYS[7], ARGV[1], acct.balance, acct, at)
 local pending = maybe_request_recharge(KEYS[1], KEYS[6], ARGV[1], acct.balance - acct.reserved, acct, at)
 publish(ARGV[5], ARGV[1], 'expire', item, -charge, acct.balance, acct.reserved, acct.seq, at, pending)
 return {'expired', charge}

@@ -1,12 +1,14 @@
 -- reserve.lua: call set-up. Grant a chunk of seconds, moving its cost from the
 -- available balance into `reserved`.
 -- KEYS[1] account hash  KEYS[2] call hash  KEYS[3] account's open calls set
--- KEYS[4] shard expiry zset  KEYS[5] shard recharge stream
+-- KEYS[4] shard expiry zset  KEYS[5] shard recharge stream  KEYS[6] account's numbers hash
 -- ARGV[1] account_id  ARGV[2] call_id  ARGV[3] direction ('outbound'|'inbound')
 -- ARGV[4] grant chunk s  ARGV[5] validity grace s  ARGV[6] call duration max s  ARGV[7] live channel
+-- ARGV[8] the account's phone number the call is to or from ('' for none): must be active
 -- Returns {'ok', replayed, granted_s, max_s, validity_s, final, held_micros, balance_micros, reserved_micros}
 --      or {'insufficient_funds', 0, cost_micros, available_micros}
 --      or {'concurrent_call_limit', 0, limit} | {'unknown_account', 0} | {'idempotency_conflict', 0}
+--      or {'unknown_number', 0, number} | {'number_suspended', 0, number}
 --
 -- Sharing: the grant is at most the chunk and at most an equal share of the
 -- available balance among the account's open calls (this one included), but
@@ -20,6 +22,8 @@ local rate_field = 'call_' .. ARGV[3] .. '_per_minute_micros'
 local acct = read_account(KEYS[1], rate_field,
   'call_increment_seconds', 'call_minimum_seconds', 'max_concurrent_calls')
 if not acct then return {'unknown_account', 0} end
+local refusal = number_refusal(KEYS[6], ARGV[8], 'use')
+if refusal then return refusal end
 local balance, reserved = acct.balance, acct.reserved
 local rate = num(acct[rate_field])
 local inc, min = tonumber(acct.call_increment_seconds), tonumber(acct.call_minimum_seconds)

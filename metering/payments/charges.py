@@ -30,9 +30,10 @@ from typing import Any
 import asyncpg
 
 from metering import crash_points
-from metering.accounts import publish_settings
+from metering.account_state import publish_account_state
 from metering.credits import Credit, add_charge_funds
 from metering.errors import ChargeMismatch
+from metering.events import emit_event, event_id
 from metering.store import Store
 
 log = logging.getLogger(__name__)
@@ -127,16 +128,43 @@ async def credit_charge(store: Store, db: Any, charge: Charge) -> Credit:
         settles_episode_us=charge.episode_us,
     )
     crash_points.reached(store.settings, crash_points.CHARGE_CREDITED)
+    # Before the row says credited, so a crash here is redone, event included
+    # (the notifier records an event id once).
+    await _emit_succeeded(store, charge, credit)
     await db.execute(SQL_MARK_CREDITED, charge.account_id, charge.payment_id)
     episode_us = charge.episode_us
     if episode_us is not None:
         ended = await db.execute(SQL_END_EPISODE_SUCCEEDED, charge.account_id, episode_us)
         if ended.endswith(" 1"):
             # The credit cleared the pending mark and the last failure: pages show it.
-            await publish_settings(store, charge.account_id)
+            await publish_account_state(store, charge.account_id)
     if credit.replayed:
         log.info("charge %s was already credited", charge.payment_intent_id)
     return credit
+
+
+async def _emit_succeeded(store: Store, charge: Charge, credit: Credit) -> None:
+    if charge.episode_us is not None:
+        await emit_event(
+            store,
+            charge.account_id,
+            "recharge.succeeded",
+            event_id("recharge.succeeded", charge.account_id, charge.episode_us),
+            {"amount_micros": charge.amount_micros, "payment_intent_id": charge.payment_intent_id},
+        )
+        return
+    await emit_event(
+        store,
+        charge.account_id,
+        "payment.succeeded",
+        event_id("payment.succeeded", charge.account_id, charge.payment_id),
+        {
+            "payment_id": charge.payment_id,
+            "amount_micros": charge.amount_micros,
+            "balance_micros": credit.balance_micros,
+            "payment_intent_id": charge.payment_intent_id,
+        },
+    )
 
 
 async def credit_owed(store: Store, db: Any) -> int:

@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any
 
-from metering.accounts import publish_settings
+from metering.account_state import publish_account_state
 from metering.keys import all_shards
 from metering.payments import charges, settings_sync
 from metering.payments.recharge_intake import open_episode
@@ -99,7 +99,7 @@ class RechargeRepair:
             else:
                 # The episode ended (or the account has no amount to charge any more).
                 await clear_pending_mark(self.store, account_id, episode_us)
-                await publish_settings(self.store, account_id)
+                await publish_account_state(self.store, account_id)
                 log.warning(
                     "repair: cleared the stale recharge mark %d of %s", episode_us, account_id
                 )

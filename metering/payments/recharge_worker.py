@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import logging
@@ -46,10 +45,13 @@ from email.message import EmailMessage
 from typing import Any
 
 import stripe
+from redis.exceptions import ResponseError
 
 from metering import crash_points
-from metering.accounts import publish_settings
-from metering.ledger.database import create_pool
+from metering.account_state import publish_account_state
+from metering.events import emit_event, event_id
+from metering.ledger.database import DATABASE_DOWN, create_pool
+from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.payments import recharge_settings
 from metering.payments.charges import (
     AUTOMATIC_RECHARGE,
@@ -57,6 +59,7 @@ from metering.payments.charges import (
     credit_charge,
     recharge_payment_id,
 )
+from metering.payments.decline_words import failure_words
 from metering.payments.notifications import recharge_failure_message, send_email
 from metering.payments.recharge_intake import RechargeIntake
 from metering.payments.recharge_marks import clear_pending_mark
@@ -212,17 +215,30 @@ class RechargeWorker:
         return done
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until stop is set; errors are logged and the next round retries."""
-        await self.ensure_groups()
+        """Work until stop is set. A Redis or Postgres restart is waited out with
+        bounded backoff (metering/outages.py); a Redis that lost its consumer
+        groups gets them back; other errors are logged and the next round retries."""
+        outage = Outage(f"recharge worker {self.consumer}", log, self.settings.outage_backoff_max_s)
+        groups_ready = False
         while not stop.is_set():
             done = 0
             try:
+                if not groups_ready:
+                    await self.ensure_groups()
+                    groups_ready = True
                 done = await self.step()
+            except (*REDIS_DOWN, *DATABASE_DOWN) as exc:
+                await outage.wait(exc, stop)
+                continue
+            except ResponseError as exc:
+                groups_ready = "NOGROUP" not in str(exc)
+                log.exception("recharge worker round failed; retrying")
             except Exception:
                 log.exception("recharge worker round failed; retrying")
+            else:
+                outage.ended()
             if not done:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.recharge_poll_interval_s)
+                await pause(stop, self.settings.recharge_poll_interval_s)
 
     async def attempt(self, ep: Episode) -> ChargeOutcome | None:
         """One attempt of an episode: charge, then credit or record the failure."""
@@ -311,14 +327,21 @@ class RechargeWorker:
     async def _refuse(self, ep: Episode, reason: str, email: str) -> None:
         """Settings this worker must not charge: record it, turn recharge off (so
         no later debit asks again), end the episode, tell the customer."""
-        reason = f"not charged: {reason}; automatic recharge was turned off (save new settings)"
+        reason = f"Not charged: {reason}. Automatic recharge was turned off; save new settings."
         outcome = ChargeOutcome(False, None, reason, False)
-        await self._record_attempt(ep, ep.attempts + 1, outcome)
+        attempt_no = ep.attempts + 1
+        await self._record_attempt(ep, attempt_no, outcome)
         await recharge_settings.turn_off(self.store, self.db, ep.account_id)
         await self.db.execute(SQL_END_EPISODE, ep.account_id, ep.episode_us, "ended", reason)
-        await self._settle(ep, _failure_text(reason))
+        await self.store.redis.hset(
+            self.store.account_keys(ep.account_id).account,
+            mapping={"recharge_last_failure": reason, "recharge_last_failure_at_us": now_us()},
+        )
+        await self._settle(ep, reason)
         log.warning("recharge of %s refused: %s", ep.account_id, reason)
-        await self._email_once(ep, email, reason, "none (automatic recharge is off)")
+        next_attempt = "none (automatic recharge is off)"
+        await self._failure_event(ep, attempt_no, reason, next_attempt)
+        await self._email_once(ep, email, reason, next_attempt)
 
     async def _failed(
         self, ep: Episode, attempt_no: int, outcome: ChargeOutcome, email: str
@@ -345,7 +368,13 @@ class RechargeWorker:
             )
             return
         declines = ep.declines + (0 if outcome.retryable else 1)
-        failure_text = _failure_text(outcome.reason)
+        # The pages show the failure in the customer's words, with when it
+        # happened and when the next attempt is (the code stays in recharge_attempts).
+        failure_text = failure_words(outcome.reason)
+        failure_fields: dict[str, str | int] = {
+            "recharge_last_failure": failure_text,
+            "recharge_last_failure_at_us": now_us(),
+        }
         if attempt_no >= s.recharge_attempts_max:
             next_attempt = (
                 "none (automatic recharge gave up after "
@@ -361,6 +390,9 @@ class RechargeWorker:
                 0,
                 0,
                 outcome.reason,
+            )
+            await self.store.redis.hset(
+                self.store.account_keys(ep.account_id).account, mapping=failure_fields
             )
             await self._settle(ep, failure_text)
         else:
@@ -382,14 +414,30 @@ class RechargeWorker:
                 next_us,
                 outcome.reason,
             )
+            failure_fields["recharge_next_attempt_at_us"] = next_us
             await self.store.redis.hset(
-                self.store.account_keys(ep.account_id).account,
-                "recharge_last_failure",
-                failure_text,
+                self.store.account_keys(ep.account_id).account, mapping=failure_fields
             )
-            await publish_settings(self.store, ep.account_id)
+            await publish_account_state(self.store, ep.account_id)
         log.warning("recharge of %s failed: %s", ep.account_id, outcome.reason)
+        await self._failure_event(ep, attempt_no, outcome.reason, next_attempt)
         await self._email_once(ep, email, outcome.reason, next_attempt)
+
+    async def _failure_event(
+        self, ep: Episode, attempt_no: int, reason: str, next_attempt: str
+    ) -> None:
+        await emit_event(
+            self.store,
+            ep.account_id,
+            "recharge.failed",
+            event_id("recharge.failed", ep.account_id, ep.episode_us, attempt_no),
+            {
+                "amount_micros": ep.amount_micros,
+                "reason": reason,
+                "attempt": attempt_no,
+                "next_attempt": next_attempt,
+            },
+        )
 
     async def _email_once(self, ep: Episode, email: str, reason: str, next_attempt: str) -> None:
         if not email or not await self.db.fetchval(SQL_CLAIM_EMAIL, ep.account_id, ep.episode_us):
@@ -411,12 +459,7 @@ class RechargeWorker:
 
     async def _settle(self, ep: Episode, failure_text: str) -> None:
         await clear_pending_mark(self.store, ep.account_id, ep.episode_us, failure_text)
-        await publish_settings(self.store, ep.account_id)
-
-
-def _failure_text(reason: str) -> str:
-    at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    return f"{at}: {reason}"[:500]
+        await publish_account_state(self.store, ep.account_id)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -430,16 +473,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the worker until SIGTERM or SIGINT."""
-    store = await open_store(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Started while Redis restarts: wait for it rather than exit.
+    starting = Outage("recharge worker", log, settings.outage_backoff_max_s)
+    store = await until_it_answers(starting, stop, lambda: open_store(settings))
+    if store is None:
+        return 0
     db = await create_pool(settings)
     client = build_stripe_client(settings)
     worker = RechargeWorker(
         store, db, client, settings, consumer=args.consumer or default_consumer()
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("recharge worker %s started", worker.consumer)
     try:
         await worker.run(stop)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from metering.accounts import publish_settings
+from metering.account_state import publish_account_state
 from metering.errors import raise_refusal
 from metering.store import Store
 
@@ -83,7 +83,7 @@ async def push(store: Store, db: Any, account_id: str) -> bool:
     result = await store.scripts["sync_settings"](store.redis, [keys.account], args)
     raise_refusal(result, account_id)
     await db.execute(SQL_SYNCED, account_id, row["version"])
-    await publish_settings(store, account_id)
+    await publish_account_state(store, account_id)
     return bool(result[1] == 1)
 
 
