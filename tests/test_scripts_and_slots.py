@@ -10,6 +10,7 @@ from redis.cluster import key_slot
 
 from devkit.testing import RATE_CARD, RedisServer
 from metering import accounts, credits, debits, phone_numbers, reservations, sweeper
+from metering.account_state import publish_account_state
 from metering.keys import AccountKeys
 from metering.payments import recharge_marks
 from metering.rate_card import RateCard
@@ -58,6 +59,7 @@ async def test_every_script_call_uses_keys_of_one_slot(store: Store) -> None:
             [account, "k3", 60, 1000, s.settings.live_channel],
         )
         await recharge_marks.clear_pending_mark(s, account, 0)
+        await publish_account_state(s, account)
         await credits.add_charge_funds(s, account, "pi_slots", 1_000_000, "pay_now", "p")
         await s.scripts["sync_settings"](recording, [keys.account], [1, "recharge_enabled", "0"])
         await phone_numbers.change_status(s, account, "+15550100", "suspend")
