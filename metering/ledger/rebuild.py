@@ -46,6 +46,9 @@ LEFT JOIN LATERAL (
 ) l ON true
 ORDER BY a.id
 """
+NUMBERS_SQL = """
+SELECT account_id, number, status FROM numbers
+WHERE account_id = ANY($1::text[]) AND status IN ('active', 'suspended')"""
 TOKENS_SQL = "SELECT sha256, account_id FROM customer_tokens"
 # Credits of Stripe charges (request id = the PaymentIntent), by their source.
 CHARGE_CREDITS_SQL = f"""
@@ -64,6 +67,10 @@ WHERE p.status = 'succeeded' AND p.credited AND NOT EXISTS (
 # Settings that the payments issue keeps in its own tables (migration 0005), as
 # the hash fields they become; read only when the table exists.
 SIDE_TABLES: dict[str, tuple[str, dict[str, str]]] = {
+    "alert_settings": (
+        "SELECT account_id, low_balance_threshold_micros, email FROM alert_settings",
+        {"low_balance_threshold_micros": "alert_low_balance_micros", "email": "alert_email"},
+    ),
     "recharge_settings": (
         "SELECT account_id, enabled, amount_micros, threshold_micros, failure_email "
         "FROM recharge_settings",
@@ -101,6 +108,7 @@ class RebuildReport:
     tokens_restored: int = 0
     charge_credits_restored: int = 0
     charges_owed: int = 0
+    numbers_restored: int = 0
 
 
 async def _side_fields(conn: Any) -> dict[str, dict[str, str]]:
@@ -123,6 +131,7 @@ async def _side_fields(conn: Any) -> dict[str, dict[str, str]]:
 async def rebuild(store: Store, conn: Any) -> RebuildReport:
     """Restore what Redis lacks from Postgres (see the module docstring)."""
     report = RebuildReport()
+    restored: list[str] = []
     rows = await conn.fetch(LOAD_SQL)
     side = await _side_fields(conn)
     redis = store.redis
@@ -145,7 +154,9 @@ async def rebuild(store: Store, conn: Any) -> RebuildReport:
                 pipe.hset(k.account, mapping=mapping)
                 pipe.sadd(k.shard.accounts, row["id"])
                 report.accounts_restored += 1
+                restored.append(row["id"])
             await pipe.execute()
+    report.numbers_restored = await _restore_numbers(store, conn, restored)
     tokens = await conn.fetch(TOKENS_SQL)
     for start in range(0, len(tokens), PIPELINE_COMMANDS_MAX):
         async with redis.pipeline(transaction=False) as pipe:
@@ -181,6 +192,21 @@ async def _restore_charge_credits(store: Store, conn: Any, report: RebuildReport
     report.charges_owed = int(owed.split()[-1])
 
 
+async def _restore_numbers(store: Store, conn: Any, account_ids: list[str]) -> int:
+    """The numbers the restored accounts hold (active or suspended), so calls and
+    texts naming them are checked as before the loss."""
+    if not account_ids or await conn.fetchval("SELECT to_regclass('numbers')") is None:
+        return 0
+    rows = await conn.fetch(NUMBERS_SQL, account_ids)
+    for start in range(0, len(rows), PIPELINE_COMMANDS_MAX):
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for r in rows[start : start + PIPELINE_COMMANDS_MAX]:
+                keys = AccountKeys(r["account_id"], store.settings.shard_count)
+                pipe.hset(keys.numbers, r["number"], r["status"])
+            await pipe.execute()
+    return len(rows)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """No options: rebuild restores every account Redis lacks."""
 
@@ -192,6 +218,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         f"rebuild: {report.accounts_restored} accounts restored, "
         f"{report.accounts_kept} already in Redis (kept), "
         f"{report.tokens_restored} customer tokens restored, "
+        f"{report.numbers_restored} phone numbers restored, "
         f"{report.charge_credits_restored} charge credits restored, "
         f"{report.charges_owed} charges owed a credit (the recharge worker credits them)"
     )
