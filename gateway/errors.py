@@ -8,7 +8,7 @@ import logging
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.auth import Forbidden, Unauthorized
@@ -88,6 +88,13 @@ async def on_redis_down(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body("unavailable", "the balance store did not answer; retry"), 503)
 
 
+async def on_client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed, or was cut off by a read deadline, mid-body: nobody
+    # is left to answer, and it is no server error worth a traceback.
+    log.debug("client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(error_body("internal", "an internal error occurred"), 500)
@@ -96,6 +103,7 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     **{kind: on_known_error for kind in STATUS},
     HTTPException: on_http_error,
+    ClientDisconnect: on_client_gone,
     RedisConnectionError: on_redis_down,
     RedisTimeoutError: on_redis_down,
     Exception: on_unexpected,
