@@ -198,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         commands = metering_subcommands()
         gateway_url = f"http://127.0.0.1:{env['METERING_PORT']}"
         gateway = children.start("gateway", [py, "-m", "gateway"], cwd=ROOT, env=env)
-        for worker in ("ledger-writer", "recharge-worker"):
+        for worker in ("ledger-writer", "recharge-worker", "number-scheduler", "notifier"):
             if worker in commands:
                 children.start(worker, [py, "-m", "metering", worker], cwd=ROOT, env=env)
             else:
@@ -262,6 +262,10 @@ def run_environment(children: Children) -> dict[str, str]:
     else:
         extra["METERING_PORT"] = os.environ["METERING_PORT"]
     extra.setdefault("METERING_LOG_LEVEL", os.environ.get("METERING_LOG_LEVEL", "warning"))
+    # Locally, webhook receivers run on this machine: let customers register them.
+    extra.setdefault(
+        "METERING_WEBHOOK_PRIVATE_TARGETS", os.environ.get("METERING_WEBHOOK_PRIVATE_TARGETS", "1")
+    )
     env = venv_env(extra)
     if not os.environ.get("METERING_STRIPE_API_BASE"):
         stripe = local_stripe_command()

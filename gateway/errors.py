@@ -39,6 +39,7 @@ STATUS: dict[type[Exception], int] = {
     errors.IdempotencyConflict: 409,
     errors.CallClosed: 409,
     errors.CallExtendLimit: 409,
+    errors.CallDurationLimit: 409,
     BodyTooLarge: 413,
     UnsupportedMediaType: 415,
     MissingField: 422,

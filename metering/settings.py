@@ -74,6 +74,10 @@ class Settings:
     call_validity_grace_s: int = 60
     call_duration_s_max: int = 86_400
     call_extends_max: int = 1_000
+    # How long after the sweeper expired a call its commit or release still
+    # corrects the charge to the real duration (once, with a ledger entry). At
+    # most the idempotency window, which keeps the call's record.
+    call_late_commit_window_s: int = 86_400
     reservation_sweep_interval_s: float = 1.0
     reservation_sweep_batch_max: int = 200
 
@@ -292,6 +296,11 @@ class Settings:
         if self.live_send_timeout_s <= 0 or self.live_ops_refresh_s <= 0:
             raise SettingsError(
                 "METERING_LIVE_SEND_TIMEOUT_S and METERING_LIVE_OPS_REFRESH_S must be positive"
+            )
+        if not 0 <= self.call_late_commit_window_s <= self.idempotency_window_s:
+            raise SettingsError(
+                "METERING_CALL_LATE_COMMIT_WINDOW_S must be between 0 and "
+                "METERING_IDEMPOTENCY_WINDOW_S"
             )
         if self.outage_backoff_max_s <= 0:
             raise SettingsError("METERING_OUTAGE_BACKOFF_MAX_S must be positive")

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 
 from devkit.testing import RATE_CARD, ROOT
-from metering import credits, debits, phone_numbers, reservations
+from metering import accounts, credits, debits, phone_numbers, reservations
 from metering.errors import NumberSuspended, UnknownNumber
 from metering.ledger import registry
+from metering.ledger.rebuild import rebuild
 from metering.ledger.reconcile import reconcile
+from metering.notify import alerts
 from metering.numbers.scheduler import NumberScheduler
 from metering.rate_card import RateCard
 from tests.conftest import new_account_id
@@ -216,3 +218,39 @@ async def test_unpaid_number_is_suspended_retried_then_released_after_grace() ->
         assert emailed == [("number.renewal_failed", "1"), ("number.released", None)]
         ledger = await assert_ledger_complete_and_reconciled(world)
         assert {r["account_id"] for r in ledger} == {rescued}
+
+
+async def test_rebuild_restores_numbers_and_alert_settings() -> None:
+    async with ledger_world(**FAST) as world:
+        account = await new_account(world, 10 * RENEWAL)
+        await alerts.save_settings(
+            world.store,
+            world.pool,
+            account,
+            {"low_balance_threshold_micros": 3 * RENEWAL, "email": "a@example.com"},
+        )
+        await debits.number_purchase(world.store, account, "p1", "+15550011")
+        await debits.number_purchase(world.store, account, "p2", "+15550012")
+        scheduler = NumberScheduler(world.store, world.pool, world.settings, consumer="t")
+        await scheduler.reader.ensure_groups()
+        await scheduler.step()
+        await phone_numbers.change_status(world.store, account, "+15550012", "suspend")
+        await world.conn.execute(
+            "UPDATE numbers SET status = 'suspended' WHERE number = '+15550012'"
+        )
+        assert world.cli("ledger-writer", "--drain").returncode == 0
+        world.redis_server.flush()
+        await world.store.scripts.load(world.store.redis)
+
+        report = await rebuild(world.store, world.conn)
+        assert report.numbers_restored == 2
+        assert await phone_numbers.held_numbers(world.store, account) == {
+            "+15550011": "active",
+            "+15550012": "suspended",
+        }
+        view = await accounts.get_account(world.store, account)
+        assert view.alerts["low_balance_threshold_micros"] == 3 * RENEWAL
+        assert view.alerts["email"] == "a@example.com"
+        with pytest.raises(NumberSuspended):
+            await reservations.reserve(world.store, account, "c1", "inbound", "+15550012")
+        await reservations.reserve(world.store, account, "c2", "inbound", "+15550011")

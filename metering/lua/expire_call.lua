@@ -3,14 +3,16 @@
 -- KEYS[1] account hash  KEYS[2] call hash  KEYS[3] account's open calls set
 -- KEYS[4] shard expiry zset  KEYS[5] shard ledger stream  KEYS[6] shard recharge stream
 -- KEYS[7] shard events stream (low-balance alerts)
--- ARGV[1] account_id  ARGV[2] call_id  ARGV[3] idempotency window s
--- ARGV[4] ledger backlog max  ARGV[5] live channel
--- Returns {'expired', charged_micros} | {'not_due', 0} | {'ledger_backlog_full', 0}
+-- ARGV[1] account_id  ARGV[2] call_id  ARGV[3] idempotency window s  ARGV[4] live channel
+-- Returns {'expired', charged_micros} | {'not_due', 0}
 --
+-- Never refused for a full ledger backlog (see commit.lua): a sweeper that waited
+-- for the writer would only find more calls past their validity.
 -- Policy: a forgotten reservation is CHARGED for the seconds granted. The switch
 -- was allowed to carry the call that long and never said it did less, so the
 -- grant is taken as used (the credit-control practice when a session times out).
--- Never more than was reserved, so never below zero.
+-- Never more than was reserved, so never below zero. The switch's commit or
+-- release still corrects the charge within the late window (commit.lua).
 --
 -- The sweeper picks due calls from the expiry zset before calling this; the
 -- script checks again, since an extend may have pushed the call's expiry since.
@@ -23,7 +25,6 @@ if c[1] ~= 'open' then
   redis.call('ZREM', KEYS[4], member)
   return {'not_due', 0}
 end
-if ledger_full(KEYS[5], tonumber(ARGV[4])) then return {'ledger_backlog_full', 0} end
 
 local acct = read_account(KEYS[1])
 local held = tonumber(c[2])
@@ -40,5 +41,5 @@ local k = {account = KEYS[1], call = KEYS[2], calls = KEYS[3], expiry = KEYS[4]}
 close_call(k, ARGV[1], ARGV[2], 'expired', acct, at, ARGV[3], 'expired_charge', int(charge))
 balance_alerts(KEYS[1], KEYS[7], ARGV[1], acct.balance, acct, at)
 local pending = maybe_request_recharge(KEYS[1], KEYS[6], ARGV[1], acct.balance - acct.reserved, acct, at)
-publish(ARGV[5], ARGV[1], 'expire', item, -charge, acct.balance, acct.reserved, acct.seq, at, pending)
+publish(ARGV[4], ARGV[1], 'expire', item, -charge, acct.balance, acct.reserved, acct.seq, at, pending)
 return {'expired', charge}

@@ -125,10 +125,10 @@ async def register(
     """Register an endpoint for an account (or, account_id None, for every account)."""
     if account_id is not None:
         fields.account_id(account_id)
+    events = parse_events(body.get("events"))
     url = body.get("url")
     await check_target(url, settings.webhook_private_targets or account_id is None)
     assert isinstance(url, str)
-    events = parse_events(body.get("events"))
     description = fields.text(body.get("description", ""), "description", DESCRIPTION_LENGTH_MAX)
     reg = Registration(
         "wh_" + secrets.token_hex(8),
