@@ -16,7 +16,6 @@ from gateway.bodies import (
     BodyTooLarge,
     DuplicateKey,
     MalformedBody,
-    MissingField,
     UnsupportedMediaType,
 )
 from gateway.responses import JSONResponse, error_body
@@ -42,7 +41,6 @@ STATUS: dict[type[Exception], int] = {
     errors.CallDurationLimit: 409,
     BodyTooLarge: 413,
     UnsupportedMediaType: 415,
-    MissingField: 422,
     errors.InvalidRequest: 422,
     errors.BalanceLimit: 422,
     errors.ConcurrentCallLimit: 429,
@@ -69,7 +67,7 @@ async def on_known_error(request: Request, exc: Exception) -> Response:
     details = {}
     if isinstance(exc, errors.MeteringError):
         details = dict(exc.details)
-    elif isinstance(exc, MissingField | DuplicateKey):
+    elif isinstance(exc, DuplicateKey):
         details = {"field": exc.field}
     code = getattr(exc, "code", "error")
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
