@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from gateway import log_redaction
+from gateway.connection_guard import ConnectionGuard
 from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.live_api import OPENAPI_WEBSOCKETS, account_live, ops_live
@@ -41,6 +42,9 @@ class GatewayState(TypedDict):
     db: Any  # asyncpg.Pool
     stripe: stripe.StripeClient
     live_hub: LiveHub
+    # Read deadlines and connections per address, used by the protocol (the
+    # name is gateway.connection_guard.STATE_KEY).
+    connection_guard: ConnectionGuard
 
 
 class GatewayApp(Starlette):
@@ -83,6 +87,7 @@ def create_app(settings: Settings) -> Starlette:
                 db=db,
                 stripe=stripe_client,
                 live_hub=live_hub,
+                connection_guard=ConnectionGuard(settings),
             )
         finally:
             stop.set()
@@ -106,7 +111,9 @@ def create_app(settings: Settings) -> Starlette:
     # The router tries routes in order: the switch's endpoints, the hot path, go
     # first (measured: route matching was 3% of a gateway's CPU under load).
     by_heat = sorted(ENDPOINTS, key=lambda e: e.roles != ("switch",))
-    routes: list[BaseRoute] = [Route(e.path, e.handler, methods=[e.method]) for e in by_heat]
+    routes: list[BaseRoute] = [
+        Route(route_path(e.path), e.handler, methods=[e.method]) for e in by_heat
+    ]
     routes += [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
@@ -117,6 +124,13 @@ def create_app(settings: Settings) -> Starlette:
     return GatewayApp(
         settings, routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS
     )
+
+
+def route_path(path: str) -> str:
+    """The router's pattern of a documented path. A call id may hold '/' (SIP
+    Call-IDs do, and the id rule allows it): sent percent-encoded, it arrives
+    decoded, so its segment must match across slashes."""
+    return path.replace("{call_id}", "{call_id:path}")
 
 
 def app_from_env() -> Starlette:

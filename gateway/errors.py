@@ -8,7 +8,7 @@ import logging
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.auth import Forbidden, Unauthorized
@@ -16,7 +16,6 @@ from gateway.bodies import (
     BodyTooLarge,
     DuplicateKey,
     MalformedBody,
-    MissingField,
     UnsupportedMediaType,
 )
 from gateway.responses import JSONResponse, error_body
@@ -42,7 +41,6 @@ STATUS: dict[type[Exception], int] = {
     errors.CallDurationLimit: 409,
     BodyTooLarge: 413,
     UnsupportedMediaType: 415,
-    MissingField: 422,
     errors.InvalidRequest: 422,
     errors.BalanceLimit: 422,
     errors.ConcurrentCallLimit: 429,
@@ -70,7 +68,7 @@ async def on_known_error(request: Request, exc: Exception) -> Response:
     details = {}
     if isinstance(exc, errors.MeteringError):
         details = dict(exc.details)
-    elif isinstance(exc, MissingField | DuplicateKey):
+    elif isinstance(exc, DuplicateKey):
         details = {"field": exc.field}
     code = getattr(exc, "code", "error")
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
@@ -90,6 +88,13 @@ async def on_redis_down(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body("unavailable", "the balance store did not answer; retry"), 503)
 
 
+async def on_client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed, or was cut off by a read deadline, mid-body: nobody
+    # is left to answer, and it is no server error worth a traceback.
+    log.debug("client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(error_body("internal", "an internal error occurred"), 500)
@@ -98,6 +103,7 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     **{kind: on_known_error for kind in STATUS},
     HTTPException: on_http_error,
+    ClientDisconnect: on_client_gone,
     RedisConnectionError: on_redis_down,
     RedisTimeoutError: on_redis_down,
     Exception: on_unexpected,

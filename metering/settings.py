@@ -50,6 +50,21 @@ class Settings:
     # Strict-Transport-Security max-age on answers served over TLS (https, or
     # X-Forwarded-Proto https from a trusted proxy); 0 sends none.
     http_hsts_max_age_s: int = 31_536_000
+    # Slow clients (gateway/connection_guard.py): a request's headers must arrive
+    # within http_header_read_timeout_s of its first byte (of the opening, on a new
+    # connection), its body within http_body_read_timeout_s of the headers;
+    # else 408 and the connection closes.
+    http_header_read_timeout_s: float = 10.0
+    http_body_read_timeout_s: float = 10.0
+    # Open connections (websockets included) one client address may hold in one
+    # process; 0 = no cap (behind a proxy that caps per address itself).
+    http_connections_per_client_max: int = 1_000
+    # An idle keep-alive connection is closed after this long. Clients must let
+    # idle connections go sooner (or retry with the same id, which is safe).
+    http_keep_alive_s: float = 30.0
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
+    # forwarded_allow_ips: comma-separated addresses or networks, or *).
+    http_forwarded_allow_ips: str = "127.0.0.1,::1"
 
     # Sharding: fixed for the life of a deployment (changing it moves accounts).
     shard_count: int = 256
@@ -307,8 +322,14 @@ class Settings:
             )
         if self.outage_backoff_max_s <= 0:
             raise SettingsError("METERING_OUTAGE_BACKOFF_MAX_S must be positive")
-        if self.http_hsts_max_age_s < 0:
-            raise SettingsError("METERING_HTTP_HSTS_MAX_AGE_S must not be negative")
+        if self.http_hsts_max_age_s < 0 or self.http_connections_per_client_max < 0:
+            raise SettingsError(
+                "METERING_HTTP_HSTS_MAX_AGE_S and METERING_HTTP_CONNECTIONS_PER_CLIENT_MAX "
+                "must not be negative"
+            )
+        for name in ("http_header_read_timeout_s", "http_body_read_timeout_s", "http_keep_alive_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"METERING_{name.upper()} must be positive")
         if self.call_validity_grace_s < 0:
             raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
         if self.call_grant_s > self.call_duration_s_max:
