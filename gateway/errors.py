@@ -8,7 +8,7 @@ import logging
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.auth import Forbidden, Unauthorized
@@ -16,7 +16,6 @@ from gateway.bodies import (
     BodyTooLarge,
     DuplicateKey,
     MalformedBody,
-    MissingField,
     UnsupportedMediaType,
 )
 from gateway.responses import JSONResponse, error_body
@@ -43,7 +42,6 @@ STATUS: dict[type[Exception], int] = {
     errors.CallDurationLimit: 409,
     BodyTooLarge: 413,
     UnsupportedMediaType: 415,
-    MissingField: 422,
     errors.InvalidRequest: 422,
     errors.BalanceLimit: 422,
     errors.ConcurrentCallLimit: 429,
@@ -51,6 +49,7 @@ STATUS: dict[type[Exception], int] = {
     errors.CardDeclined: 402,
     errors.PaymentFailed: 402,
     errors.NoCardOnFile: 409,
+    errors.ChargeMismatch: 409,
     errors.WebhookRejected: 400,
     errors.LedgerBacklogFull: 503,
     errors.Unavailable: 503,
@@ -70,7 +69,7 @@ async def on_known_error(request: Request, exc: Exception) -> Response:
     details = {}
     if isinstance(exc, errors.MeteringError):
         details = dict(exc.details)
-    elif isinstance(exc, MissingField | DuplicateKey):
+    elif isinstance(exc, DuplicateKey):
         details = {"field": exc.field}
     code = getattr(exc, "code", "error")
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
@@ -95,6 +94,13 @@ async def on_database_down(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body("unavailable", "the database did not answer; retry"), 503)
 
 
+async def on_client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed, or was cut off by a read deadline, mid-body: nobody
+    # is left to answer, and it is no server error worth a traceback.
+    log.debug("client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(error_body("internal", "an internal error occurred"), 500)
@@ -103,6 +109,7 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     **{kind: on_known_error for kind in STATUS},
     HTTPException: on_http_error,
+    ClientDisconnect: on_client_gone,
     RedisConnectionError: on_redis_down,
     RedisTimeoutError: on_redis_down,
     # A handler that reached Postgres through the pool directly (not through
