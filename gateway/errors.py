@@ -9,7 +9,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.auth import Forbidden, Unauthorized
@@ -21,6 +21,7 @@ from gateway.bodies import (
 )
 from gateway.responses import JSONResponse, error_body
 from metering import errors
+from metering.ledger.database import DATABASE_DOWN
 from metering.notify.webhooks import UnknownWebhook
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ STATUS: dict[type[Exception], int] = {
     errors.CardDeclined: 402,
     errors.PaymentFailed: 402,
     errors.NoCardOnFile: 409,
+    errors.ChargeMismatch: 409,
     errors.WebhookRejected: 400,
     errors.LedgerBacklogFull: 503,
     errors.Unavailable: 503,
@@ -84,6 +86,9 @@ def error_answer(exc: Exception, method: str, path: str) -> tuple[int, dict[str,
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         log.warning("redis unavailable: %s", exc)
         return 503, error_body("unavailable", "the balance store did not answer; retry"), None
+    if isinstance(exc, DATABASE_DOWN):
+        log.warning("database unavailable: %r", exc)
+        return 503, error_body("unavailable", "the database did not answer; retry"), None
     log.error("unhandled error on %s %s", method, path, exc_info=exc)
     return 500, error_body("internal", "an internal error occurred"), None
 
@@ -93,10 +98,21 @@ async def on_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status, headers=headers)
 
 
+async def on_client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed, or was cut off by a read deadline, mid-body: nobody
+    # is left to answer, and it is no server error worth a traceback.
+    log.debug("client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 EXCEPTION_HANDLERS = {
     **{kind: on_error for kind in STATUS},
     HTTPException: on_error,
+    ClientDisconnect: on_client_gone,
     RedisConnectionError: on_error,
     RedisTimeoutError: on_error,
+    # A handler that reached Postgres through the pool directly (not through
+    # metering.ledger.database.acquire) gets the same 503 for an outage.
+    **{kind: on_error for kind in DATABASE_DOWN if issubclass(kind, Exception)},
     Exception: on_error,
 }
