@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
 import subprocess
 import sys
 import time
@@ -36,7 +35,6 @@ RECHARGE_STUCK_S = 8.0
 EXPIRY_LATE_MS = 1_500
 DRAIN_TIMEOUT_S = 30.0
 QUIET_TIMEOUT_S = 30.0
-PI_IN_DETAIL = re.compile(r"\bpi_[A-Za-z0-9]+")
 
 
 class Auditor:
@@ -338,16 +336,15 @@ class Auditor:
             if pi.get("status") == "succeeded"
             and (pi.get("metadata") or {}).get("account_id") in ours
         }
+        # A card credit's ledger entry carries the PaymentIntent as its request id.
         rows = await self.world.db.fetch(
             "SELECT account_id, seq, amount_micros, request_id, detail FROM ledger_entries "
-            "WHERE item = 'funds_added' AND account_id = ANY($1) AND detail LIKE '%pi\\_%'",
+            "WHERE item = 'funds_added' AND account_id = ANY($1) AND request_id LIKE 'pi\\_%'",
             list(ours),
         )
         credits: dict[str, list[Any]] = collections.defaultdict(list)
         for r in rows:
-            m = PI_IN_DETAIL.search(r["detail"] or "")
-            if m:
-                credits[m.group(0)].append(r)
+            credits[r["request_id"]].append(r)
         for pi_id, found in credits.items():
             lane = ours.get(found[0]["account_id"])
             if len(found) > 1:

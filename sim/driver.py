@@ -163,7 +163,7 @@ class Driver:
             call_late_commit_window_s=s.call_late_commit_window_s,
             payment_micros_min=s.payment_micros_min,
             payment_micros_max=s.payment_micros_max,
-            recharge_amount_micros_max=getattr(s, "recharge_amount_micros_max", None),
+            recharge_amount_micros_max=s.recharge_micros_max,
             waived=waived,
         )
         self.predict = Predict(self.limits)

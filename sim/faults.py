@@ -24,6 +24,7 @@ AREAS = {
     "redis_restart": ("redis", "writer", "worker"),
     "redis_loss": ("redis", "writer", "worker"),
     "gateway_kill": ("gateway",),
+    "gateway_crash": ("gateway", "gateway_pg", "stripe"),
     "worker_kill": ("worker",),
     "stripe_lose": ("stripe",),
     "stripe_5xx": ("stripe",),
@@ -31,6 +32,8 @@ AREAS = {
 }
 # A charge must reach Stripe within this long for the worker kill to aim at it.
 WORKER_AIM_TIMEOUT_S = 6.0
+# How long a process set to die at a crash point is given to reach it.
+CRASH_POINT_WAIT_S = 8.0
 
 
 def areas_of(fault: Fault) -> tuple[str, ...]:
@@ -57,8 +60,8 @@ async def run_fault(d: Driver, fault: Fault, hit: asyncio.Event) -> None:
 def _label(fault: Fault) -> str:
     if fault.kind == "pg_outage":
         return f"pg_outage:{fault.params['target']}"
-    if fault.kind == "worker_kill":
-        return f"worker_kill:{fault.params['point']}"
+    if fault.kind in ("worker_kill", "gateway_crash"):
+        return f"{fault.kind}:{fault.params['point']}"
     if fault.kind == "redis_loss":
         return f"redis_loss:{fault.params['recovery']}"
     return fault.kind
@@ -94,9 +97,13 @@ async def gateway_kill(d: Driver, hit: asyncio.Event, gateway: int, down_s: floa
 
 
 async def worker_kill(d: Driver, hit: asyncio.Event, point: str) -> None:
-    """Kill the recharge worker at `point` of a recharge: waiting for Stripe's answer
-    (the card charged), before it records the attempt, before it credits, or after
-    the credit and before Postgres hears of it."""
+    """Kill the recharge worker at `point`: waiting for Stripe's answer (the card
+    charged, the answer held in our proxy), or at one of the product's crash points
+    (metering/crash_points.py: charged, recorded, credited, request read), where the
+    process kills itself with SIGKILL; then start it again."""
+    if point != "waiting_for_stripe":
+        await _die_at(d, d.world.workers["recharge"], point, hit)
+        return
     world = d.world
     stripe_p = world.proxies["worker_stripe"]
     pg = world.proxies["worker_pg"]
@@ -105,26 +112,42 @@ async def worker_kill(d: Driver, hit: asyncio.Event, point: str) -> None:
     try:
         sent = stripe_p.forwarded["up"]
         await poll_until(lambda: stripe_p.forwarded["up"] != sent, WORKER_AIM_TIMEOUT_S)
-        await asyncio.sleep(0.1)  # Stripe has charged; its answer waits in the proxy
-        if point == "before_attempt_record":
-            await asyncio.to_thread(pg.hold, "up")
-        elif point == "before_credit":
-            await asyncio.to_thread(rd.hold, "up")
-        elif point == "after_credit":
-            pg_sent = pg.forwarded["up"]
-        if point != "waiting_for_stripe":
-            await asyncio.to_thread(stripe_p.release, "down")
-        if point == "after_credit":
-            await poll_until(lambda: pg.forwarded["up"] != pg_sent, 2.0, 0.005)
-            await asyncio.sleep(0.03)
-            await asyncio.to_thread(pg.hold, "up")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # Stripe has charged; its answer waits in the proxy
         world.workers["recharge"].kill()
         hit.set()
     finally:
         for proxy in (stripe_p, pg, rd):
             await asyncio.to_thread(proxy.release)
     world.workers["recharge"].start()
+
+
+async def _die_at(d: Driver, worker: Any, point: str, hit: asyncio.Event) -> None:
+    worker.stop()
+    worker.start(crash_point=point)
+    hit.set()
+    died = await poll_until(lambda: worker.proc.poll() is not None, CRASH_POINT_WAIT_S, 0.05)
+    if not died:
+        worker.stop()
+    worker.start()
+
+
+async def gateway_crash(d: Driver, hit: asyncio.Event, gateway: int, point: str) -> None:
+    """Run gateway `gateway` set to kill itself at a pay-now crash point (charged,
+    recorded, credited); once it has died (or a while passed), start it normally."""
+    world = d.world
+    gw = world.gateways[gateway]
+    if gw is not None:
+        await asyncio.to_thread(gw.stop)
+        world.gateways[gateway] = None
+    await asyncio.to_thread(world.start_gateway, gateway, point)
+    hit.set()
+    gw = world.gateways[gateway]
+    assert gw is not None
+    died = await poll_until(lambda: gw.proc.poll() is not None, CRASH_POINT_WAIT_S, 0.05)
+    if not died:
+        await asyncio.to_thread(gw.stop)
+    world.gateways[gateway] = None
+    await asyncio.to_thread(world.start_gateway, gateway)
 
 
 async def stripe_lose(d: Driver, hit: asyncio.Event, count: int) -> None:
@@ -161,6 +184,7 @@ FAULTS: dict[str, Any] = {
     "pg_outage": pg_outage,
     "redis_restart": redis_restart,
     "gateway_kill": gateway_kill,
+    "gateway_crash": gateway_crash,
     "worker_kill": worker_kill,
     "stripe_lose": stripe_lose,
     "stripe_5xx": stripe_5xx,

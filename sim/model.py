@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -937,35 +938,33 @@ def _recharge_field_error(
     amount_max: int | None,
     lift_rule: bool = True,
 ) -> str | None:
-    """The field a recharge-settings update is refused for, or None (the README's rules,
-    plus: the amount is capped, and one recharge must lift the balance above the
-    threshold, so the threshold is below the amount)."""
-    import re
+    """The field a recharge-settings update is refused for, or None: the README's
+    rules, in the order they are checked (amount, threshold, email, enabled). The
+    amount is capped and one recharge must lift the balance above the threshold."""
 
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    if not is_int(amount) or amount <= RECHARGE_AMOUNT_MICROS_ABOVE or amount > CREDIT_MICROS_MAX:
+    if not is_int(amount) or amount <= RECHARGE_AMOUNT_MICROS_ABOVE:
         return "amount_micros"
-    if amount_max is not None and amount > amount_max:
+    if amount > (amount_max if amount_max is not None else CREDIT_MICROS_MAX):
         return "amount_micros"
     if amount % MICROS_PER_CENT:
         return "amount_micros"
     if not is_int(threshold) or threshold < RECHARGE_THRESHOLD_MICROS_MIN:
         return "threshold_micros"
+    if lift_rule and threshold >= amount:
+        return "threshold_micros"
     if threshold > CREDIT_MICROS_MAX:
         return "threshold_micros"
-    if (
-        not isinstance(email, str)
-        or len(email) > 254
-        or not re.fullmatch(r"[^@\s,;]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", email)
-    ):
+    if not isinstance(email, str) or len(email) > 254 or not EMAIL.fullmatch(email):
         return "failure_email"
     if not isinstance(enabled, bool):
         return "enabled"
-    if lift_rule and threshold >= amount:
-        return "threshold_micros"
     return None
+
+
+EMAIL = re.compile(r"[^@\s,;]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 
 
 # ---- background events ----

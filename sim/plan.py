@@ -93,6 +93,7 @@ class Profile:
         "redis_restart",
         "redis_loss",
         "gateway_kill",
+        "gateway_crash",
         "worker_kill",
         "stripe_lose",
         "stripe_5xx",
@@ -468,8 +469,18 @@ class Plan:
             params["down_s"] = rng.choice([0.0, 0.5, 2.0])
         elif kind == "worker_kill":
             params["point"] = rng.choice(
-                ["waiting_for_stripe", "before_attempt_record", "before_credit", "after_credit"]
+                [
+                    "waiting_for_stripe",
+                    "charge.charged",
+                    "charge.recorded",
+                    "charge.credited",
+                    "recharge.request_read",
+                ]
             )
+            during = None
+        elif kind == "gateway_crash":
+            params["gateway"] = rng.randrange(2)
+            params["point"] = rng.choice(["charge.charged", "charge.recorded", "charge.credited"])
             during = None
         elif kind in ("stripe_lose", "stripe_5xx"):
             params["count"] = rng.randint(1, 4)

@@ -93,6 +93,9 @@ def sim_settings(redis_url: str, database_url: str, **changes: Any) -> Settings:
         recharge_decline_retry_s=0.8,
         recharge_attempts_max=3,
         recharge_lease_s=1.5,
+        recharge_repair_interval_s=0.5,
+        recharge_repair_grace_s=2.0,
+        stream_claim_idle_ms=1_000,
         smtp_timeout_s=2.0,
     )
     return base.replace(**changes) if changes else base
@@ -111,18 +114,21 @@ class Worker:
     # Set when we killed it ourselves; any other exit is a finding.
     killed_by_us: bool = False
 
-    def start(self) -> None:
+    def start(self, crash_point: str = "") -> None:
+        """Start it; with crash_point, it kills itself when it reaches that point."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        env = dict(self.env, METERING_CRASH_POINT=crash_point)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "metering", "--log-level", "info", *self.argv],
             cwd=ROOT,
-            env=self.env,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
         self.starts += 1
-        self.killed_by_us = False
+        # A process told to die at a crash point is expected to end on its own.
+        self.killed_by_us = bool(crash_point)
 
     def kill(self) -> None:
         """SIGKILL: nothing is flushed or acknowledged."""
@@ -275,9 +281,11 @@ class World:
 
     # ---- gateways ----
 
-    def start_gateway(self, i: int) -> None:
+    def start_gateway(self, i: int, crash_point: str = "") -> None:
         assert self.settings is not None and self.stripe is not None
-        settings = self.settings.replace(database_url=self._via("gateway_pg"))
+        settings = self.settings.replace(
+            database_url=self._via("gateway_pg"), crash_point=crash_point
+        )
         gw = GatewayProcess(
             settings, log_path=self.run_dir / f"gateway{i}.log", port=self.gateway_ports[i]
         )
