@@ -217,6 +217,13 @@ class Auditor:
         if final or self.deep_count % 3 == 0:
             await self._reconcile()
 
+    async def deep_lanes(self, lanes: list[Lane]) -> None:
+        """The ledger part of the deep audit, for some accounts only (shrink trials)."""
+        await self.snapshot(lanes)
+        seqs = {lane.account_id: lane.model.one().seq for lane in lanes}
+        await self._drain(seqs)
+        await self._check_ledger(lanes, seqs)
+
     async def _quiesce(self, lanes: list[Lane]) -> None:
         """Let the workers finish: no recharge episode open, no recharge pending."""
         db = self.world.db

@@ -21,6 +21,7 @@ from sim.driver import Driver, SimFailure, Stats, now_ms
 from sim.hostile import Hostile
 from sim.known import KNOWN_OPEN
 from sim.plan import Batch, Fault, Op, Plan, Profile
+from sim.shrink import Step, shrink
 from sim.world import World, new_run_dir
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/metering_test"
@@ -91,6 +92,7 @@ class Runner:
         database_url: str,
         log: Callable[[str], None] = print,
         waived: frozenset[str] = frozenset(),
+        shrink_budget_s: float = 0.0,
     ) -> None:
         self.waived = waived
         self.seed = seed
@@ -99,11 +101,14 @@ class Runner:
         self.log = log
         self.tasks: list[asyncio.Task[None]] = []
         self.hand_written_done = False
+        self.shrunk: list[Step] | None = None
         self.hostile: Hostile
-        self.executed: dict[int, list[tuple[int, Op]]] = {}
+        self.executed: dict[int, list[Step]] = {}
+        self.began = time.monotonic()
+        self.shrink_budget_s = shrink_budget_s
 
     async def run(self) -> Result:
-        began = time.monotonic()
+        began = self.began = time.monotonic()
         run_dir = new_run_dir(self.seed)
         world = World(run_dir, self.database_url)
         plan = Plan(self.seed, self.profile)
@@ -123,6 +128,8 @@ class Runner:
             await self.hostile.csv_check(driver.lanes)
         except SimFailure as exc:
             failure = exc
+            if driver is not None and exc.account is not None and self.shrink_budget_s > 0:
+                await self._shrink(driver, exc)
         except Exception as exc:  # the harness itself broke: report it as a failure
             failure = SimFailure("harness", f"{exc!r}\n{traceback.format_exc()}")
         finally:
@@ -144,8 +151,28 @@ class Runner:
             run_dir=str(run_dir) if failure is not None else "",
         )
         if failure is not None and failure.account is not None:
-            result.failing_ops = self.executed.get(failure.account, [])
+            result.failing_ops = [(s.batch, s.op) for s in self.executed.get(failure.account, [])]
+        if self.shrunk is not None:
+            result.shrunk = [(s.batch, s.op) for s in self.shrunk]
         return result
+
+    async def _shrink(self, d: Driver, failure: SimFailure) -> None:
+        assert failure.account is not None
+        try:
+            await self._settle_faults()
+            template = d.lanes[failure.account]
+            self.log(f"[sim] shrinking (at most {self.shrink_budget_s:.0f}s) ...")
+            self.shrunk = await shrink(
+                d,
+                Auditor(d),
+                template,
+                self.executed.get(failure.account, []),
+                failure.check,
+                self.shrink_budget_s,
+                self.log,
+            )
+        except Exception as exc:  # a broken shrink must not hide the failure
+            self.log(f"[sim] shrink stopped: {exc!r}")
 
     def _done(self, driver: Driver, began: float) -> bool:
         p = self.profile
@@ -175,11 +202,12 @@ class Runner:
                 )
 
     def _note(self, batch: Batch) -> None:
+        at = time.monotonic() - self.began
         for idx, ops in batch.lanes.items():
-            self.executed.setdefault(idx, []).extend((batch.index, op) for op in ops)
+            self.executed.setdefault(idx, []).extend(Step(at, batch.index, op) for op in ops)
         if batch.fault is not None:
-            for ops in self.executed.values():
-                ops.append((batch.index, Op("fault", (str(batch.fault),))))
+            for steps in self.executed.values():
+                steps.append(Step(at, batch.index, Op("fault", (str(batch.fault),))))
 
     async def _run_batch(self, batch: Batch, d: Driver, auditor: Auditor) -> None:
         if batch.fault is not None and batch.fault.kind == "redis_loss":
