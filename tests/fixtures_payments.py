@@ -75,6 +75,11 @@ def pay_settings(stripe_server: StripeServer, mailbox: Mailbox) -> Settings:
         recharge_backoff_max_s=1.0,
         recharge_transient_retries_max=3,
         recharge_poll_interval_s=0.05,
+        # Short windows, so what must hold "forever" is tried after they passed.
+        idempotency_window_s=1,
+        call_late_commit_window_s=1,
+        recharge_repair_grace_s=0.5,
+        recharge_repair_interval_s=0.2,
     )
 
 
