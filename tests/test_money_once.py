@@ -10,13 +10,11 @@ window" is a sleep of about a second."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from devkit.testing import RATE_CARD, StripeServer
@@ -27,14 +25,15 @@ from tests.conftest import OPS, SWITCH
 from tests.fixtures_payments import (
     STRIPE_KEY,
     WEBHOOK_ENDPOINT_IDS,
-    WEBHOOK_SECRET,
     Mailbox,
     PaymentsGateway,
     customer_account,
+    post_signed_event,
+    put_recharge,
     wait_until,
 )
-from tests.test_payments import balance_of, put_card, sign
-from tests.test_recharge import attempts, run_until, send_messages, set_up_recharge
+from tests.test_payments import balance_of, put_card
+from tests.test_recharge import _has_mail, attempts, run_until, send_messages, set_up_recharge
 
 USD = 1_000_000
 SMS_MICROS = RATE_CARD["sms_outbound_micros"]
@@ -60,16 +59,6 @@ async def funds_added(pay_db: Any, pay_store: Store, account_id: str) -> list[st
 
 def window_passes(settings: Settings) -> float:
     return settings.idempotency_window_s + 0.3
-
-
-async def post_event(http: httpx.AsyncClient, event: dict[str, Any]) -> httpx.Response:
-    """A correctly signed webhook delivery of `event`, signed now."""
-    payload = orjson.dumps(event)
-    headers = {
-        "Content-Type": "application/json",
-        "Stripe-Signature": sign(payload, WEBHOOK_SECRET, int(time.time())),
-    }
-    return await http.post("/v1/stripe/webhook", content=payload, headers=headers)
 
 
 def succeeded_event(intent: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +119,7 @@ async def test_succeeded_webhook_after_the_window_credits_nothing_more(
     assert r.status_code == 200, r.text
     intent = await intent_of(stripe_server, r.json()["payment_intent_id"])
     await asyncio.sleep(window_passes(pay_settings))
-    answer = await post_event(pay_http, succeeded_event(intent))
+    answer = await post_signed_event(pay_http, succeeded_event(intent))
     assert answer.status_code == 200, answer.text
     assert answer.json()["outcome"] == "already_credited", answer.text
     assert await balance_of(pay_http, account_id, auth) == 30 * USD
@@ -159,7 +148,7 @@ async def test_recharge_webhook_after_the_window_credits_nothing_more(
     )
     intent = await intent_of(stripe_server, intent_id)
     await asyncio.sleep(window_passes(pay_settings))
-    answer = await post_event(pay_http, succeeded_event(intent))
+    answer = await post_signed_event(pay_http, succeeded_event(intent))
     assert answer.status_code == 200, answer.text
     for _ in range(3):
         await worker.step()
@@ -215,16 +204,7 @@ async def test_recharge_amount_above_the_cap_is_refused(
 ) -> None:
     account_id, auth = await customer_account(pay_http)
     await put_card(pay_http, account_id, auth, "pm_card_visa")
-    r = await pay_http.put(
-        f"/v1/accounts/{account_id}/recharge",
-        headers=auth,
-        json={
-            "amount_micros": 1_000_000 * USD,
-            "threshold_micros": 10 * USD,
-            "failure_email": "cap@example.com",
-            "enabled": True,
-        },
-    )
+    r = await put_recharge(pay_http, account_id, auth, 1_000_000 * USD, 10 * USD, "cap@example.com")
     assert r.status_code == 422, r.text
     assert r.json()["field"] == "amount_micros" and "at most" in r.json()["message"]
     assert not await pay_db.fetchval(
@@ -241,16 +221,7 @@ async def test_a_threshold_one_recharge_cannot_lift_above_never_makes_a_second_c
     """The reported drain: amount $51 below a $1,000 threshold, six texts, six charges."""
     account_id, auth = await customer_account(pay_http, 100 * USD)
     await put_card(pay_http, account_id, auth, "pm_card_visa")
-    r = await pay_http.put(
-        f"/v1/accounts/{account_id}/recharge",
-        headers=auth,
-        json={
-            "amount_micros": 51 * USD,
-            "threshold_micros": 1_000 * USD,
-            "failure_email": "drain@example.com",
-            "enabled": True,
-        },
-    )
+    r = await put_recharge(pay_http, account_id, auth, 51 * USD, 1_000 * USD, "drain@example.com")
     intents_before = stripe_server.intents_created()
     for i in range(6):
         await send_messages(pay_http, account_id, 1, f"drain-{i}")
@@ -294,12 +265,8 @@ async def test_an_amount_above_a_lowered_cap_is_not_charged_and_recharge_turns_o
     view = (await pay_http.get(f"/v1/accounts/{account_id}", headers=auth)).json()
     assert view["recharge"]["enabled"] is False and view["recharge"]["pending"] is False
     assert "above the limit" in view["recharge"]["last_failure"]
-    await wait_until(lambda: _mail_to(mailbox, email), timeout_s=5)
+    await wait_until(lambda: _has_mail(mailbox, email), timeout_s=5)
     assert len(mailbox.to(email)) == 1
-
-
-async def _mail_to(mailbox: Mailbox, address: str) -> bool:
-    return bool(mailbox.to(address))
 
 
 async def test_an_account_never_has_two_recharges_in_flight(
@@ -404,15 +371,8 @@ async def test_a_failed_commit_leaves_card_and_recharge_as_they_were_in_both_sto
     r = await pay_http.delete(base + "/card", headers=auth)
     assert r.status_code >= 500, r.text
     assert await stores_agree(pay_db, pay_store, account_id) == before
-    r = await pay_http.put(
-        base + "/recharge",
-        headers=auth,
-        json={
-            "amount_micros": 70 * USD,
-            "threshold_micros": 20 * USD,
-            "failure_email": "commit@example.com",
-            "enabled": False,
-        },
+    r = await put_recharge(
+        pay_http, account_id, auth, 70 * USD, 20 * USD, "commit@example.com", enabled=False
     )
     assert r.status_code >= 500, r.text
     assert await stores_agree(pay_db, pay_store, account_id) == before

@@ -107,6 +107,21 @@ async def recharge_credits(pay_db: Any, pay_store: Store, account_id: str) -> li
     return [found[seq] for seq in sorted(found)]
 
 
+async def leave_a_stale_mark(pay_db: Any, pay_store: Store, account_id: str) -> None:
+    """What a crash between ending an episode and clearing its mark leaves: an
+    ended episode whose mark (10 s old) still stops every later request."""
+    episode_us = time.time_ns() // 1_000 - 10_000_000
+    await pay_db.execute(
+        "INSERT INTO recharge_episodes (account_id, episode_us, amount_micros, status, "
+        "next_attempt_at_us) VALUES ($1, $2, $3, 'ended', 0)",
+        account_id,
+        episode_us,
+        60 * USD,
+    )
+    keys = pay_store.account_keys(account_id)
+    await pay_store.redis.hset(keys.account, "recharge_pending_since_us", episode_us)
+
+
 async def test_recharge_intake_rides_out_postgres_failing_while_it_takes_a_request(
     pay_http: httpx.AsyncClient,
     pay_db: Any,
@@ -244,15 +259,7 @@ async def test_the_repair_opens_a_lost_episode_and_clears_a_stale_mark(
     # An episode that ended while its mark stayed (a crash between the two writes).
     stale, stale_auth = await set_up_recharge(pay_http, "pm_card_visa", START, "stale@example.com")
     stale_keys = pay_store.account_keys(stale)
-    episode_us = time.time_ns() // 1_000 - 10_000_000
-    await pay_db.execute(
-        "INSERT INTO recharge_episodes (account_id, episode_us, amount_micros, status, "
-        "next_attempt_at_us) VALUES ($1, $2, $3, 'ended', 0)",
-        stale,
-        episode_us,
-        60 * USD,
-    )
-    await pay_store.redis.hset(stale_keys.account, "recharge_pending_since_us", episode_us)
+    await leave_a_stale_mark(pay_db, pay_store, stale)
 
     async def both_put_right() -> bool:
         await worker.step()
@@ -285,15 +292,7 @@ async def test_the_repair_reaches_every_account_within_its_bound(
 
     stale, _auth = await set_up_recharge(pay_http, "pm_card_visa", START, "bound@example.com")
     keys = pay_store.account_keys(stale)
-    episode_us = time.time_ns() // 1_000 - 10_000_000
-    await pay_db.execute(
-        "INSERT INTO recharge_episodes (account_id, episode_us, amount_micros, status, "
-        "next_attempt_at_us) VALUES ($1, $2, $3, 'ended', 0)",
-        stale,
-        episode_us,
-        60 * USD,
-    )
-    await pay_store.redis.hset(keys.account, "recharge_pending_since_us", episode_us)
+    await leave_a_stale_mark(pay_db, pay_store, stale)
     narrow = pay_settings.replace(recharge_repair_accounts_max=1)
     w = RechargeWorker(pay_store, pay_db, stripe_client, narrow, consumer="tests-bound")
     passes_max = -(-pay_settings.shard_count // SHARDS_PER_ROUND_TRIP)

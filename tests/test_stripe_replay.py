@@ -23,21 +23,25 @@ and every Ck and Dk made before, are replayed again after each.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from devkit.testing import RATE_CARD, GatewayProcess, StripeServer
 from metering import crash_points
 from metering.settings import Settings
 from tests.fixtures_ledger import LedgerWorld, ledger_world
-from tests.fixtures_payments import STRIPE_KEY, WEBHOOK_SECRET, customer_account, wait_until
-from tests.test_payments import put_card, sign
+from tests.fixtures_payments import (
+    STRIPE_KEY,
+    WEBHOOK_SECRET,
+    customer_account,
+    post_signed_event,
+    wait_until,
+)
+from tests.test_payments import put_card
 from tests.test_recharge import send_messages, set_up_recharge
 from tests.test_recharge_faults import WorkerProcess
 
@@ -101,15 +105,7 @@ class Replay:
                 f"/v1/events/{event_id}", headers={"Authorization": f"Bearer {STRIPE_KEY}"}
             )
         event = {**r.json(), "id": f"evt_again_{uuid.uuid4().hex}"}
-        payload = orjson.dumps(event)
-        answer = await self.http.post(
-            "/v1/stripe/webhook",
-            content=payload,
-            headers={
-                "Content-Type": "application/json",
-                "Stripe-Signature": sign(payload, WEBHOOK_SECRET, int(time.time())),
-            },
-        )
+        answer = await post_signed_event(self.http, event)
         assert answer.status_code == 200, answer.text
         return str(answer.json()["outcome"])
 
