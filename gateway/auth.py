@@ -8,7 +8,7 @@ import hmac
 
 from starlette.requests import HTTPConnection
 
-from metering.accounts import account_for_token
+from metering.accounts import TOKEN_LENGTH_MAX, account_for_digest, token_digest
 from metering.settings import Settings
 from metering.store import Store
 
@@ -27,6 +27,7 @@ class Forbidden(Exception):
 class Caller:
     role: str
     account_id: str | None  # set for customers: the one account they may see
+    token_id: str | None = None  # set for customers: the token's SHA-256 (hex)
 
 
 def bearer_token(conn: HTTPConnection) -> str | None:
@@ -58,10 +59,11 @@ async def authenticate(
     elif hmac.compare_digest(token.encode(), settings.ops_token.encode()):
         caller = Caller(OPS, None)
     else:
-        owner = await account_for_token(store, token)
+        digest = token_digest(token)
+        owner = await account_for_digest(store, digest) if len(token) <= TOKEN_LENGTH_MAX else None
         if owner is None:
             raise Unauthorized("the bearer token is not valid")
-        caller = Caller(CUSTOMER, owner)
+        caller = Caller(CUSTOMER, owner, digest)
     if caller.role not in roles:
         raise Forbidden(f"the {caller.role} role may not do this")
     if caller.role == CUSTOMER and account_id is not None and caller.account_id != account_id:

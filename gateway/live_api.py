@@ -32,7 +32,7 @@ import orjson
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.auth import CUSTOMER, OPS, Forbidden, Unauthorized, authenticate
+from gateway.auth import CUSTOMER, OPS, Caller, Forbidden, Unauthorized, authenticate
 from gateway.live_hub import (
     CLOSE_CODES,
     CLOSE_FORBIDDEN,
@@ -41,6 +41,7 @@ from gateway.live_hub import (
     CLOSE_UNAUTHORIZED,
     CLOSE_UNKNOWN_ACCOUNT,
     LiveHub,
+    SocketRefused,
     Subscriber,
 )
 from metering import accounts
@@ -72,14 +73,15 @@ async def account_live(ws: WebSocket) -> None:
     settings: Settings = ws.state.settings
     hub: LiveHub = ws.state.live_hub
     account_id = ws.path_params["account_id"]
-    refused = await _refusal(ws, ACCOUNT_ROLES, account_id)
+    caller = await _caller_or_close_code(ws, ACCOUNT_ROLES, account_id)
     await ws.accept()
-    if refused is not None:
-        await _close(ws, refused, settings)
+    if isinstance(caller, int):
+        await _close(ws, caller, settings)
         return
-    sub = hub.add(account_id)
-    if sub is None:
-        await _close(ws, CLOSE_TRY_LATER, settings, "this gateway holds its most sockets")
+    try:
+        sub = hub.add(account_id, caller.token_id)
+    except SocketRefused as refused:
+        await _close(ws, refused.code, settings, refused.reason)
         return
     try:
         try:
@@ -101,14 +103,15 @@ async def ops_live(ws: WebSocket) -> None:
     """Every account's live channel (the operations page)."""
     settings: Settings = ws.state.settings
     hub: LiveHub = ws.state.live_hub
-    refused = await _refusal(ws, OPS_ROLES, None)
+    caller = await _caller_or_close_code(ws, OPS_ROLES, None)
     await ws.accept()
-    if refused is not None:
-        await _close(ws, refused, settings)
+    if isinstance(caller, int):
+        await _close(ws, caller, settings)
         return
-    sub = hub.add(None)
-    if sub is None:
-        await _close(ws, CLOSE_TRY_LATER, settings, "this gateway holds its most sockets")
+    try:
+        sub = hub.add(None)
+    except SocketRefused as refused:
+        await _close(ws, refused.code, settings, refused.reason)
         return
 
     async def snapshot(refresh: bool) -> bool:
@@ -125,17 +128,18 @@ async def ops_live(ws: WebSocket) -> None:
         hub.remove(sub)
 
 
-async def _refusal(ws: WebSocket, roles: frozenset[str], account_id: str | None) -> int | None:
-    """The close code refusing this socket, or None when it may subscribe."""
+async def _caller_or_close_code(
+    ws: WebSocket, roles: frozenset[str], account_id: str | None
+) -> Caller | int:
+    """The caller when it may subscribe, else the close code refusing the socket."""
     try:
-        await authenticate(ws, ws.state.settings, ws.state.store, roles, account_id)
+        return await authenticate(ws, ws.state.settings, ws.state.store, roles, account_id)
     except Unauthorized:
         return CLOSE_UNAUTHORIZED
     except Forbidden:
         return CLOSE_FORBIDDEN
     except RedisError:
         return CLOSE_TRY_LATER
-    return None
 
 
 def _ops_row(view: AccountView, spent_micros: int) -> dict[str, Any]:

@@ -96,6 +96,12 @@ class Settings:
     # Live websockets (gateway/live_hub.py): each gateway process subscribes once
     # and fans out to at most live_sockets_max sockets of its own.
     live_sockets_max: int = 10_000
+    # Of live_sockets_max, kept for ops: customer sockets stop this many short.
+    live_ops_sockets_reserved: int = 100
+    # Sockets one customer token, and one account over all its tokens, may hold
+    # in one process (a dashboard is one socket per open tab).
+    live_sockets_per_token_max: int = 10
+    live_sockets_per_account_max: int = 50
     # Distinct accounts waiting to be sent to one socket (coalesced: latest per
     # account wins); an ops socket that falls further behind is closed.
     live_pending_accounts_max: int = 100_000
@@ -280,6 +286,8 @@ class Settings:
             "activity_export_rows_max",
             "database_pool_max",
             "live_sockets_max",
+            "live_sockets_per_token_max",
+            "live_sockets_per_account_max",
             "live_pending_accounts_max",
             "live_frame_accounts_max",
             "live_ops_accounts_max",
@@ -293,6 +301,11 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"METERING_{name.upper()} must be at least 1")
+        if not 0 <= self.live_ops_sockets_reserved < self.live_sockets_max:
+            raise SettingsError(
+                "METERING_LIVE_OPS_SOCKETS_RESERVED must be at least 0 and below "
+                "METERING_LIVE_SOCKETS_MAX"
+            )
         if self.live_send_timeout_s <= 0 or self.live_ops_refresh_s <= 0:
             raise SettingsError(
                 "METERING_LIVE_SEND_TIMEOUT_S and METERING_LIVE_OPS_REFRESH_S must be positive"
