@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from gateway.auth import Forbidden, Unauthorized
+from gateway.auth import Forbidden, TooManyAuthFailures, Unauthorized
 from gateway.bodies import (
     BodyTooLarge,
     DuplicateKey,
@@ -44,6 +44,7 @@ STATUS: dict[type[Exception], int] = {
     errors.InvalidRequest: 422,
     errors.BalanceLimit: 422,
     errors.ConcurrentCallLimit: 429,
+    TooManyAuthFailures: 429,
     # payments
     errors.CardDeclined: 402,
     errors.PaymentFailed: 402,
@@ -70,7 +71,12 @@ async def on_known_error(request: Request, exc: Exception) -> Response:
     elif isinstance(exc, DuplicateKey):
         details = {"field": exc.field}
     code = getattr(exc, "code", "error")
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    headers = None
+    if isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, TooManyAuthFailures):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        details = {"retry_after_s": exc.retry_after_s}
     return JSONResponse(error_body(code, str(exc), **details), status_of(exc), headers=headers)
 
 

@@ -32,10 +32,19 @@ import orjson
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.auth import CUSTOMER, OPS, Caller, Forbidden, Unauthorized, authenticate
+from gateway.auth import (
+    CUSTOMER,
+    OPS,
+    Caller,
+    Forbidden,
+    TooManyAuthFailures,
+    Unauthorized,
+    authenticate,
+)
 from gateway.live_hub import (
     CLOSE_CODES,
     CLOSE_FORBIDDEN,
+    CLOSE_TOO_MANY,
     CLOSE_TOO_SLOW,
     CLOSE_TRY_LATER,
     CLOSE_UNAUTHORIZED,
@@ -73,12 +82,11 @@ async def account_live(ws: WebSocket) -> None:
     settings: Settings = ws.state.settings
     hub: LiveHub = ws.state.live_hub
     account_id = ws.path_params["account_id"]
-    caller = await _caller_or_close_code(ws, ACCOUNT_ROLES, account_id)
+    caller = await _caller_or_refusal(ws, ACCOUNT_ROLES, account_id)
     await ws.accept()
-    if isinstance(caller, int):
-        await _close(ws, caller, settings)
-        return
     try:
+        if isinstance(caller, SocketRefused):
+            raise caller
         sub = hub.add(account_id, caller.token_id)
     except SocketRefused as refused:
         await _close(ws, refused.code, settings, refused.reason)
@@ -103,12 +111,11 @@ async def ops_live(ws: WebSocket) -> None:
     """Every account's live channel (the operations page)."""
     settings: Settings = ws.state.settings
     hub: LiveHub = ws.state.live_hub
-    caller = await _caller_or_close_code(ws, OPS_ROLES, None)
+    caller = await _caller_or_refusal(ws, OPS_ROLES, None)
     await ws.accept()
-    if isinstance(caller, int):
-        await _close(ws, caller, settings)
-        return
     try:
+        if isinstance(caller, SocketRefused):
+            raise caller
         sub = hub.add(None)
     except SocketRefused as refused:
         await _close(ws, refused.code, settings, refused.reason)
@@ -128,18 +135,20 @@ async def ops_live(ws: WebSocket) -> None:
         hub.remove(sub)
 
 
-async def _caller_or_close_code(
+async def _caller_or_refusal(
     ws: WebSocket, roles: frozenset[str], account_id: str | None
-) -> Caller | int:
-    """The caller when it may subscribe, else the close code refusing the socket."""
+) -> Caller | SocketRefused:
+    """The caller when it may subscribe, else why the socket is refused."""
     try:
         return await authenticate(ws, ws.state.settings, ws.state.store, roles, account_id)
     except Unauthorized:
-        return CLOSE_UNAUTHORIZED
+        return SocketRefused(CLOSE_UNAUTHORIZED, CLOSE_CODES[CLOSE_UNAUTHORIZED])
     except Forbidden:
-        return CLOSE_FORBIDDEN
+        return SocketRefused(CLOSE_FORBIDDEN, CLOSE_CODES[CLOSE_FORBIDDEN])
+    except TooManyAuthFailures as exc:
+        return SocketRefused(CLOSE_TOO_MANY, str(exc)[:120])
     except RedisError:
-        return CLOSE_TRY_LATER
+        return SocketRefused(CLOSE_TRY_LATER, "the balance store did not answer")
 
 
 def _ops_row(view: AccountView, spent_micros: int) -> dict[str, Any]:

@@ -35,7 +35,7 @@ CLOSE_UNKNOWN_ACCOUNT = 4404
 CLOSE_TOO_SLOW = 4408  # a send stayed stuck for live_send_timeout_s, or too far behind
 CLOSE_RESUBSCRIBE = 1012  # the hub lost Redis: reconnect for a fresh snapshot
 CLOSE_TRY_LATER = 1013  # socket limit of this process reached, or Redis unavailable
-CLOSE_TOO_MANY = 4429  # the token or its account holds its most sockets
+CLOSE_TOO_MANY = 4429  # the token or its account holds its most sockets, or auth is blocked
 
 CLOSE_CODES: dict[int, str] = {
     CLOSE_UNAUTHORIZED: "unauthorized: missing or invalid token",
@@ -44,7 +44,8 @@ CLOSE_CODES: dict[int, str] = {
     CLOSE_TOO_SLOW: "too slow: the client did not read its updates",
     CLOSE_RESUBSCRIBE: "live feed interrupted: reconnect for a fresh snapshot",
     CLOSE_TRY_LATER: "try again later",
-    CLOSE_TOO_MANY: "too many sockets for this token or account: close one",
+    CLOSE_TOO_MANY: "too many: sockets for this token or account (close one), or failed "
+    "authentications from this address (retry later)",
 }
 
 

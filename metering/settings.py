@@ -65,6 +65,16 @@ class Settings:
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
     # forwarded_allow_ips: comma-separated addresses or networks, or *).
     http_forwarded_allow_ips: str = "127.0.0.1,::1"
+    # Failed authentication (gateway/auth_limits.py, per process): more failures
+    # than these within auth_failure_window_s, from one client address or with
+    # tokens sharing their first 8 characters, refuse that address or prefix
+    # (429, Retry-After) for auth_failure_block_s. Never the switch or ops token.
+    auth_failures_per_client_max: int = 20
+    auth_failures_per_token_prefix_max: int = 20
+    auth_failure_window_s: float = 60.0
+    auth_failure_block_s: float = 300.0
+    # Addresses and prefixes remembered at most (each table; the oldest go first).
+    auth_failure_tracked_max: int = 100_000
 
     # Sharding: fixed for the life of a deployment (changing it moves accounts).
     shard_count: int = 256
@@ -287,6 +297,9 @@ class Settings:
             "database_pool_max",
             "live_sockets_max",
             "live_sockets_per_token_max",
+            "auth_failures_per_client_max",
+            "auth_failures_per_token_prefix_max",
+            "auth_failure_tracked_max",
             "live_sockets_per_account_max",
             "live_pending_accounts_max",
             "live_frame_accounts_max",
@@ -322,7 +335,13 @@ class Settings:
                 "METERING_HTTP_HSTS_MAX_AGE_S and METERING_HTTP_CONNECTIONS_PER_CLIENT_MAX "
                 "must not be negative"
             )
-        for name in ("http_header_read_timeout_s", "http_body_read_timeout_s", "http_keep_alive_s"):
+        for name in (
+            "http_header_read_timeout_s",
+            "http_body_read_timeout_s",
+            "http_keep_alive_s",
+            "auth_failure_window_s",
+            "auth_failure_block_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"METERING_{name.upper()} must be positive")
         if self.call_validity_grace_s < 0:
