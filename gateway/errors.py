@@ -20,6 +20,7 @@ from gateway.bodies import (
 )
 from gateway.responses import JSONResponse, error_body
 from metering import errors
+from metering.ledger.database import DATABASE_DOWN
 from metering.notify.webhooks import UnknownWebhook
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ STATUS: dict[type[Exception], int] = {
     errors.CardDeclined: 402,
     errors.PaymentFailed: 402,
     errors.NoCardOnFile: 409,
+    errors.ChargeMismatch: 409,
     errors.WebhookRejected: 400,
     errors.LedgerBacklogFull: 503,
     errors.Unavailable: 503,
@@ -93,6 +95,11 @@ async def on_redis_down(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body("unavailable", "the balance store did not answer; retry"), 503)
 
 
+async def on_database_down(request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable: %r", exc)
+    return JSONResponse(error_body("unavailable", "the database did not answer; retry"), 503)
+
+
 async def on_client_gone(request: Request, exc: Exception) -> Response:
     # The client closed, or was cut off by a read deadline, mid-body: nobody
     # is left to answer, and it is no server error worth a traceback.
@@ -111,5 +118,8 @@ EXCEPTION_HANDLERS = {
     ClientDisconnect: on_client_gone,
     RedisConnectionError: on_redis_down,
     RedisTimeoutError: on_redis_down,
+    # A handler that reached Postgres through the pool directly (not through
+    # metering.ledger.database.acquire) gets the same 503 for an outage.
+    **{kind: on_database_down for kind in DATABASE_DOWN if issubclass(kind, Exception)},
     Exception: on_unexpected,
 }

@@ -1,4 +1,10 @@
-"""Payment endpoints: recharge settings, pay now, card on file, Stripe webhook."""
+"""Payment endpoints: recharge settings, pay now, card on file, Stripe webhook.
+
+Pay now, the card and the recharge settings belong to the customer: only the
+account's own customer token may use them. An operator has no path to act for a
+customer here (charging a card needs the card holder's own action); operators
+adjust money with ops credits, which the ledger records with their reason.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth import CUSTOMER, OPS, authenticate
+from gateway.auth import CUSTOMER, authenticate
 from gateway.bodies import BodyTooLarge, RequestBody, read_body
 from gateway.responses import JSONResponse
 from metering.fields import Email, RequestId
@@ -21,7 +27,7 @@ from metering.payments.recharge_settings import (
     RECHARGE_THRESHOLD_MICROS_MIN,
 )
 
-CUSTOMER_OR_OPS = frozenset({CUSTOMER, OPS})
+CUSTOMER_ONLY = frozenset({CUSTOMER})
 ABOVE, LEAST = RECHARGE_AMOUNT_MICROS_ABOVE, RECHARGE_THRESHOLD_MICROS_MIN
 
 
@@ -84,7 +90,7 @@ class CardRequest(RequestBody):
 async def put_recharge(request: Request) -> Response:
     state = request.state
     account_id = request.path_params["account_id"]
-    await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
+    await authenticate(request, state.settings, state.store, CUSTOMER_ONLY, account_id)
     b = await read_body(request, RechargeRequest, state.settings.request_body_bytes_max)
     saved = await recharge_settings.save_settings(
         state.store, state.db, account_id, msgspec.structs.asdict(b)
@@ -95,7 +101,7 @@ async def put_recharge(request: Request) -> Response:
 async def post_payment(request: Request) -> Response:
     state = request.state
     account_id = request.path_params["account_id"]
-    await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
+    await authenticate(request, state.settings, state.store, CUSTOMER_ONLY, account_id)
     b = await read_body(request, PaymentRequest, state.settings.request_body_bytes_max)
     payment = await pay_now.pay_now(
         state.store,
@@ -112,7 +118,7 @@ async def post_payment(request: Request) -> Response:
 async def put_card(request: Request) -> Response:
     state = request.state
     account_id = request.path_params["account_id"]
-    await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
+    await authenticate(request, state.settings, state.store, CUSTOMER_ONLY, account_id)
     b = await read_body(request, CardRequest, state.settings.request_body_bytes_max)
     card = await cards.set_card(
         state.store, state.db, state.stripe, account_id, b.payment_method_id
@@ -123,7 +129,7 @@ async def put_card(request: Request) -> Response:
 async def delete_card(request: Request) -> Response:
     state = request.state
     account_id = request.path_params["account_id"]
-    await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
+    await authenticate(request, state.settings, state.store, CUSTOMER_ONLY, account_id)
     deleted = await cards.delete_card(state.store, state.db, state.stripe, account_id)
     return JSONResponse({"account_id": account_id, "deleted": deleted, "recharge_enabled": False})
 

@@ -185,6 +185,18 @@ class Settings:
     recharge_attempts_max: int = 10
     recharge_lease_s: float = 120.0
     recharge_consumer_group: str = "recharge-worker"
+    # One automatic recharge charges at most this much (like payment_micros_max
+    # for pay now); a saved amount above it is refused, an older one is not charged.
+    recharge_micros_max: int = 10_000_000_000
+    # The worker's repair pass (every recharge_repair_interval_s): a pending mark
+    # without an open episode, a charge not yet credited and card or recharge
+    # settings not yet copied to Redis are put right once they are older than
+    # recharge_repair_grace_s; each pass looks at recharge_repair_accounts_max
+    # accounts' marks, so every account is looked at within
+    # (accounts / recharge_repair_accounts_max) passes.
+    recharge_repair_interval_s: float = 2.0
+    recharge_repair_grace_s: float = 60.0
+    recharge_repair_accounts_max: int = 5_000
 
     # Email for recharge failures.
     smtp_host: str = "127.0.0.1"
@@ -246,6 +258,10 @@ class Settings:
     burn_bucket_s: int = 60
     live_ops_burn_refresh_s: float = 5.0
 
+    # Tests of crash windows only: a process that reaches the named point
+    # (metering/crash_points.py) kills itself with SIGKILL there. Empty: never.
+    crash_point: str = ""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `METERING_<FIELD>` variables, falling back to defaults."""
@@ -292,6 +308,8 @@ class Settings:
             "payment_micros_min",
             "recharge_batch_max",
             "recharge_attempts_max",
+            "recharge_micros_max",
+            "recharge_repair_accounts_max",
             "ledger_retry_max",
             "activity_export_rows_max",
             "database_pool_max",
