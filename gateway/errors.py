@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from asyncpg.exceptions import UndefinedColumnError, UndefinedTableError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
@@ -21,6 +22,7 @@ from gateway.bodies import (
 )
 from gateway.responses import JSONResponse, error_body
 from metering import errors
+from metering.ledger.migrate import MIGRATE_COMMAND
 from metering.notify.webhooks import UnknownWebhook
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,17 @@ async def on_redis_down(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body("unavailable", "the balance store did not answer; retry"), 503)
 
 
+async def on_database_not_migrated(request: Request, exc: Exception) -> Response:
+    # Postgres answered but lacks a table or column of this version: a 503 that
+    # says what to do, not a 500 (the gateway refuses to start on such a database
+    # when it can see it at start, see metering/ledger/migrate.py).
+    error = errors.DatabaseNotMigrated(
+        f"the Postgres database is not migrated ({exc}); an operator must run `{MIGRATE_COMMAND}`"
+    )
+    log.error("%s", error)
+    return JSONResponse(error_body(error.code, str(error)), 503)
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(error_body("internal", "an internal error occurred"), 500)
@@ -99,5 +112,7 @@ EXCEPTION_HANDLERS = {
     HTTPException: on_http_error,
     RedisConnectionError: on_redis_down,
     RedisTimeoutError: on_redis_down,
+    UndefinedTableError: on_database_not_migrated,
+    UndefinedColumnError: on_database_not_migrated,
     Exception: on_unexpected,
 }
