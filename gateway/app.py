@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from gateway import log_redaction
+from gateway.connection_guard import ConnectionGuard
 from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.live_api import OPENAPI_WEBSOCKETS, account_live, ops_live
@@ -46,6 +47,9 @@ class GatewayState(TypedDict):
     db: Any  # asyncpg.Pool
     stripe: stripe.StripeClient
     live_hub: LiveHub
+    # Read deadlines and connections per address, used by the protocol (the
+    # name is gateway.connection_guard.STATE_KEY).
+    connection_guard: ConnectionGuard
 
 
 class GatewayApp(Starlette):
@@ -97,6 +101,7 @@ def create_app(settings: Settings) -> Starlette:
                 db=db,
                 stripe=stripe_client,
                 live_hub=live_hub,
+                connection_guard=ConnectionGuard(settings),
             )
         finally:
             stop.set()

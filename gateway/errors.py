@@ -9,7 +9,7 @@ from asyncpg.exceptions import UndefinedColumnError, UndefinedTableError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.auth import Forbidden, Unauthorized
@@ -17,11 +17,11 @@ from gateway.bodies import (
     BodyTooLarge,
     DuplicateKey,
     MalformedBody,
-    MissingField,
     UnsupportedMediaType,
 )
 from gateway.responses import JSONResponse, error_body
 from metering import errors
+from metering.ledger.database import DATABASE_DOWN
 from metering.ledger.migrate import MIGRATE_COMMAND
 from metering.notify.webhooks import UnknownWebhook
 
@@ -44,7 +44,6 @@ STATUS: dict[type[Exception], int] = {
     errors.CallDurationLimit: 409,
     BodyTooLarge: 413,
     UnsupportedMediaType: 415,
-    MissingField: 422,
     errors.InvalidRequest: 422,
     errors.BalanceLimit: 422,
     errors.ConcurrentCallLimit: 429,
@@ -52,6 +51,7 @@ STATUS: dict[type[Exception], int] = {
     errors.CardDeclined: 402,
     errors.PaymentFailed: 402,
     errors.NoCardOnFile: 409,
+    errors.ChargeMismatch: 409,
     errors.WebhookRejected: 400,
     errors.LedgerBacklogFull: 503,
     errors.Unavailable: 503,
@@ -71,7 +71,7 @@ async def on_known_error(request: Request, exc: Exception) -> Response:
     details = {}
     if isinstance(exc, errors.MeteringError):
         details = dict(exc.details)
-    elif isinstance(exc, MissingField | DuplicateKey):
+    elif isinstance(exc, DuplicateKey):
         details = {"field": exc.field}
     code = getattr(exc, "code", "error")
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
@@ -102,6 +102,18 @@ async def on_database_not_migrated(request: Request, exc: Exception) -> Response
     return JSONResponse(error_body(error.code, str(error)), 503)
 
 
+async def on_database_down(request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable: %r", exc)
+    return JSONResponse(error_body("unavailable", "the database did not answer; retry"), 503)
+
+
+async def on_client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed, or was cut off by a read deadline, mid-body: nobody
+    # is left to answer, and it is no server error worth a traceback.
+    log.debug("client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(error_body("internal", "an internal error occurred"), 500)
@@ -110,9 +122,13 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     **{kind: on_known_error for kind in STATUS},
     HTTPException: on_http_error,
+    ClientDisconnect: on_client_gone,
     RedisConnectionError: on_redis_down,
     RedisTimeoutError: on_redis_down,
     UndefinedTableError: on_database_not_migrated,
     UndefinedColumnError: on_database_not_migrated,
+    # A handler that reached Postgres through the pool directly (not through
+    # metering.ledger.database.acquire) gets the same 503 for an outage.
+    **{kind: on_database_down for kind in DATABASE_DOWN if issubclass(kind, Exception)},
     Exception: on_unexpected,
 }

@@ -55,6 +55,16 @@ function applySnapshot(account) {
 
 function applyUpdate(change) {
   if (state.account) {
+    // An "account" message (publish_account.lua) carries the whole recharge state
+    // and the card on file, after a save, a deleted card or a recharge outcome.
+    if (change.recharge) {
+      state.account.recharge = change.recharge;
+      fillRechargeForm(change.recharge);
+    }
+    if (change.card !== undefined) {
+      state.account.card = change.card;
+      showCard(change.card);
+    }
     const r = state.account.recharge;
     if (change.recharge_pending !== undefined) r.pending = change.recharge_pending;
     if (change.recharge_last_failure !== undefined) r.last_failure = change.recharge_last_failure;
