@@ -20,6 +20,7 @@ from gateway import log_redaction
 from gateway.connection_guard import ConnectionGuard
 from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.fast_path import SwitchFastPath
 from gateway.live_api import OPENAPI_WEBSOCKETS, account_live, ops_live
 from gateway.live_hub import LiveHub
 from gateway.openapi import build_openapi
@@ -54,14 +55,18 @@ class GatewayState(TypedDict):
 
 class GatewayApp(Starlette):
     """Starlette with the security headers outermost, so that they also reach
-    the 500 answers Starlette's own error layer renders."""
+    the 500 answers Starlette's own error layer renders, and the switch's fast
+    path (gateway/fast_path.py) just inside them."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
 
     def build_middleware_stack(self) -> ASGIApp:
-        return SecurityHeaders(super().build_middleware_stack(), self.settings)
+        # The switch's requests are answered by the fast path, inside the headers.
+        return SecurityHeaders(
+            SwitchFastPath(super().build_middleware_stack(), self.settings), self.settings
+        )
 
 
 def create_app(settings: Settings) -> Starlette:

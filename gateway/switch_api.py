@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, NamedTuple
 
 from msgspec import Meta
 from starlette.requests import Request
@@ -14,6 +15,7 @@ from gateway.bodies import BodyT, RequestBody, read_body
 from gateway.responses import answer
 from metering import debits, reservations
 from metering.fields import INT64_MAX, AccountId, PhoneNumber, RequestId
+from metering.store import Store
 
 SWITCH_ONLY = frozenset({SWITCH})
 
@@ -126,61 +128,88 @@ async def _switch_body(request: Request, body_type: type[BodyT]) -> BodyT:
     return await read_body(request, body_type, state.settings.request_body_bytes_max)
 
 
-async def post_message(request: Request) -> Response:
-    b = await _switch_body(request, MessageRequest)
-    charge = await debits.message(
-        request.state.store, b.account_id, b.message_id, b.direction, b.number
-    )
-    return answer(answers.MessageCharged.of(b.message_id, charge))
+# Each endpoint's work, apart from HTTP: (store, body, call id from the path) ->
+# answer. The Starlette handlers below and the fast path (gateway/fast_path.py)
+# both run these.
 
 
-async def post_ring_through_attempt(request: Request) -> Response:
-    b = await _switch_body(request, AttemptRequest)
-    charge = await debits.ring_through_attempt(request.state.store, b.account_id, b.attempt_id)
-    return answer(answers.AttemptCharged.of(b.attempt_id, charge))
+async def charge_message(store: Store, b: MessageRequest, _: str) -> answers.Answer:
+    charge = await debits.message(store, b.account_id, b.message_id, b.direction, b.number)
+    return answers.MessageCharged.of(b.message_id, charge)
 
 
-async def post_number_purchase(request: Request) -> Response:
-    b = await _switch_body(request, PurchaseRequest)
-    charge = await debits.number_purchase(
-        request.state.store, b.account_id, b.purchase_id, b.number, b.renewal
-    )
-    return answer(answers.PurchaseCharged.of(b.purchase_id, b.number, charge))
+async def charge_attempt(store: Store, b: AttemptRequest, _: str) -> answers.Answer:
+    charge = await debits.ring_through_attempt(store, b.account_id, b.attempt_id)
+    return answers.AttemptCharged.of(b.attempt_id, charge)
 
 
-async def post_number_renewal(request: Request) -> Response:
-    b = await _switch_body(request, RenewalRequest)
-    charge = await debits.number_renewal(request.state.store, b.account_id, b.renewal_id, b.number)
-    return answer(answers.RenewalCharged.of(b.renewal_id, b.number, charge))
+async def charge_purchase(store: Store, b: PurchaseRequest, _: str) -> answers.Answer:
+    charge = await debits.number_purchase(store, b.account_id, b.purchase_id, b.number, b.renewal)
+    return answers.PurchaseCharged.of(b.purchase_id, b.number, charge)
 
 
-async def post_call(request: Request) -> Response:
-    b = await _switch_body(request, ReserveRequest)
-    grant = await reservations.reserve(
-        request.state.store, b.account_id, b.call_id, b.direction, b.number
-    )
-    return answer(answers.CallGrant.of(grant))
+async def charge_renewal(store: Store, b: RenewalRequest, _: str) -> answers.Answer:
+    charge = await debits.number_renewal(store, b.account_id, b.renewal_id, b.number)
+    return answers.RenewalCharged.of(b.renewal_id, b.number, charge)
 
 
-async def post_call_extend(request: Request) -> Response:
-    b = await _switch_body(request, ExtendRequest)
-    grant = await reservations.extend(
-        request.state.store, b.account_id, request.path_params["call_id"], b.extend_id
-    )
-    return answer(answers.CallGrant.of(grant))
+async def open_call(store: Store, b: ReserveRequest, _: str) -> answers.Answer:
+    grant = await reservations.reserve(store, b.account_id, b.call_id, b.direction, b.number)
+    return answers.CallGrant.of(grant)
 
 
-async def post_call_commit(request: Request) -> Response:
-    b = await _switch_body(request, CommitRequest)
-    charge = await reservations.commit(
-        request.state.store, b.account_id, request.path_params["call_id"], b.duration_seconds
-    )
-    return answer(answers.CallCharged.of(charge))
+async def extend_call(store: Store, b: ExtendRequest, call_id: str) -> answers.Answer:
+    grant = await reservations.extend(store, b.account_id, call_id, b.extend_id)
+    return answers.CallGrant.of(grant)
 
 
-async def post_call_release(request: Request) -> Response:
-    b = await _switch_body(request, ReleaseRequest)
-    released = await reservations.release(
-        request.state.store, b.account_id, request.path_params["call_id"]
-    )
-    return answer(answers.CallReleased.of(released))
+async def commit_call(store: Store, b: CommitRequest, call_id: str) -> answers.Answer:
+    charge = await reservations.commit(store, b.account_id, call_id, b.duration_seconds)
+    return answers.CallCharged.of(charge)
+
+
+async def release_call(store: Store, b: ReleaseRequest, call_id: str) -> answers.Answer:
+    released = await reservations.release(store, b.account_id, call_id)
+    return answers.CallReleased.of(released)
+
+
+class Action(NamedTuple):
+    body: type[RequestBody]
+    run: Callable[[Store, Any, str], Awaitable[answers.Answer]]
+
+
+# By path; the call actions by the path's last segment (/v1/calls/{call_id}/<name>).
+ACTIONS: dict[str, Action] = {
+    "/v1/messages": Action(MessageRequest, charge_message),
+    "/v1/ring-through-attempts": Action(AttemptRequest, charge_attempt),
+    "/v1/numbers/purchases": Action(PurchaseRequest, charge_purchase),
+    "/v1/numbers/renewals": Action(RenewalRequest, charge_renewal),
+    "/v1/calls": Action(ReserveRequest, open_call),
+}
+CALL_ACTIONS: dict[str, Action] = {
+    "extend": Action(ExtendRequest, extend_call),
+    "commit": Action(CommitRequest, commit_call),
+    "release": Action(ReleaseRequest, release_call),
+}
+
+
+def _handler(name: str, action: Action) -> Callable[[Request], Awaitable[Response]]:
+    async def handler(request: Request) -> Response:
+        b = await _switch_body(request, action.body)
+        call_id = request.path_params.get("call_id", "")
+        return answer(await action.run(request.state.store, b, call_id))
+
+    handler.__name__ = handler.__qualname__ = name  # the OpenAPI operationId
+    return handler
+
+
+post_message = _handler("post_message", ACTIONS["/v1/messages"])
+post_ring_through_attempt = _handler(
+    "post_ring_through_attempt", ACTIONS["/v1/ring-through-attempts"]
+)
+post_number_purchase = _handler("post_number_purchase", ACTIONS["/v1/numbers/purchases"])
+post_number_renewal = _handler("post_number_renewal", ACTIONS["/v1/numbers/renewals"])
+post_call = _handler("post_call", ACTIONS["/v1/calls"])
+post_call_extend = _handler("post_call_extend", CALL_ACTIONS["extend"])
+post_call_commit = _handler("post_call_commit", CALL_ACTIONS["commit"])
+post_call_release = _handler("post_call_release", CALL_ACTIONS["release"])
