@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from gateway import log_redaction
+from gateway.auth_limits import AuthFailureLimiter
 from gateway.connection_guard import ConnectionGuard
 from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
@@ -51,6 +52,8 @@ class GatewayState(TypedDict):
     # Read deadlines and connections per address, used by the protocol (the
     # name is gateway.connection_guard.STATE_KEY).
     connection_guard: ConnectionGuard
+    # Failed authentication per address and token prefix (gateway/auth_limits.py).
+    auth_limiter: AuthFailureLimiter
 
 
 class GatewayApp(Starlette):
@@ -107,6 +110,7 @@ def create_app(settings: Settings) -> Starlette:
                 stripe=stripe_client,
                 live_hub=live_hub,
                 connection_guard=ConnectionGuard(settings),
+                auth_limiter=AuthFailureLimiter(settings),
             )
         finally:
             stop.set()

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from gateway.auth import Forbidden, Unauthorized
+from gateway.auth import Forbidden, TooManyAuthFailures, Unauthorized
 from gateway.bodies import (
     BodyTooLarge,
     DuplicateKey,
@@ -48,6 +48,7 @@ STATUS: dict[type[Exception], int] = {
     errors.InvalidRequest: 422,
     errors.BalanceLimit: 422,
     errors.ConcurrentCallLimit: 429,
+    TooManyAuthFailures: 429,
     # payments
     errors.CardDeclined: 402,
     errors.PaymentFailed: 402,
@@ -80,7 +81,12 @@ def error_answer(exc: Exception, method: str, path: str) -> tuple[int, dict[str,
         elif isinstance(exc, DuplicateKey):
             details = {"field": exc.field}
         code = getattr(exc, "code", "error")
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        headers = None
+        if isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, TooManyAuthFailures):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+            details = {"retry_after_s": exc.retry_after_s}
         return status, error_body(code, str(exc), **details), headers
     if isinstance(exc, HTTPException):
         code = HTTP_CODES.get(exc.status_code, "http_error")
