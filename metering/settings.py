@@ -46,6 +46,8 @@ class Settings:
     switch_token: str = "dev-switch-token"
     ops_token: str = "dev-ops-token"
     request_body_bytes_max: int = 16_384
+    # Items of one POST /v1/debit-batches (texts and ring-through attempts).
+    debit_batch_items_max: int = 100
     log_level: str = "warning"
     # Strict-Transport-Security max-age on answers served over TLS (https, or
     # X-Forwarded-Proto https from a trusted proxy); 0 sends none.
@@ -298,6 +300,7 @@ class Settings:
             "redis_pipeline_batch_max",
             "redis_pipeline_pending_max",
             "request_body_bytes_max",
+            "debit_batch_items_max",
             "idempotency_window_s",
             "ledger_backlog_max",
             "ledger_batch_rows_max",
