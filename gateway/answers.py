@@ -42,6 +42,9 @@ class Error(Answer, omit_defaults=True):
     limit: Annotated[int | None, Meta(description="429 concurrent_call_limit.")] = None
     state: Annotated[str | None, Meta(description="409 call_closed: the call's state.")] = None
     number: Annotated[str | None, Meta(description="402 number_suspended.")] = None
+    retry_after_s: Annotated[
+        int | None, Meta(description="429 too_many_auth_failures: seconds until a retry.")
+    ] = None
 
 
 class Charged(Answer):
@@ -176,6 +179,25 @@ class TokenIssued(Answer):
     account_id: str
     label: str
     token: Annotated[str, Meta(description="Bearer token for the account's dashboard.")]
+    token_id: Annotated[
+        str, Meta(description="Names the token later (list, revoke); signs in nothing.")
+    ]
+
+
+class TokenRecord(Answer):
+    """A customer token on record (never the token itself)."""
+
+    token_id: Annotated[str, Meta(description="The first 16 hex characters of its SHA-256.")]
+    label: str
+    created_at_us: int
+    revoked_at_us: Annotated[int | None, Meta(description="null while the token works.")]
+
+
+class TokenList(Answer):
+    """Every token the account was issued, oldest first, revoked ones included."""
+
+    account_id: str
+    tokens: list[TokenRecord]
 
 
 class FundsAdded(Answer):
