@@ -93,9 +93,7 @@ def pack_command(args: tuple[Any, ...] | list[Any]) -> bytes:
                 f"invalid script argument {arg!r} of type {kind.__name__}: "
                 "use str, bytes, int or float"
             )
-        append(b"$%d\r\n" % len(data))
-        append(data)
-        append(b"\r\n")
+        append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
 
 
