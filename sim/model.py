@@ -1114,10 +1114,14 @@ class Account:
     ) -> Mismatch | None:
         """Keep the worlds (with lazily fired events) in which the answer is possible."""
         tried: list[tuple[int, Any, str]] = []
-        for depth in range(self.EVENTS_DEPTH_MAX + 1):
+        # First the worlds as they are; failing that, every world up to
+        # EVENTS_DEPTH_MAX background events away (all of them: two histories can
+        # end in the same answer, e.g. a commit in time, or an expiry and a late
+        # commit correcting nothing, and only the ledger tells them apart).
+        for depth in (0, self.EVENTS_DEPTH_MAX):
             candidates = self.worlds if depth == 0 else expand(self.worlds, now_ms, depth)
             if depth > 0 and len(candidates) == len(self.worlds):
-                break  # no event is possible: expanding further finds nothing
+                break  # no event is possible: expanding finds nothing
             survivors: list[State] = []
             for w in candidates:
                 for o in predict(w):
@@ -1142,7 +1146,7 @@ class Account:
     ) -> Mismatch | None:
         """Keep the worlds consistent with a read of the real state; `learn` copies
         what the read told exactly (e.g. when a call expired) into them."""
-        for depth in range(self.EVENTS_DEPTH_MAX + 1):
+        for depth in (0, self.EVENTS_DEPTH_MAX):
             candidates = self.worlds if depth == 0 else expand(self.worlds, now_ms, depth)
             if depth > 0 and len(candidates) == len(self.worlds):
                 break
