@@ -29,7 +29,7 @@ class Answer(msgspec.Struct):
     """Base of every answer."""
 
 
-class Error(Answer):
+class Error(Answer, omit_defaults=True):
     """Every error: a machine-readable code, a sentence, and the details of some
     codes (present only with them), e.g. `field` on 422 (which field:
     `rate_card.sms_outbound_micros`, `items[2].message_id`)."""
@@ -299,3 +299,26 @@ class AccountAnswer(Answer):
     card: CardOnFile | None
     created_at_us: Annotated[int, Meta(description="Microseconds since the Unix epoch.")]
     alerts: AlertState
+
+
+class MessageResult(Answer, tag_field="type", tag="message", omit_defaults=True):
+    """A text message of a batch: `answer` (status 200) or `error`, as
+    POST /v1/messages would have answered it."""
+
+    status: int
+    answer: MessageCharged | None = None
+    error: Error | None = None
+
+
+class AttemptResult(Answer, tag_field="type", tag="attempt", omit_defaults=True):
+    """A ring-through attempt of a batch: `answer` (status 200) or `error`."""
+
+    status: int
+    answer: AttemptCharged | None = None
+    error: Error | None = None
+
+
+class DebitBatchCharged(Answer):
+    """Each item's outcome, in the order of the request's items."""
+
+    results: list[MessageResult | AttemptResult]

@@ -130,6 +130,17 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint(
         "POST",
+        "/v1/debit-batches",
+        switch_api.post_debit_batch,
+        ("switch",),
+        "Charge up to METERING_DEBIT_BATCH_ITEMS_MAX texts and ring-through attempts in "
+        "one request: each item charged or refused on its own, answered in order.",
+        switch_api.DebitBatchRequest,
+        answer=answers.DebitBatchCharged,
+        errors=(400, 401, 403, 422, 503),
+    ),
+    Endpoint(
+        "POST",
         "/v1/calls",
         switch_api.post_call,
         ("switch",),

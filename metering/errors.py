@@ -92,6 +92,13 @@ class Unavailable(MeteringError):
     code = "unavailable"
 
 
+class DatabaseNotMigrated(Unavailable):
+    """The Postgres database lacks tables this version needs: an operator must run
+    the migrations (the message names the command)."""
+
+    code = "database_not_migrated"
+
+
 def raise_refusal(result: list[Any], account_id: str, subject: str = "") -> None:
     """Turn a script's refusal code into the typed error; return if it said 'ok'."""
     status = result[0]
