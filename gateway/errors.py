@@ -34,6 +34,7 @@ STATUS: dict[type[Exception], int] = {
     errors.InsufficientFunds: 402,
     Forbidden: 403,
     errors.UnknownAccount: 404,
+    errors.UnknownToken: 404,
     errors.UnknownCall: 404,
     errors.UnknownNumber: 404,
     errors.NumberSuspended: 402,

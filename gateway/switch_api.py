@@ -162,22 +162,22 @@ async def _switch_body(request: Request, body_type: type[BodyT]) -> BodyT:
 
 async def charge_message(store: Store, b: MessageRequest, _: str) -> answers.MessageCharged:
     charge = await debits.message(store, b.account_id, b.message_id, b.direction, b.number)
-    return answers.MessageCharged.of(b.message_id, charge)
+    return answers.MessageCharged.of(charge, b.message_id)
 
 
 async def charge_attempt(store: Store, b: AttemptRequest, _: str) -> answers.AttemptCharged:
     charge = await debits.ring_through_attempt(store, b.account_id, b.attempt_id)
-    return answers.AttemptCharged.of(b.attempt_id, charge)
+    return answers.AttemptCharged.of(charge, b.attempt_id)
 
 
 async def charge_purchase(store: Store, b: PurchaseRequest, _: str) -> answers.Answer:
     charge = await debits.number_purchase(store, b.account_id, b.purchase_id, b.number, b.renewal)
-    return answers.PurchaseCharged.of(b.purchase_id, b.number, charge)
+    return answers.PurchaseCharged.of(charge, b.purchase_id, b.number)
 
 
 async def charge_renewal(store: Store, b: RenewalRequest, _: str) -> answers.Answer:
     charge = await debits.number_renewal(store, b.account_id, b.renewal_id, b.number)
-    return answers.RenewalCharged.of(b.renewal_id, b.number, charge)
+    return answers.RenewalCharged.of(charge, b.renewal_id, b.number)
 
 
 async def open_call(store: Store, b: ReserveRequest, _: str) -> answers.Answer:

@@ -29,6 +29,10 @@ class UnknownAccount(MeteringError):
     code = "unknown_account"
 
 
+class UnknownToken(MeteringError):
+    code = "unknown_token"
+
+
 class AccountExists(MeteringError):
     code = "account_exists"
 
