@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import uvicorn
 
+from metering.logs import configure_logging
 from metering.settings import Settings
 
 
@@ -24,6 +24,9 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "timeout_keep_alive": settings.http_keep_alive_s,
         "forwarded_allow_ips": settings.http_forwarded_allow_ips,
         "log_level": settings.log_level,
+        # Logging is configured by metering.logs (JSON lines, secrets masked), in
+        # this process and again in each worker process (app_from_env).
+        "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": 5,
         "ws_per_message_deflate": settings.live_deflate,
@@ -33,11 +36,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 def main() -> None:
     settings = Settings.from_env()
-    # uvicorn configures only its own loggers; the domain's (sweeper, ledger
-    # writer task, payments) log through the root logger at the same level.
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings)
     uvicorn.run("gateway.app:app_from_env", factory=True, **server_options(settings))
 
 
