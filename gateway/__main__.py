@@ -1,12 +1,11 @@
-"""`python -m gateway`: serve the API with uvicorn (uvloop, httptools)."""
+"""`python -m gateway`: serve the API with uvicorn (uvloop, httptools), in
+METERING_WORKERS processes that each listen on the port (gateway/workers.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import uvicorn
-
-from metering.logs import configure_logging
+from gateway.workers import configure_logging, serve
 from metering.settings import Settings
 
 
@@ -25,7 +24,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "forwarded_allow_ips": settings.http_forwarded_allow_ips,
         "log_level": settings.log_level,
         # Logging is configured by metering.logs (JSON lines, secrets masked), in
-        # this process and again in each worker process (app_from_env).
+        # the supervisor and again in each worker process (app_from_env).
         "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": 5,
@@ -36,8 +35,9 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 def main() -> None:
     settings = Settings.from_env()
-    configure_logging(settings.log_level, settings)
-    uvicorn.run("gateway.app:app_from_env", factory=True, **server_options(settings))
+    configure_logging(settings.log_level)
+    # Several workers: one SO_REUSEPORT socket each (gateway/workers.py).
+    serve(server_options(settings))
 
 
 if __name__ == "__main__":

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from asyncpg.exceptions import UndefinedColumnError, UndefinedTableError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from gateway.auth import Forbidden, Unauthorized
+from gateway.auth import Forbidden, TooManyAuthFailures, Unauthorized
 from gateway.bodies import (
     BodyTooLarge,
     DuplicateKey,
@@ -21,6 +23,7 @@ from gateway.bodies import (
 from gateway.responses import JSONResponse, error_body
 from metering import errors
 from metering.ledger.database import DATABASE_DOWN
+from metering.ledger.migrate import MIGRATE_COMMAND
 from metering.notify.webhooks import UnknownWebhook
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ STATUS: dict[type[Exception], int] = {
     errors.InsufficientFunds: 402,
     Forbidden: 403,
     errors.UnknownAccount: 404,
+    errors.UnknownToken: 404,
     errors.UnknownCall: 404,
     errors.UnknownNumber: 404,
     errors.NumberSuspended: 402,
@@ -45,6 +49,7 @@ STATUS: dict[type[Exception], int] = {
     errors.InvalidRequest: 422,
     errors.BalanceLimit: 422,
     errors.ConcurrentCallLimit: 429,
+    TooManyAuthFailures: 429,
     # payments
     errors.CardDeclined: 402,
     errors.PaymentFailed: 402,
@@ -56,6 +61,7 @@ STATUS: dict[type[Exception], int] = {
 }
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+Headers = dict[str, str] | None
 
 
 def status_of(exc: Exception) -> int:
@@ -65,33 +71,50 @@ def status_of(exc: Exception) -> int:
     return 500
 
 
-async def on_known_error(request: Request, exc: Exception) -> Response:
-    details = {}
-    if isinstance(exc, errors.MeteringError):
-        details = dict(exc.details)
-    elif isinstance(exc, DuplicateKey):
-        details = {"field": exc.field}
-    code = getattr(exc, "code", "error")
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return JSONResponse(error_body(code, str(exc), **details), status_of(exc), headers=headers)
+def error_answer(exc: Exception, method: str, path: str) -> tuple[int, dict[str, Any], Headers]:
+    """(status, body, extra headers) of an error: the one mapping, used by
+    Starlette's handlers below and by the switch's fast path (gateway/fast_path.py)."""
+    status = status_of(exc)
+    if status != 500:
+        details: dict[str, Any] = {}
+        if isinstance(exc, errors.MeteringError):
+            details = dict(exc.details)
+        elif isinstance(exc, DuplicateKey):
+            details = {"field": exc.field}
+        code = getattr(exc, "code", "error")
+        headers = None
+        if isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, TooManyAuthFailures):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+            details = {"retry_after_s": exc.retry_after_s}
+        return status, error_body(code, str(exc), **details), headers
+    if isinstance(exc, HTTPException):
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return exc.status_code, error_body(code, f"{method} {path}: {exc.detail}"), None
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        log.warning("redis unavailable: %s", exc)
+        return 503, error_body("unavailable", "the balance store did not answer; retry"), None
+    if isinstance(exc, DATABASE_DOWN):
+        log.warning("database unavailable: %r", exc)
+        return 503, error_body("unavailable", "the database did not answer; retry"), None
+    if isinstance(exc, UndefinedTableError | UndefinedColumnError):
+        # Postgres answered but lacks a table or column of this version: a 503 that
+        # says what to do, not a 500 (the gateway refuses to start on such a
+        # database when it can see it at start, see metering/ledger/migrate.py).
+        error = errors.DatabaseNotMigrated(
+            f"the Postgres database is not migrated ({exc}); an operator must run "
+            f"`{MIGRATE_COMMAND}`"
+        )
+        log.error("%s", error)
+        return 503, error_body(error.code, str(error)), None
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return 500, error_body("internal", "an internal error occurred"), None
 
 
-async def on_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = HTTP_CODES.get(exc.status_code, "http_error")
-    return JSONResponse(
-        error_body(code, f"{request.method} {request.url.path}: {exc.detail}"), exc.status_code
-    )
-
-
-async def on_redis_down(request: Request, exc: Exception) -> Response:
-    log.warning("redis unavailable: %s", exc)
-    return JSONResponse(error_body("unavailable", "the balance store did not answer; retry"), 503)
-
-
-async def on_database_down(request: Request, exc: Exception) -> Response:
-    log.warning("database unavailable: %r", exc)
-    return JSONResponse(error_body("unavailable", "the database did not answer; retry"), 503)
+async def on_error(request: Request, exc: Exception) -> Response:
+    status, body, headers = error_answer(exc, request.method, request.url.path)
+    return JSONResponse(body, status, headers=headers)
 
 
 async def on_client_gone(request: Request, exc: Exception) -> Response:
@@ -101,19 +124,16 @@ async def on_client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
-async def on_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(error_body("internal", "an internal error occurred"), 500)
-
-
 EXCEPTION_HANDLERS = {
-    **{kind: on_known_error for kind in STATUS},
-    HTTPException: on_http_error,
+    **{kind: on_error for kind in STATUS},
+    HTTPException: on_error,
     ClientDisconnect: on_client_gone,
-    RedisConnectionError: on_redis_down,
-    RedisTimeoutError: on_redis_down,
+    RedisConnectionError: on_error,
+    RedisTimeoutError: on_error,
+    UndefinedTableError: on_error,
+    UndefinedColumnError: on_error,
     # A handler that reached Postgres through the pool directly (not through
     # metering.ledger.database.acquire) gets the same 503 for an outage.
-    **{kind: on_database_down for kind in DATABASE_DOWN if issubclass(kind, Exception)},
-    Exception: on_unexpected,
+    **{kind: on_error for kind in DATABASE_DOWN if issubclass(kind, Exception)},
+    Exception: on_error,
 }

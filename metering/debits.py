@@ -39,7 +39,7 @@ class Charge:
         }
 
 
-async def debit(
+def debit_call(
     store: Store,
     account_id: str,
     item: str,
@@ -50,16 +50,12 @@ async def debit(
     number: str = "",
     number_role: str = "",
     renewal_mode: str = "",
-) -> Charge:
-    """Charge one billing item at the account's rate; idempotent by (kind, request id),
-    so a message id reused with the other direction is a conflict, not a second charge.
-    A number named in a role (lua/_lib.lua number_refusal) is checked and recorded in
-    the same script."""
-    price_field = ONE_SHOT_PRICE_FIELD[item]
+) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV of debit.lua for one charge (lua/debit.lua's header);
+    the bench's bare route and redis-benchmark send exactly these."""
     keys = store.account_keys(account_id)
     settings = store.settings
-    result = await store.scripts.debit(
-        store.redis,
+    return (
         [
             keys.account,
             keys.request(kind, request_id),
@@ -72,7 +68,7 @@ async def debit(
         [
             account_id,
             item,
-            price_field,
+            ONE_SHOT_PRICE_FIELD[item],
             request_id,
             fingerprint,
             settings.idempotency_window_s,
@@ -84,10 +80,25 @@ async def debit(
             renewal_mode,
         ],
     )
+
+
+def charge_of(result: list[Any], args: list[Any]) -> Charge:
+    """debit.lua's answer to the call with `args` (debit_call's) as a Charge, or
+    its refusal raised."""
+    account_id, item, request_id = args[0], args[1], args[3]
     raise_refusal(result, account_id, f"{item} {request_id}")
     return Charge(
         item, int(result[2]), int(result[3]), int(result[4]), int(result[5]), result[1] == 1
     )
+
+
+async def debit(store: Store, call: tuple[list[str], list[Any]]) -> Charge:
+    """Charge one billing item at the account's rate (`call` from debit_call);
+    idempotent by (kind, request id), so a message id reused with the other
+    direction is a conflict, not a second charge. A number named in a role
+    (lua/_lib.lua number_refusal) is checked and recorded in the same script."""
+    keys, args = call
+    return charge_of(await store.scripts.debit(store.redis, keys, args), args)
 
 
 async def message(
@@ -104,13 +115,16 @@ async def message(
         fingerprint = f"{direction};{number}"
     return await debit(
         store,
-        account_id,
-        f"sms_{direction}",
-        "message",
-        message_id,
-        fingerprint,
-        number=number or "",
-        number_role="use" if number else "",
+        debit_call(
+            store,
+            account_id,
+            f"sms_{direction}",
+            "message",
+            message_id,
+            fingerprint,
+            number=number or "",
+            number_role="use" if number else "",
+        ),
     )
 
 
@@ -118,7 +132,9 @@ async def ring_through_attempt(store: Store, account_id: str, attempt_id: str) -
     """One connection attempt of a workflow's ring-through."""
     fields.account_id(account_id)
     fields.request_id(attempt_id, "attempt_id")
-    return await debit(store, account_id, "ring_through_attempt", "attempt", attempt_id, "")
+    return await debit(
+        store, debit_call(store, account_id, "ring_through_attempt", "attempt", attempt_id, "")
+    )
 
 
 async def number_purchase(
@@ -134,15 +150,18 @@ async def number_purchase(
     fingerprint = number if renewal == "automatic" else f"{number};{renewal}"
     return await debit(
         store,
-        account_id,
-        "number_purchase",
-        "purchase",
-        purchase_id,
-        fingerprint,
-        number,
-        number=number,
-        number_role="purchase",
-        renewal_mode=renewal,
+        debit_call(
+            store,
+            account_id,
+            "number_purchase",
+            "purchase",
+            purchase_id,
+            fingerprint,
+            number,
+            number=number,
+            number_role="purchase",
+            renewal_mode=renewal,
+        ),
     )
 
 
@@ -157,12 +176,15 @@ async def number_renewal(
     fields.phone_number(number)
     return await debit(
         store,
-        account_id,
-        "number_renewal",
-        "renewal",
-        renewal_id,
-        number,
-        number,
-        number=number,
-        number_role="auto_renewal" if automatic else "renewal",
+        debit_call(
+            store,
+            account_id,
+            "number_renewal",
+            "renewal",
+            renewal_id,
+            number,
+            number,
+            number=number,
+            number_role="auto_renewal" if automatic else "renewal",
+        ),
     )

@@ -88,7 +88,8 @@ class Stats:
     contention_steps: int = 0
     duplicate_steps: int = 0
     lost_in_crash_window: int = 0
-    findings: list[str] = dataclasses.field(default_factory=list)
+    # Known-open checks (sim/known.py) and the first thing each found.
+    known_open: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -106,6 +107,7 @@ class Stats:
             "duplicate_steps": self.duplicate_steps,
             "statuses": dict(sorted(self.statuses.items())),
             "lost_in_crash_window": self.lost_in_crash_window,
+            "known_open": dict(self.known_open),
         }
 
 

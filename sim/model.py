@@ -176,6 +176,8 @@ class Remembered:
     body: dict[str, Any]
     at_lo_ms: int
     at_hi_ms: int
+    # Answered in a window a Redis crash lost: remembered, or not.
+    uncertain: bool = False
 
 
 @dataclasses.dataclass
@@ -371,6 +373,8 @@ class Predict:
         """Whether a remembered answer is still there at `when`: [True], [False] or both."""
         if r is None:
             return [False]
+        if r.uncertain:
+            return [True, False]
         w, s = self._window_ms(), self.limits.slack_ms
         if when.hi_ms < r.at_lo_ms + w - s:
             return [True]

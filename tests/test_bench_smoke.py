@@ -15,6 +15,7 @@ SMOKE_TIMEOUT_S = 240
 
 MEASURED_KEYS = {
     "python_evalsha",
+    "python_pipelined",
     "redis_benchmark",
     "bare",
     "authorize_hot_1",
@@ -24,6 +25,8 @@ MEASURED_KEYS = {
     "authorize_open_2",
     "bare_open",
     "calls",
+    "batch_1",
+    "batch_2",
     "pg_hot_1",
     "pg_spread_1",
     "pg_hot_2",
@@ -82,4 +85,8 @@ def test_bench_smoke_measures_every_scenario_and_writes_json(tmp_path: Path) -> 
     assert {r["name"] for r in report["targets"]} and report["ratios"]
     assert report["machine"]["cores"] >= 1 and len(report["machine"]["load_average_end"]) == 3
     assert report["commit"] and report["date"]
-    assert "authorize / ceiling" in done.stdout
+    assert "authorize / bare debit" in done.stdout
+    # A batch row counts debits: every text of every answered batch charged.
+    for key in ("batch_1", "batch_2"):
+        row = rows[key]
+        assert row["batch"] == 100 and row["charged"] >= (row["requests"] - row["errors"]) * 100

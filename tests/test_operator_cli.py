@@ -409,7 +409,7 @@ async def test_credit_and_adjust_with_a_reason_once_per_id(
 # ---------------------------------------------------------------- tokens
 
 
-async def test_tokens_issue_and_list(world: LedgerWorld, tmp_path: Path) -> None:
+async def test_tokens_issue_list_and_revoke(world: LedgerWorld, tmp_path: Path) -> None:
     run(world, "accounts", "create", "cli-tok", "--rate-card", card_file(tmp_path))
     issued = ok_json(run(world, "tokens", "issue", "cli-tok", "--label", "support", "--json"))
     assert await account_for_token(world.store, issued["token"]) == "cli-tok"
@@ -418,16 +418,20 @@ async def test_tokens_issue_and_list(world: LedgerWorld, tmp_path: Path) -> None
     listed = json_lines(run(world, "tokens", "list", "cli-tok", "--json"))
     assert [t["label"] for t in listed] == ["support", "dashboard"]
     assert listed[0]["token_id"] == issued["token_id"] and "token" not in listed[0]
-    refused(
-        run(world, "tokens", "issue", "nobody-here", "--label", "x"),
-        EXIT_REFUSED,
-        "no account 'nobody-here'",
+    revoked = ok_json(run(world, "tokens", "revoke", "cli-tok", issued["token_id"], "--json"))
+    assert [t["label"] for t in revoked["revoked"]] == ["support"]
+    assert await account_for_token(world.store, issued["token"]) is None
+    unknown_account, long_label, unknown_token, bad_id = run_many(
+        world,
+        ("tokens", "issue", "nobody-here", "--label", "x"),
+        ("tokens", "issue", "cli-tok", "--label", "x" * 500),
+        ("tokens", "revoke", "cli-tok", "0123456789abcdef"),
+        ("tokens", "revoke", "cli-tok", "not-an-id"),
     )
-    refused(
-        run(world, "tokens", "issue", "cli-tok", "--label", "x" * 500),
-        EXIT_REFUSED,
-        "label",
-    )
+    refused(unknown_account, EXIT_REFUSED, "no account 'nobody-here'")
+    refused(long_label, EXIT_REFUSED, "label")
+    refused(unknown_token, EXIT_REFUSED, "has no token 0123456789abcdef")
+    refused(bad_id, EXIT_REFUSED, "token_id: a token id is 16 lowercase hex characters")
 
 
 # ---------------------------------------------------------------- recharge

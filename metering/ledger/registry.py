@@ -49,10 +49,6 @@ RETURNING id
 """
 SELECT_ACCOUNT_SQL = f"SELECT {', '.join(PERSISTED_FIELDS)} FROM accounts WHERE id = $1"
 INSERT_TOKEN_SQL = "INSERT INTO customer_tokens (sha256, account_id, label) VALUES ($1, $2, $3)"
-LIST_TOKENS_SQL = """
-SELECT sha256, label, created_at FROM customer_tokens WHERE account_id = $1 ORDER BY created_at"""
-# Characters of a token's SHA-256 shown to operators to tell tokens apart.
-TOKEN_ID_LENGTH = 12
 
 
 async def create_account(
@@ -121,24 +117,6 @@ async def issue_customer_token(store: Store, pool: Any, account_id: str, label: 
         await conn.execute(INSERT_TOKEN_SQL, digest, account_id, label)
     await store.redis.set(token_key(digest), account_id)
     return token
-
-
-async def list_customer_tokens(
-    pool: Any, account_id: str, timeout_s: float
-) -> list[dict[str, Any]]:
-    """The account's customer tokens: an id (the start of the SHA-256), the label
-    and when it was issued; the tokens themselves are never kept."""
-    fields.account_id(account_id)
-    async with acquire(pool, timeout_s) as conn:
-        rows = await conn.fetch(LIST_TOKENS_SQL, account_id)
-    return [
-        {
-            "token_id": r["sha256"][:TOKEN_ID_LENGTH],
-            "label": r["label"],
-            "created_at": r["created_at"].isoformat(timespec="seconds"),
-        }
-        for r in rows
-    ]
 
 
 def hash_fields(row: Mapping[str, Any]) -> dict[str, str]:

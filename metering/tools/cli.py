@@ -85,7 +85,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "metering.tools.adjust_cli",
         "correct a balance up or down, with a reason (idempotent by --adjustment-id)",
     ),
-    "tokens": ("metering.tools.tokens_cli", "issue or list an account's customer tokens"),
+    "tokens": (
+        "metering.tools.tokens_cli",
+        "an account's customer tokens: list, issue, revoke one or all",
+    ),
     "recharge": (
         "metering.tools.recharge_cli",
         "show an account's automatic recharge, turn it off, or lower its amounts",

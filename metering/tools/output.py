@@ -19,7 +19,7 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from metering.errors import InvalidRequest, MeteringError, Unavailable
+from metering.errors import DatabaseNotMigrated, InvalidRequest, MeteringError, Unavailable
 from metering.money import CREDIT_MICROS_MAX, MICROS_PER_USD
 
 EXIT_OK = 0
@@ -82,6 +82,8 @@ def print_error(args: argparse.Namespace, code: str, message: str) -> None:
 def describe_failure(exc: BaseException) -> tuple[str, int, str]:
     """(error code, exit code, message) of anything a command raised."""
     if isinstance(exc, UsageError):
+        return exc.code, EXIT_USAGE, str(exc)
+    if isinstance(exc, DatabaseNotMigrated):  # an Unavailable an operator must fix
         return exc.code, EXIT_USAGE, str(exc)
     if isinstance(exc, Unavailable):
         return exc.code, EXIT_UNAVAILABLE, str(exc)
