@@ -297,38 +297,13 @@ async def test_credit_and_adjust_with_a_reason_once_per_id(
     world: LedgerWorld, tmp_path: Path
 ) -> None:
     run(world, "accounts", "create", "cli-money", "--rate-card", card_file(tmp_path))
-    credit = ok_json(
-        run(
-            world,
-            "credit",
-            "cli-money",
-            "--amount-usd",
-            "12.50",
-            "--reason",
-            "goodwill",
-            "--credit-id",
-            "c-1",
-            "--json",
-        )
-    )
+    goodwill = ("credit", "cli-money", "--amount-usd", "12.50", "--reason", "goodwill")
+    credit = ok_json(run(world, *goodwill, "--credit-id", "c-1", "--json"))
     assert credit["credited_micros"] == 12_500_000 and credit["replayed"] is False
-    again = ok_json(
-        run(
-            world,
-            "credit",
-            "cli-money",
-            "--amount-usd",
-            "12.50",
-            "--reason",
-            "goodwill",
-            "--credit-id",
-            "c-1",
-            "--json",
-        )
-    )
+    again = ok_json(run(world, *goodwill, "--credit-id", "c-1", "--json"))
     assert again["replayed"] is True and again["balance_micros"] == 12_500_000
     text = run(world, "credit", "cli-money", "--amount-micros", "1", "--reason", "penny")
-    assert text.returncode == EXIT_OK and "credited $0.000001" in text.stdout
+    assert text.returncode == EXIT_OK and "of $0.000001 done" in text.stdout
     assert "cli-" in text.stdout  # the generated credit id is printed
 
     taken = ok_json(
