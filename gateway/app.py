@@ -33,6 +33,7 @@ from metering.ledger.database import create_pool
 from metering.ledger.migrate import check_at_start
 from metering.ledger.recovery import check_redis
 from metering.ledger.writer import run_in_process as run_ledger_writer
+from metering.logs import configure_logging
 from metering.payments.stripe_client import build_stripe_client, close_stripe_client
 from metering.restart_fence import RestartFence
 from metering.settings import Settings
@@ -165,5 +166,7 @@ def route_path(path: str) -> str:
 
 def app_from_env() -> Starlette:
     """Factory for uvicorn (`--factory`), so each worker process reads settings once."""
-    log_redaction.install()  # runs in the worker, after uvicorn configured its loggers
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings)  # in each worker process
+    log_redaction.install()
+    return create_app(settings)
