@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
@@ -27,12 +28,19 @@ from gateway.openapi import build_openapi
 from gateway.pages import page_routes
 from gateway.responses import JSONResponse
 from gateway.security_headers import SecurityHeaders
+from metering.errors import DatabaseNotMigrated
 from metering.ledger.database import create_pool
+from metering.ledger.migrate import check_at_start
+from metering.ledger.recovery import check_redis
 from metering.ledger.writer import run_in_process as run_ledger_writer
+from metering.logs import configure_logging
 from metering.payments.stripe_client import build_stripe_client, close_stripe_client
+from metering.restart_fence import RestartFence
 from metering.settings import Settings
 from metering.store import Store, open_store
 from metering.sweeper import run_sweeper
+
+log = logging.getLogger(__name__)
 
 
 class GatewayState(TypedDict):
@@ -74,10 +82,24 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[GatewayState]:
-        store = await open_store(settings)
         # Postgres pool: lazy (min_size=0), so the gateway starts without Postgres;
         # the authorize path never uses it.
         db = await create_pool(settings)
+        try:
+            # Postgres down: serve without it. Up but lacking migrations: refuse to
+            # start, saying which command to run.
+            postgres_up = await check_at_start(db, settings.database_timeout_s)
+            # Redis in line with the ledger before serving (it may have come back
+            # without its last second), and again whenever it restarts later.
+            if postgres_up:
+                await check_redis(settings, db)
+            fence = RestartFence(lambda: check_redis(settings, db), settings.redis_timeout_s)
+            store = await open_store(settings, fence)
+        except BaseException as exc:
+            if isinstance(exc, DatabaseNotMigrated):
+                log.error("the gateway will not start: %s", exc)
+            await db.close()
+            raise
         stripe_client = build_stripe_client(settings)
         stop = asyncio.Event()
         tasks = []
@@ -144,5 +166,7 @@ def route_path(path: str) -> str:
 
 def app_from_env() -> Starlette:
     """Factory for uvicorn (`--factory`), so each worker process reads settings once."""
-    log_redaction.install()  # runs in the worker, after uvicorn configured its loggers
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings)  # in each worker process
+    log_redaction.install()
+    return create_app(settings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from asyncpg.exceptions import UndefinedColumnError, UndefinedTableError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
@@ -22,6 +23,7 @@ from gateway.bodies import (
 from gateway.responses import JSONResponse, error_body
 from metering import errors
 from metering.ledger.database import DATABASE_DOWN
+from metering.ledger.migrate import MIGRATE_COMMAND
 from metering.notify.webhooks import UnknownWebhook
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ STATUS: dict[type[Exception], int] = {
     errors.InsufficientFunds: 402,
     Forbidden: 403,
     errors.UnknownAccount: 404,
+    errors.UnknownToken: 404,
     errors.UnknownCall: 404,
     errors.UnknownNumber: 404,
     errors.NumberSuspended: 402,
@@ -95,6 +98,16 @@ def error_answer(exc: Exception, method: str, path: str) -> tuple[int, dict[str,
     if isinstance(exc, DATABASE_DOWN):
         log.warning("database unavailable: %r", exc)
         return 503, error_body("unavailable", "the database did not answer; retry"), None
+    if isinstance(exc, UndefinedTableError | UndefinedColumnError):
+        # Postgres answered but lacks a table or column of this version: a 503 that
+        # says what to do, not a 500 (the gateway refuses to start on such a
+        # database when it can see it at start, see metering/ledger/migrate.py).
+        error = errors.DatabaseNotMigrated(
+            f"the Postgres database is not migrated ({exc}); an operator must run "
+            f"`{MIGRATE_COMMAND}`"
+        )
+        log.error("%s", error)
+        return 503, error_body(error.code, str(error)), None
     log.error("unhandled error on %s %s", method, path, exc_info=exc)
     return 500, error_body("internal", "an internal error occurred"), None
 
@@ -117,6 +130,8 @@ EXCEPTION_HANDLERS = {
     ClientDisconnect: on_client_gone,
     RedisConnectionError: on_error,
     RedisTimeoutError: on_error,
+    UndefinedTableError: on_error,
+    UndefinedColumnError: on_error,
     # A handler that reached Postgres through the pool directly (not through
     # metering.ledger.database.acquire) gets the same 503 for an outage.
     **{kind: on_error for kind in DATABASE_DOWN if issubclass(kind, Exception)},

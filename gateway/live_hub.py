@@ -24,6 +24,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from metering.ledger.customer_tokens import TOKEN_REVOKED_EVENT
 from metering.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,12 @@ class LiveHub:
                 _decrement(self.by_token_count, sub.token_id)
                 _decrement(self.by_account_count, sub.account_id)
 
+    def close_token(self, account_id: str, token_id: str) -> None:
+        """Close the sockets of a revoked customer token (as unauthorized)."""
+        for sub in self.by_account.get(account_id, ()):
+            if sub.token_id == token_id:
+                sub.close(CLOSE_UNAUTHORIZED)
+
     def close_all(self, code: int) -> None:
         for subs in list(self.by_account.values()):
             for sub in subs:
@@ -255,6 +262,9 @@ class LiveHub:
             log.warning("ignoring a malformed live message: %r", data[:200])
             return
         self.messages += 1
+        if not is_balance and change.get("event") == TOKEN_REVOKED_EVENT:
+            self.close_token(account_id, str(change.get("token", "")))
+            return
         amount = change.get("amount_micros")
         if isinstance(amount, int) and amount < 0:
             self.spent_micros[account_id] = self.spent_micros.get(account_id, 0) - amount

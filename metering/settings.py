@@ -46,6 +46,8 @@ class Settings:
     switch_token: str = "dev-switch-token"
     ops_token: str = "dev-ops-token"
     request_body_bytes_max: int = 16_384
+    # Items of one POST /v1/debit-batches (texts and ring-through attempts).
+    debit_batch_items_max: int = 100
     log_level: str = "warning"
     # Strict-Transport-Security max-age on answers served over TLS (https, or
     # X-Forwarded-Proto https from a trusted proxy); 0 sends none.
@@ -258,6 +260,12 @@ class Settings:
     burn_bucket_s: int = 60
     live_ops_burn_refresh_s: float = 5.0
 
+    # Operations: logs, metrics, health, heartbeats, continuous reconcile.
+    # Logs are one JSON object per line (json) or plain lines (text); libraries
+    # (httpx, Stripe, asyncpg, asyncio, ...) log at log_libraries_level only.
+    log_format: str = "json"
+    log_libraries_level: str = "warning"
+
     # Tests of crash windows only: a process that reaches the named point
     # (metering/crash_points.py) kills itself with SIGKILL there. Empty: never.
     crash_point: str = ""
@@ -298,6 +306,7 @@ class Settings:
             "redis_pipeline_batch_max",
             "redis_pipeline_pending_max",
             "request_body_bytes_max",
+            "debit_batch_items_max",
             "idempotency_window_s",
             "ledger_backlog_max",
             "ledger_batch_rows_max",
@@ -407,6 +416,15 @@ class Settings:
             raise SettingsError("METERING_RECEIPT_LINK_KEY must not be empty")
         if not self.switch_token or not self.ops_token:
             raise SettingsError("METERING_SWITCH_TOKEN and METERING_OPS_TOKEN must not be empty")
+        self._check_operations()
+
+    def _check_operations(self) -> None:
+        levels = ("debug", "info", "warning", "error", "critical")
+        for name in ("log_level", "log_libraries_level"):
+            if getattr(self, name).lower() not in levels:
+                raise SettingsError(f"METERING_{name.upper()} must be one of {', '.join(levels)}")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError("METERING_LOG_FORMAT must be json or text")
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:
