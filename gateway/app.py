@@ -32,6 +32,7 @@ from metering.errors import DatabaseNotMigrated
 from metering.ledger.database import create_pool
 from metering.ledger.migrate import check_at_start
 from metering.ledger.writer import run_in_process as run_ledger_writer
+from metering.logs import configure_logging
 from metering.payments.stripe_client import build_stripe_client, close_stripe_client
 from metering.settings import Settings
 from metering.store import Store, open_store
@@ -158,5 +159,7 @@ def route_path(path: str) -> str:
 
 def app_from_env() -> Starlette:
     """Factory for uvicorn (`--factory`), so each worker process reads settings once."""
-    log_redaction.install()  # runs in the worker, after uvicorn configured its loggers
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings)  # in each worker process
+    log_redaction.install()
+    return create_app(settings)

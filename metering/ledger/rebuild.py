@@ -30,6 +30,8 @@ import argparse
 import dataclasses
 from typing import Any
 
+import orjson
+
 from metering.credits import CHARGE_SOURCES, charge_credit_answer, charge_source_of
 from metering.keys import AccountKeys, token_key
 from metering.ledger import customer_tokens
@@ -224,12 +226,15 @@ async def _restore_numbers(store: Store, conn: Any, account_ids: list[str]) -> i
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No options: rebuild restores every account Redis lacks."""
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     async with store_and_connection(settings) as (store, conn):
         report = await rebuild(store, conn)
+    if getattr(args, "json", False):
+        print(orjson.dumps(dataclasses.asdict(report)).decode())
+        return 0
     print(
         f"rebuild: {report.accounts_restored} accounts restored, "
         f"{report.accounts_kept} already in Redis (kept), "
