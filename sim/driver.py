@@ -282,6 +282,24 @@ class Driver:
         self._record(lane, op, a)
         await self.check_answer(lane, op, a, predict, unknown, attempt)
 
+    @staticmethod
+    def _lagging(
+        predict: Callable[[State, Window], list[Outcome]], when: Window
+    ) -> Callable[[State], list[State]]:
+        """A card or settings change whose answer was lost may have committed in
+        Postgres without reaching Redis (the repair copies it later)."""
+
+        def worlds(w: State) -> list[State]:
+            out = []
+            for o in predict(w, when):
+                if 200 <= o.status < 300 and o.next is not None:
+                    lag = model.lagging_copy(w, o.next)
+                    if lag is not None:
+                        out.append(lag)
+            return out
+
+        return worlds
+
     def _waived_op(self, lane: Lane, op: Op) -> bool:
         """With credit_once waived, skip what would credit a Stripe charge again."""
         if "credit_once" not in self.limits.waived:
@@ -313,6 +331,8 @@ class Driver:
                     f"{op} got {a.status or a.error} with no fault in force that explains it",
                 )
             self.stats.unknown_outcomes += 1
+            if unknown is None and op.kind in ("card", "uncard", "recharge"):
+                unknown = self._lagging(predict, a.when)
             lane.model.fork_unknown(lambda w: predict(w, a.when), unknown)
             if attempt < RETRIES_MAX:
                 lane.retries.append((op, attempt + 1))
