@@ -6,6 +6,7 @@ emails the failure address over real SMTP, once per episode."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.fixtures_payments import (
     Mailbox,
     PaymentsGateway,
     StripeServer,
+    charges_of,
     customer_account,
     wait_until,
 )
@@ -116,7 +118,6 @@ async def test_concurrent_debits_crossing_threshold_make_exactly_one_recharge(
     start = 10 * USD + 100 * SMS_MICROS
     email = "concurrent@example.com"
     account_id, auth = await set_up_recharge(pay_http, "pm_card_visa", start, email)
-    intents_before = stripe_server.intents_created()
     statuses = await send_messages(pay_http, account_id, 200, "burst")
     assert statuses == [200] * 200
     view = await account(pay_http, account_id, auth)
@@ -132,7 +133,7 @@ async def test_concurrent_debits_crossing_threshold_make_exactly_one_recharge(
     assert (await account(pay_http, account_id, auth))["balance_micros"] == expected
     rows = await attempts(pay_db, account_id)
     assert [(r["attempt"], r["outcome"]) for r in rows] == [(1, "succeeded")]
-    assert stripe_server.intents_created() - intents_before == 1
+    assert charges_of(stripe_server, account_id) == 1
     # The succeeded webhook arrives twice; more worker rounds run; nothing more is credited.
     intent_id = await pay_db.fetchval(
         "SELECT payment_intent_id FROM payments WHERE "
@@ -399,7 +400,8 @@ async def test_no_card_number_or_cvc_in_database_logs_or_responses(
     for name, text in places.items():
         assert number not in text, name
         assert number[:6] + number[-4:] not in text.replace(" ", ""), name
-        assert "cvc" not in text.lower(), name
+        # A word of its own: random Stripe ids may hold the letters (pm_...gcvc9...).
+        assert not re.search(r"\bcvc\b", text, re.IGNORECASE), name
 
 
 async def test_recharge_worker_command_recharges_and_stops_on_sigterm(
