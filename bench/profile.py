@@ -33,9 +33,10 @@ def frame_name(frame: str) -> str:
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
     path = path.removeprefix(f"{ROOT}/")
-    for marker in ("site-packages/", "python3.11/"):
+    for marker in ("site-packages/", "python3.11/", "/gateway/", "/metering/", "/bench/"):
         if marker in path:
-            path = path.split(marker, 1)[1]
+            kept = marker.strip("/") + "/" if marker.startswith("/") else ""
+            path = kept + path.split(marker, 1)[1]
     return f"{path}:{name}"
 
 
@@ -103,7 +104,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--idle", action="store_true", help="include idle (epoll) samples")
+    parser.add_argument(
+        "--summarize", type=Path, help="only summarize collapsed stacks written before"
+    )
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize.read_text()))
+        return 0
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
