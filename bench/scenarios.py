@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.util
+import shutil
 import subprocess
 import sys
 import threading
@@ -288,6 +289,10 @@ BATCH_ITEMS = 100
 def batches(run: Run) -> None:
     """POST /v1/debit-batches of BATCH_ITEMS texts each on the hot account, 1 and 2
     processes; throughput in debits per second, checked against the account's seq."""
+    if shutil.which("wrk") is None:
+        for workers in (1, 2):
+            run.skip("batch", f"{workers} process(es)", "wrk is not installed", f"batch_{workers}")
+        return
     seed(run, spread=False)
     settings = run.settings()
     for workers in (1, 2):

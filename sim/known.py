@@ -9,6 +9,11 @@ shows). Keep this list short: a check in it guards nothing.
 from __future__ import annotations
 
 KNOWN_OPEN: dict[str, str] = {
+    "crash_recovery": (
+        "after Redis loses its last writes (appendfsync everysec), neither rebuild nor "
+        "the gateway's start brings an account whose hash survived up to Postgres's seq, "
+        "so its next change reuses a seq; the Redis-loss fault runs as a plain restart"
+    ),
     "csv_formulas": (
         "the activity CSV keeps request ids, reasons and numbers that start a spreadsheet "
         "formula (= + - @) as they are (the hostile-input work neutralises them)"
