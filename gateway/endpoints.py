@@ -166,6 +166,33 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint(
         "GET",
+        "/v1/accounts/{account_id}/usage",
+        activity_api.get_usage,
+        ("customer", "ops"),
+        "Usage at a glance for whole days in the customer's time zone: count and amount per "
+        "billing item, spend per day by item, and each day's closing balance.",
+        errors=(401, 403, 404, 422, 503),
+        query=(
+            ("from", "First day, YYYY-MM-DD in time_zone (inclusive)."),
+            (
+                "to",
+                "Last day, YYYY-MM-DD in time_zone (inclusive); at most "
+                "METERING_USAGE_DAYS_MAX days.",
+            ),
+            ("time_zone", "IANA time zone of the days, e.g. Europe/Berlin (default UTC)."),
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/ops/burn-rates",
+        activity_api.get_burn_rates,
+        ("ops",),
+        "Each account's spend per minute over the last METERING_BURN_WINDOW_S, counted by "
+        "the charging scripts (accounts that spent nothing are left out).",
+        errors=(401, 403),
+    ),
+    Endpoint(
+        "GET",
         "/v1/ops/ledger-lag",
         activity_api.get_ledger_lag,
         ("ops",),
@@ -195,9 +222,19 @@ ENDPOINTS: list[Endpoint] = [
         "/v1/accounts/{account_id}/card",
         payments_api.put_card,
         ("customer", "ops"),
-        "Register or replace the card on file from a Stripe payment method id.",
+        "Register or replace the card on file: a confirmed SetupIntent, or a payment method id.",
         payments_api.CARD_BODY,
         errors=(400, 401, 402, 403, 404, 422, 503),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/accounts/{account_id}/card/setup-intents",
+        payments_api.post_card_setup,
+        ("customer", "ops"),
+        "Start registering a card: a Stripe SetupIntent (off-session use) whose client_secret "
+        "the browser confirms with Stripe.js (confirmCardSetup); then PUT .../card.",
+        success=201,
+        errors=(401, 403, 404, 503),
     ),
     Endpoint(
         "DELETE",

@@ -17,13 +17,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from metering.burn import BurnRates, burn_rates
 from metering.settings import Settings
+from metering.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +119,11 @@ class LiveHub:
         self.by_account: dict[str, set[Subscriber]] = {}
         self.ops: set[Subscriber] = set()
         self.count = 0
-        # Debits seen per account since this process subscribed: ops pages turn
-        # differences of this counter into a burn rate, which coalescing cannot skew.
-        self.spent_micros: dict[str, int] = {}
         self.messages = 0
+        # Burn rates for ops sockets: read from Redis at most once per refresh
+        # period, however many ops pages this process serves.
+        self._burn: BurnRates | None = None
+        self._burn_lock = asyncio.Lock()
         self.subscribed = asyncio.Event()
         self._redis: Redis | None = None
         self._pubsub: Any = None
@@ -180,19 +184,24 @@ class LiveHub:
             log.warning("ignoring a malformed live message: %r", data[:200])
             return
         self.messages += 1
-        amount = change.get("amount_micros")
-        if isinstance(amount, int) and amount < 0:
-            self.spent_micros[account_id] = self.spent_micros.get(account_id, 0) - amount
         subs = self.by_account.get(account_id)
         if subs:
             # Encoded once, however many dashboards watch the account.
             text = orjson.dumps({"type": "update", **change}).decode()
             for sub in subs:
                 sub.offer(account_id, seq, text, key)
-        if self.ops:
-            row = {**change, "spent_micros": self.spent_micros.get(account_id, 0)}
-            for sub in self.ops:
-                sub.offer(account_id, seq, row, key)
+        for sub in self.ops:
+            sub.offer(account_id, seq, change, key)
+
+    async def burn_rates(self, store: Store) -> BurnRates:
+        """Every account's burn rate (metering/burn.py), shared by this process's
+        ops sockets: fresh within half a refresh period."""
+        async with self._burn_lock:
+            now_us = time.time_ns() // 1_000
+            fresh_us = int(self.settings.live_ops_burn_refresh_s * 500_000)
+            if self._burn is None or now_us - self._burn.at_us > fresh_us:
+                self._burn = await burn_rates(store, now_us)
+            return self._burn
 
     async def _connect(self) -> None:
         s = self.settings

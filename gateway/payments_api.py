@@ -8,7 +8,7 @@ from starlette.responses import Response
 from gateway.auth import CUSTOMER, OPS, authenticate
 from gateway.bodies import Body, BodyTooLarge, Field, read_json
 from gateway.responses import JSONResponse
-from metering.payments import cards, pay_now, recharge_settings, webhooks
+from metering.payments import card_setup, cards, pay_now, recharge_settings, webhooks
 
 CUSTOMER_OR_OPS = frozenset({CUSTOMER, OPS})
 
@@ -41,10 +41,16 @@ PAYMENT_BODY = Body(
 )
 CARD_BODY = Body(
     {
+        "setup_intent_id": Field(
+            "string",
+            False,
+            "A SetupIntent (seti_...) from POST .../card/setup-intents that the browser "
+            "confirmed with Stripe.js; its card becomes the card on file.",
+        ),
         "payment_method_id": Field(
             "string",
-            True,
-            "A Stripe payment method id (pm_...) created in the browser by Stripe's elements.",
+            False,
+            "Or a Stripe payment method id (pm_...) created with Stripe.js.",
         ),
     }
 )
@@ -81,10 +87,16 @@ async def put_card(request: Request) -> Response:
     account_id = request.path_params["account_id"]
     await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
     b = await read_json(request, CARD_BODY, state.settings.request_body_bytes_max)
-    card = await cards.set_card(
-        state.store, state.db, state.stripe, account_id, b["payment_method_id"]
-    )
+    card = await card_setup.register_card(state.store, state.db, state.stripe, account_id, b)
     return JSONResponse({"account_id": account_id, **card.as_dict()})
+
+
+async def post_card_setup(request: Request) -> Response:
+    state = request.state
+    account_id = request.path_params["account_id"]
+    await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
+    setup = await card_setup.start_card_setup(state.store, state.db, state.stripe, account_id)
+    return JSONResponse({"account_id": account_id, **setup.as_dict()}, 201)
 
 
 async def delete_card(request: Request) -> Response:

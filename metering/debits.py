@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 from metering import fields
+from metering.burn import spend_key, spend_ttl_s
 from metering.errors import raise_refusal
 from metering.rate_card import ONE_SHOT_PRICE_FIELD
 from metering.store import Store
@@ -68,6 +69,7 @@ async def debit(
             keys.numbers,
             keys.shard.numbers,
             keys.shard.events,
+            spend_key(settings, keys.shard),
         ],
         [
             account_id,
@@ -82,6 +84,7 @@ async def debit(
             number,
             number_role,
             renewal_mode,
+            spend_ttl_s(settings),
         ],
     )
     raise_refusal(result, account_id, f"{item} {request_id}")

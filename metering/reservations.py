@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from metering import fields
+from metering.burn import spend_key, spend_ttl_s
 from metering.debits import DIRECTIONS
 from metering.errors import InvalidRequest, raise_refusal
 from metering.store import Store
@@ -180,7 +181,13 @@ async def commit(store: Store, account_id: str, call_id: str, duration_seconds: 
     s = store.settings
     r = await store.scripts.commit(
         store.redis,
-        [*keys.call_keys(call_id), keys.shard.ledger, keys.shard.recharge, keys.shard.events],
+        [
+            *keys.call_keys(call_id),
+            keys.shard.ledger,
+            keys.shard.recharge,
+            keys.shard.events,
+            spend_key(s, keys.shard),
+        ],
         [
             account_id,
             call_id,
@@ -188,6 +195,7 @@ async def commit(store: Store, account_id: str, call_id: str, duration_seconds: 
             s.idempotency_window_s,
             s.ledger_backlog_max,
             s.live_channel,
+            spend_ttl_s(s),
         ],
     )
     raise_refusal(r, account_id, call_id)

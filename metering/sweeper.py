@@ -11,6 +11,7 @@ import signal
 import time
 from typing import Any
 
+from metering.burn import spend_key, spend_ttl_s
 from metering.keys import AccountKeys, all_shards, split_expiry_member
 from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.store import Store, run_each
@@ -39,6 +40,7 @@ async def expire_due_reservations(store: Store) -> int:
                         keys.shard.ledger,
                         keys.shard.recharge,
                         keys.shard.events,
+                        spend_key(s, keys.shard),
                     ],
                     [
                         account_id,
@@ -46,6 +48,7 @@ async def expire_due_reservations(store: Store) -> int:
                         s.idempotency_window_s,
                         s.ledger_backlog_max,
                         s.live_channel,
+                        spend_ttl_s(s),
                     ],
                 )
             )

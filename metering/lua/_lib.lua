@@ -248,4 +248,12 @@ local function record_number(numbers_key, numbers_stream, account_id, number, ro
   end
 end
 
+-- The ops page's burn rate: what each account spent in the current time bucket
+-- (metering/burn.py names the bucket's key and sums the last buckets).
+local function count_spend(spend_key, account_id, amount, ttl_s)
+  if amount <= 0 then return end
+  redis.call('HINCRBY', spend_key, account_id, int(amount))
+  redis.call('EXPIRE', spend_key, ttl_s)
+end
+
 -- ---- end of _lib.lua ----

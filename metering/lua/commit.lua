@@ -2,8 +2,9 @@
 -- KEYS[1] account hash  KEYS[2] call hash  KEYS[3] account's open calls set
 -- KEYS[4] shard expiry zset  KEYS[5] shard ledger stream  KEYS[6] shard recharge stream
 -- KEYS[7] shard events stream (low-balance alerts)
+-- KEYS[8] shard spend counters of the current time bucket (burn rate)
 -- ARGV[1] account_id  ARGV[2] call_id  ARGV[3] duration_s  ARGV[4] idempotency window s
--- ARGV[5] ledger backlog max  ARGV[6] live channel
+-- ARGV[5] ledger backlog max  ARGV[6] live channel  ARGV[7] time to keep the spend counters, s
 -- Returns {'ok', replayed, charged_micros, billed_s, balance_micros, reserved_micros, seq, capped}
 --      or {'unknown_call', 0} | {'call_closed', 0, state} | {'idempotency_conflict', 0}
 --      or {'ledger_backlog_full', 0}
@@ -36,6 +37,7 @@ if charge > 0 then
   acct.seq = acct.seq + 1
   append_ledger(KEYS[5], ARGV[1], acct.seq, item, -charge, acct.balance, ARGV[2], at,
     'duration_s=' .. ARGV[3] .. ' billed_s=' .. int(billed) .. (capped == 1 and ' capped' or ''))
+  count_spend(KEYS[8], ARGV[1], charge, ARGV[7])
 end
 local values = {charge, billed, acct.balance, acct.reserved, acct.seq, capped}
 local k = {account = KEYS[1], call = KEYS[2], calls = KEYS[3], expiry = KEYS[4]}
