@@ -3,8 +3,9 @@
 `python -m bench.bare_app` serves, with the gateway's server settings (uvicorn,
 uvloop, httptools, METERING_WORKERS processes, no access log):
 
-    POST /debit        parse the body, one EVALSHA of debit.lua, nothing else
-                       (no auth, no validation): the HTTP ceiling of the product
+    POST /debit        parse the body, one EVALSHA of debit.lua through redis-py,
+                       one call at a time (no auth, no validation, no automatic
+                       pipelining): the naive stack the product is compared with
     POST /pg-debit     the same debit as one Postgres transaction (bench/postgres_row_lock.py)
 
 Bodies are the switch's message body: {"account_id", "message_id", "direction"}.
@@ -36,6 +37,9 @@ def _json(content: Any, status_code: int = 200) -> Response:
 
 
 def create_app(settings: Settings) -> Starlette:
+    # The naive stack: every EVALSHA on its own through redis-py.
+    settings = settings.replace(redis_pipeline=False)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         store = await open_store(settings)

@@ -2,8 +2,10 @@
 
 Modes (the JSON's "mode"), each printing one JSON line of figures at the end:
 
-- evalsha: closed loop; `concurrency` tasks each call debit.lua by EVALSHA through
-  redis-py's asyncio client (the gateway's client), no HTTP: the Python-client ceiling.
+- evalsha: closed loop; `concurrency` tasks each call debit.lua by EVALSHA, no
+  HTTP: through redis-py's asyncio client one call at a time, or with
+  "pipeline": true through the gateway's automatic pipelining
+  (metering/pipelining.py): the Python-client ceilings.
 - debit-open: open loop at a fixed `rate_rps` of SMS debits over HTTP keep-alive.
   Request i is due at start + i / rate; its latency is measured from that due
   time, not from when it was sent, so a stalled server cannot hide its stall
@@ -128,6 +130,7 @@ async def run_evalsha(cfg: dict[str, Any]) -> dict[str, Any]:
         redis_url=cfg["redis_url"],
         redis_connections_max=cfg["concurrency"],
         ledger_backlog_max=cfg["ledger_backlog_max"],
+        redis_pipeline=bool(cfg.get("pipeline", False)),
     )
     store = await open_store(settings)
     nonce = uuid.uuid4().hex[:8]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import glob
 import os
 import re
 import shutil
@@ -46,32 +47,58 @@ GATEWAY_START_TIMEOUT_S = 60.0
 CHILD_POLL_S = 0.2
 
 
+# Debian packages the suite needs beyond Python: each group is installed (as root,
+# with apt-get) only when one of its files (glob patterns) is missing.
+CHROMIUM_FILES = ("/usr/bin/chromium",)
+SIP_TOOLS_PACKAGES = ("kamailio", "kamailio-utils-modules", "kamailio-extra-modules", "sip-tester")
+# kamailio itself, http_client.so (utils modules), jansson.so (extra modules), sipp.
+SIP_TOOLS_FILES = (
+    "/usr/sbin/kamailio",
+    "/usr/lib/*/kamailio/modules/http_client.so",
+    "/usr/lib/*/kamailio/modules/jansson.so",
+    "/usr/bin/sipp",
+)
+_apt_updated = False
+
+
+def ensure_debian_packages(packages: tuple[str, ...], files: tuple[str, ...], purpose: str) -> bool:
+    """Install Debian's `packages` when one of `files` is missing; False when they
+    cannot be had (not root, no apt-get, no mirror): the tests that need them say so."""
+    global _apt_updated
+    if all(glob.glob(f) for f in files):
+        return True
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        say(
+            f"{' '.join(packages)}: missing and cannot be installed here (needs root and "
+            f"apt-get); {purpose} cannot run"
+        )
+        return False
+    say(f"installing {' '.join(packages)} from Debian's packages for {purpose}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    steps = [["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]]
+    if not _apt_updated:
+        steps.insert(0, ["apt-get", "update", "-q"])
+    for argv in steps:
+        done = subprocess.run(
+            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            # Not fatal: every other test still runs; the tests that need these say so.
+            sys.stderr.write(done.stdout[-2000:] + done.stderr[-2000:])
+            say(f"warning: {' '.join(argv)} failed; {purpose} cannot run")
+            return False
+    _apt_updated = True
+    return True
+
+
 def ensure_chromium() -> str | None:
     """Debian's Chromium for the browser tests (never a browser download of a test tool)."""
     for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser"):
         if Path(candidate).exists():
             return candidate
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        say(
-            "chromium is missing and cannot be installed here (needs root and apt-get); "
-            "browser tests will be skipped"
-        )
-        return None
-    say("installing chromium from Debian's packages for the browser tests")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
-    ):
-        done = subprocess.run(
-            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            # Not fatal: every other test still runs; the browser tests say what is missing.
-            sys.stderr.write(done.stdout[-2000:] + done.stderr[-2000:])
-            say(f"warning: {' '.join(argv)} failed; browser tests cannot run")
-            return None
-    return "/usr/bin/chromium"
+    if ensure_debian_packages(("chromium",), CHROMIUM_FILES, "the browser tests"):
+        return "/usr/bin/chromium"
+    return None
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -94,6 +121,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         chromium = ensure_chromium()
         if chromium:
             extra["METERING_TEST_CHROMIUM"] = chromium
+        # Kamailio and SIPp for the real-switch test (tests/test_kamailio.py).
+        ensure_debian_packages(SIP_TOOLS_PACKAGES, SIP_TOOLS_FILES, "the Kamailio test")
         redis_bin = redis_binaries_dir()
         if redis_bin:
             extra["PATH"] = f"{redis_bin}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -169,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         commands = metering_subcommands()
         gateway_url = f"http://127.0.0.1:{env['METERING_PORT']}"
         gateway = children.start("gateway", [py, "-m", "gateway"], cwd=ROOT, env=env)
-        for worker in ("ledger-writer", "recharge-worker"):
+        for worker in ("ledger-writer", "recharge-worker", "number-scheduler", "notifier"):
             if worker in commands:
                 children.start(worker, [py, "-m", "metering", worker], cwd=ROOT, env=env)
             else:
@@ -233,6 +262,10 @@ def run_environment(children: Children) -> dict[str, str]:
     else:
         extra["METERING_PORT"] = os.environ["METERING_PORT"]
     extra.setdefault("METERING_LOG_LEVEL", os.environ.get("METERING_LOG_LEVEL", "warning"))
+    # Locally, webhook receivers run on this machine: let customers register them.
+    extra.setdefault(
+        "METERING_WEBHOOK_PRIVATE_TARGETS", os.environ.get("METERING_WEBHOOK_PRIVATE_TARGETS", "1")
+    )
     env = venv_env(extra)
     if not os.environ.get("METERING_STRIPE_API_BASE"):
         stripe = local_stripe_command()

@@ -196,8 +196,12 @@ class GatewayProcess:
         self.port = free_port()
         self.settings = settings.replace(port=self.port, host="127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port}"
-        log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
+        self.log_path = log_path
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen(
             [sys.executable, "-m", "gateway"],
             cwd=ROOT,
             env=settings_env(self.settings),
@@ -206,7 +210,12 @@ class GatewayProcess:
         )
         if log:
             log.close()
-        wait_for_http(self.url + "/healthz", proc=self.proc)
+        wait_for_http(self.url + "/healthz", proc=proc)
+        return proc
+
+    def restart(self) -> None:
+        """Start again on the same port after stop() (an outage its clients see)."""
+        self.proc = self._start()
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp
 
 from gateway import log_redaction
 from gateway.endpoints import ENDPOINTS
@@ -22,6 +23,7 @@ from gateway.live_hub import LiveHub
 from gateway.openapi import build_openapi
 from gateway.pages import page_routes
 from gateway.responses import JSONResponse
+from gateway.security_headers import SecurityHeaders
 from metering.ledger.database import create_pool
 from metering.ledger.writer import run_in_process as run_ledger_writer
 from metering.payments.stripe_client import build_stripe_client, close_stripe_client
@@ -39,6 +41,18 @@ class GatewayState(TypedDict):
     db: Any  # asyncpg.Pool
     stripe: stripe.StripeClient
     live_hub: LiveHub
+
+
+class GatewayApp(Starlette):
+    """Starlette with the security headers outermost, so that they also reach
+    the 500 answers Starlette's own error layer renders."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack(), self.settings)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -100,7 +114,9 @@ def create_app(settings: Settings) -> Starlette:
         WebSocketRoute("/v1/ops/live", ops_live),
         *page_routes(settings),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    return GatewayApp(
+        settings, routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS
+    )
 
 
 def app_from_env() -> Starlette:

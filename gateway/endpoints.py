@@ -9,7 +9,15 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import accounts_api, activity_api, pages, payments_api, switch_api
+from gateway import (
+    accounts_api,
+    activity_api,
+    notify_api,
+    numbers_api,
+    pages,
+    payments_api,
+    switch_api,
+)
 from gateway.bodies import Body
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -250,6 +258,105 @@ ENDPOINTS: list[Endpoint] = [
         (),
         "Stripe events (payment_intent.succeeded / payment_failed), signature-verified.",
         errors=(400, 413),
+    ),
+    # ---- phone numbers, alerts, events, webhooks ----
+    Endpoint(
+        "GET",
+        "/v1/accounts/{account_id}/numbers",
+        numbers_api.get_numbers,
+        ("customer", "ops", "switch"),
+        "The account's phone numbers: status (active, suspended), renewal, paid until, "
+        "next attempt; ?status=all adds released ones.",
+        errors=(401, 403, 404, 422, 503),
+        query=(("status", "held (default) or all (with released numbers)."),),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/accounts/{account_id}/numbers/{number}",
+        numbers_api.delete_number,
+        ("ops",),
+        "Release a number: calls and texts naming it are refused from now on.",
+        errors=(401, 403, 404, 422, 503),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/ops/numbers/suspended",
+        numbers_api.get_suspended_numbers,
+        ("ops",),
+        "Every suspended number (renewal unpaid), longest suspended first.",
+        errors=(401, 403, 503),
+    ),
+    Endpoint(
+        "PUT",
+        "/v1/accounts/{account_id}/alerts",
+        notify_api.put_alerts,
+        ("customer", "ops"),
+        "Low-balance alert settings: threshold (0: off) and email, as one update.",
+        notify_api.ALERTS_BODY,
+        errors=(400, 401, 403, 404, 422, 503),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/accounts/{account_id}/events",
+        notify_api.get_events,
+        ("customer", "ops"),
+        "The account's recent events (low balance, payments, numbers), newest first.",
+        errors=(401, 403, 422, 503),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/accounts/{account_id}/webhooks",
+        notify_api.post_webhook,
+        ("customer", "ops"),
+        "Register a webhook endpoint for the account's events; answers its signing "
+        "secret (shown once).",
+        notify_api.WEBHOOK_BODY,
+        success=201,
+        errors=(400, 401, 403, 422, 503),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/accounts/{account_id}/webhooks",
+        notify_api.get_webhooks,
+        ("customer", "ops"),
+        "The account's webhooks with their recent deliveries (attempts, status, code).",
+        errors=(401, 403, 422, 503),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/accounts/{account_id}/webhooks/{webhook_id}",
+        notify_api.delete_webhook,
+        ("customer", "ops"),
+        "Delete a webhook; its pending deliveries are dropped.",
+        errors=(401, 403, 404, 503),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/ops/webhooks",
+        notify_api.post_ops_webhook,
+        ("ops",),
+        "Register a global webhook: the events of every account.",
+        notify_api.WEBHOOK_BODY,
+        success=201,
+        errors=(400, 401, 403, 422, 503),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/ops/webhooks",
+        notify_api.get_ops_webhooks,
+        ("ops",),
+        "Every webhook (global and the accounts') with recent deliveries; ?failing=1 "
+        "only those whose last attempt failed.",
+        errors=(401, 403, 503),
+        query=(("failing", "1: only failing webhooks."),),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/ops/webhooks/{webhook_id}",
+        notify_api.delete_ops_webhook,
+        ("ops",),
+        "Delete a global webhook.",
+        errors=(401, 403, 404, 503),
     ),
     Endpoint(
         "GET",

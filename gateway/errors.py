@@ -21,6 +21,7 @@ from gateway.bodies import (
 )
 from gateway.responses import JSONResponse, error_body
 from metering import errors
+from metering.notify.webhooks import UnknownWebhook
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,12 @@ STATUS: dict[type[Exception], int] = {
     errors.UnknownCall: 404,
     errors.UnknownNumber: 404,
     errors.NumberSuspended: 402,
+    UnknownWebhook: 404,
     errors.AccountExists: 409,
     errors.IdempotencyConflict: 409,
     errors.CallClosed: 409,
     errors.CallExtendLimit: 409,
+    errors.CallDurationLimit: 409,
     BodyTooLarge: 413,
     UnsupportedMediaType: 415,
     MissingField: 422,

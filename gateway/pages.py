@@ -12,7 +12,6 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.auth import CUSTOMER, OPS, SWITCH, authenticate
-from gateway.csp import content_security_policy
 from gateway.responses import JSONResponse
 from metering.entry_words import ITEM_NAMES
 from metering.ledger_entries import CREDIT_ITEMS, ITEM_LABELS
@@ -40,14 +39,10 @@ async def get_billing_items(request: Request) -> Response:
 
 
 def page_headers(settings: Settings) -> dict[str, str]:
-    """Pages carry a token in their URL: never cached, never leaked as a referrer;
-    and they run nothing but their own scripts and Stripe.js."""
-    return {
-        "Cache-Control": "no-store",
-        "Referrer-Policy": "no-referrer",
-        "Content-Security-Policy": content_security_policy(settings),
-        "X-Content-Type-Options": "nosniff",
-    }
+    """Pages carry a token in their URL: never cached. Their Content-Security-Policy
+    (gateway/csp.py), Referrer-Policy and the other security headers are added to
+    every answer by gateway/security_headers.py, once."""
+    return {"Cache-Control": "no-store"}
 
 
 def render_page(name: str, settings: Settings) -> str:

@@ -29,6 +29,7 @@ class AccountView:
     recharge: dict[str, Any]
     card: dict[str, Any] | None
     created_at_us: int
+    alerts: dict[str, Any]
 
     @property
     def available_micros(self) -> int:
@@ -47,6 +48,7 @@ class AccountView:
             "recharge": self.recharge,
             "card": self.card,
             "created_at_us": self.created_at_us,
+            "alerts": self.alerts,
         }
 
     @classmethod
@@ -88,6 +90,16 @@ class AccountView:
             },
             card=card,
             created_at_us=int(h.get("created_at_us") or 0),
+            alerts={
+                "low_balance_threshold_micros": int(h.get("alert_low_balance_micros") or 0),
+                "email": h.get("alert_email") or None,
+                "low_since_us": int(h["alert_low_since_us"])
+                if h.get("alert_low_since_us")
+                else None,
+                "depleted_since_us": int(h["alert_zero_since_us"])
+                if h.get("alert_zero_since_us")
+                else None,
+            },
         )
 
 

@@ -57,6 +57,13 @@ class CallExtendLimit(MeteringError):
     code = "call_extend_limit"
 
 
+class CallDurationLimit(MeteringError):
+    """The call's grant already reaches METERING_CALL_DURATION_S_MAX: no extend can
+    add to it, whatever the balance."""
+
+    code = "call_duration_limit"
+
+
 class BalanceLimit(MeteringError):
     code = "balance_limit"
 
@@ -119,6 +126,12 @@ def raise_refusal(result: list[Any], account_id: str, subject: str = "") -> None
         )
     if status == "call_extend_limit":
         raise CallExtendLimit(f"call {subject!r} reached the limit of {result[2]} extensions")
+    if status == "call_duration_limit":
+        raise CallDurationLimit(
+            f"call {subject!r} already has the longest grant a call may have "
+            f"({result[2]} seconds); it cannot be extended",
+            limit_seconds=int(result[2]),
+        )
     if status == "balance_limit":
         raise BalanceLimit(
             f"the credit would take account {account_id} above the balance limit "

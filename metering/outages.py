@@ -24,10 +24,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from metering.store import drop_idle_connections
 
 # What a stopped or restarting Redis raises (BusyLoadingError, a Redis still
 # loading its append-only file, is a ConnectionError).
@@ -56,8 +58,13 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
 class Outage:
     """One worker loop's view of a server that stopped answering."""
 
-    def __init__(self, worker: str, log: logging.Logger, backoff_max_s: float) -> None:
+    def __init__(
+        self, worker: str, log: logging.Logger, backoff_max_s: float, redis: Any = None
+    ) -> None:
+        """redis: the worker's client, whose idle connections are dropped when
+        Redis fails (a restarted server left them all dead)."""
         self.worker = worker
+        self.redis = redis
         self.log = log
         self.backoff_max_s = backoff_max_s
         self.delay_s = BACKOFF_FIRST_S
@@ -91,6 +98,8 @@ class Outage:
                 self.delay_s,
             )
         self.retries += 1
+        if self.redis is not None and server_of(exc) == "Redis":
+            await drop_idle_connections(self.redis)
         await pause(stop, self.delay_s)
         self.delay_s = min(self.delay_s * 2, self.backoff_max_s)
 

@@ -2,7 +2,7 @@
 release when the call never connected (credit control, RFC 4006 style).
 
 The grant sizing, charge rule and expiry policy are written in the scripts'
-headers (lua/reserve.lua, lua/commit.lua, lua/expire_reservations.lua) and in
+headers (lua/reserve.lua, lua/commit.lua, lua/expire_call.lua) and in
 the README.
 """
 
@@ -74,6 +74,9 @@ class CallCharge:
     seq: int
     capped: bool
     replayed: bool
+    # A late commit of an expired call: how the balance moved to correct the
+    # expiry's charge (a refund is positive); 0 for a commit in time.
+    correction_micros: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +85,7 @@ class CallCharge:
             "billed_seconds": self.billed_seconds,
             "charged_micros": self.charged_micros,
             "capped": self.capped,
+            "correction_micros": self.correction_micros,
             "balance_micros": self.balance_micros,
             "reserved_micros": self.reserved_micros,
             "available_micros": self.balance_micros - self.reserved_micros,
@@ -96,11 +100,14 @@ class Release:
     balance_micros: int
     reserved_micros: int
     replayed: bool
+    # A late release of an expired call: the expiry's charge refunded (else 0).
+    correction_micros: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "call_id": self.call_id,
             "charged_micros": 0,
+            "correction_micros": self.correction_micros,
             "released_micros": self.released_micros,
             "balance_micros": self.balance_micros,
             "reserved_micros": self.reserved_micros,
@@ -122,7 +129,7 @@ async def reserve(
     s = store.settings
     r = await store.scripts.reserve(
         store.redis,
-        [*keys.call_keys(call_id), keys.shard.recharge, keys.numbers],
+        [*keys.call_keys(call_id), keys.shard.recharge, keys.numbers, keys.shard.ledger],
         [
             account_id,
             call_id,
@@ -132,6 +139,7 @@ async def reserve(
             s.call_duration_s_max,
             s.live_channel,
             number or "",
+            s.ledger_backlog_max,
         ],
     )
     raise_refusal(r, account_id, f"call {call_id}")
@@ -193,7 +201,7 @@ async def commit(store: Store, account_id: str, call_id: str, duration_seconds: 
             call_id,
             duration_seconds,
             s.idempotency_window_s,
-            s.ledger_backlog_max,
+            s.call_late_commit_window_s,
             s.live_channel,
             spend_ttl_s(s),
         ],
@@ -209,6 +217,7 @@ async def commit(store: Store, account_id: str, call_id: str, duration_seconds: 
         int(r[6]),
         int(r[7]) == 1,
         r[1] == 1,
+        _correction(r, 8),
     )
 
 
@@ -220,8 +229,21 @@ async def release(store: Store, account_id: str, call_id: str) -> Release:
     s = store.settings
     r = await store.scripts.release(
         store.redis,
-        keys.call_keys(call_id),
-        [account_id, call_id, s.idempotency_window_s, s.live_channel],
+        [*keys.call_keys(call_id), keys.shard.ledger, keys.shard.events, spend_key(s, keys.shard)],
+        [
+            account_id,
+            call_id,
+            s.idempotency_window_s,
+            s.live_channel,
+            s.call_late_commit_window_s,
+            spend_ttl_s(s),
+        ],
     )
     raise_refusal(r, account_id, call_id)
-    return Release(call_id, int(r[2]), int(r[3]), int(r[4]), r[1] == 1)
+    return Release(call_id, int(r[2]), int(r[3]), int(r[4]), r[1] == 1, _correction(r, 5))
+
+
+def _correction(answer: list[Any], index: int) -> int:
+    """The correction_micros of a commit or release answer (answers stored before
+    late commits existed replay without it)."""
+    return int(answer[index]) if len(answer) > index else 0

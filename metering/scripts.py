@@ -4,28 +4,44 @@ Each `.lua` file in `metering/lua/` is prefixed with `_lib.lua` (shared pricing,
 rounding, ledger and publish helpers) and becomes one `LuaScript`. A call runs
 EVALSHA; on NOSCRIPT (a restarted or failed-over Redis) it loads the script and
 retries once.
+
+A call made with the store's own client goes through the store's
+`ScriptPipeline` (metering/pipelining.py) when it has one: the calls of one
+loop tick share one write to Redis. Called with any other client (a test's
+recording wrapper, a tool's), a script runs on that client, one call at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
+
+if TYPE_CHECKING:
+    from metering.pipelining import ScriptPipeline
 
 LIB_NAME = "_lib.lua"
 
 
 class LuaScript:
-    __slots__ = ("name", "source", "sha")
+    __slots__ = ("name", "source", "sha", "pipeline")
 
     def __init__(self, name: str, source: str) -> None:
         self.name = name
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.pipeline: ScriptPipeline | None = None
 
     async def __call__(self, redis: Any, keys: list[str], args: list[Any]) -> Any:
+        pipeline = self.pipeline
+        if pipeline is not None and redis is pipeline.client:
+            return await pipeline.run(self, keys, args)
+        return await self.call_one(redis, keys, args)
+
+    async def call_one(self, redis: Any, keys: list[str], args: list[Any]) -> Any:
+        """This call alone, on `redis` (a redis-py client)."""
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -58,6 +74,11 @@ class Scripts:
 
     def all(self) -> list[LuaScript]:
         return list(self._by_name.values())
+
+    def use_pipeline(self, pipeline: ScriptPipeline | None) -> None:
+        """Send the calls made with `pipeline.client` through `pipeline`."""
+        for script in self._by_name.values():
+            script.pipeline = pipeline
 
     async def load(self, redis: Any) -> None:
         """SCRIPT LOAD each script (on every primary of a cluster), once at start-up."""

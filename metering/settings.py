@@ -27,6 +27,14 @@ class Settings:
     redis_cluster: bool = False
     redis_connections_max: int = 64
     redis_timeout_s: float = 5.0
+    # Automatic pipelining (metering/pipelining.py): the script calls of one
+    # event-loop tick go to Redis in one write, at most redis_pipeline_batch_max
+    # calls a write; at most redis_pipeline_pending_max calls wait for answers on
+    # one connection (one more is refused with 503 at once). 0 sends each script
+    # call through redis-py on its own.
+    redis_pipeline: bool = True
+    redis_pipeline_batch_max: int = 256
+    redis_pipeline_pending_max: int = 4_096
     database_url: str = "postgresql://postgres@127.0.0.1:5432/metering"
     database_pool_max: int = 10
 
@@ -39,6 +47,9 @@ class Settings:
     ops_token: str = "dev-ops-token"
     request_body_bytes_max: int = 16_384
     log_level: str = "warning"
+    # Strict-Transport-Security max-age on answers served over TLS (https, or
+    # X-Forwarded-Proto https from a trusted proxy); 0 sends none.
+    http_hsts_max_age_s: int = 31_536_000
 
     # Sharding: fixed for the life of a deployment (changing it moves accounts).
     shard_count: int = 256
@@ -48,6 +59,10 @@ class Settings:
     call_validity_grace_s: int = 60
     call_duration_s_max: int = 86_400
     call_extends_max: int = 1_000
+    # How long after the sweeper expired a call its commit or release still
+    # corrects the charge to the real duration (once, with a ledger entry). At
+    # most the idempotency window, which keeps the call's record.
+    call_late_commit_window_s: int = 86_400
     reservation_sweep_interval_s: float = 1.0
     reservation_sweep_batch_max: int = 200
 
@@ -148,6 +163,46 @@ class Settings:
     smtp_sender: str = "billing@metering.local"
     smtp_timeout_s: float = 10.0
 
+    # Phone numbers (python -m metering number-scheduler). A number bought is paid
+    # for one period; the scheduler charges the next when it falls due. A renewal
+    # the balance cannot pay suspends the number, is retried after each interval of
+    # the retry schedule (seconds, comma-separated; the last repeats), and the
+    # number is released number_release_grace_s after the renewal fell due.
+    number_renewal_period_s: float = 30 * 86_400.0
+    number_release_grace_s: float = 7 * 86_400.0
+    number_renewal_retry_schedule_s: str = "3600,21600,86400"
+    number_scheduler_poll_interval_s: float = 1.0
+    # Numbers renewed per scheduler transaction, and stream entries read per shard.
+    number_scheduler_batch_max: int = 100
+    number_scheduler_consumer_group: str = "number-scheduler"
+    # A stream entry left pending this long by a dead consumer is claimed by another.
+    stream_claim_idle_ms: int = 30_000
+
+    # Low-balance alerts and webhooks (python -m metering notifier).
+    notifier_poll_interval_s: float = 0.5
+    notifier_batch_max: int = 100
+    notifier_consumer_group: str = "notifier"
+    # An email the notifier could not send is tried again after this, at most
+    # notifier_email_attempts_max times.
+    notifier_email_retry_s: float = 60.0
+    notifier_email_attempts_max: int = 10
+    # Webhook deliveries: each POST may take webhook_timeout_s; a failed one is
+    # retried after webhook_backoff_base_s doubling up to webhook_backoff_max_s,
+    # until webhook_retry_window_s after the event; then it is marked failed.
+    # At most webhook_concurrency_max deliveries are in flight per notifier, and
+    # one per endpoint, so a slow or failing endpoint cannot hold up the others.
+    webhook_timeout_s: float = 5.0
+    webhook_backoff_base_s: float = 10.0
+    webhook_backoff_max_s: float = 3_600.0
+    webhook_retry_window_s: float = 3 * 86_400.0
+    webhook_concurrency_max: int = 16
+    webhooks_per_account_max: int = 10
+    # Customers' webhook URLs may not point at loopback, private or link-local
+    # addresses unless this is on (ops registrations may).
+    webhook_private_targets: bool = False
+    # Deliveries listed per webhook on the dashboard.
+    webhook_recent_deliveries_max: int = 10
+
     # Receipts: links in emails start with public_url (where customers reach the
     # gateway); a receipt link carries an HMAC made with receipt_link_key, so it
     # opens that one receipt without a token. Set both in production.
@@ -183,6 +238,10 @@ class Settings:
         settings.check()
         return settings
 
+    def number_retry_schedule(self) -> list[float]:
+        """The renewal retry intervals in seconds (the last one repeats)."""
+        return [float(part) for part in self.number_renewal_retry_schedule_s.split(",")]
+
     def check(self) -> None:
         """Refuse settings that would break an invariant rather than fail later."""
         if not 1 <= self.shard_count <= 16_384:
@@ -191,6 +250,8 @@ class Settings:
             "call_grant_s",
             "call_duration_s_max",
             "redis_connections_max",
+            "redis_pipeline_batch_max",
+            "redis_pipeline_pending_max",
             "request_body_bytes_max",
             "idempotency_window_s",
             "ledger_backlog_max",
@@ -211,6 +272,12 @@ class Settings:
             "live_frame_accounts_max",
             "live_ops_accounts_max",
             "live_client_frame_bytes_max",
+            "number_scheduler_batch_max",
+            "notifier_batch_max",
+            "notifier_email_attempts_max",
+            "webhook_concurrency_max",
+            "webhooks_per_account_max",
+            "webhook_recent_deliveries_max",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"METERING_{name.upper()} must be at least 1")
@@ -218,8 +285,15 @@ class Settings:
             raise SettingsError(
                 "METERING_LIVE_SEND_TIMEOUT_S and METERING_LIVE_OPS_REFRESH_S must be positive"
             )
+        if not 0 <= self.call_late_commit_window_s <= self.idempotency_window_s:
+            raise SettingsError(
+                "METERING_CALL_LATE_COMMIT_WINDOW_S must be between 0 and "
+                "METERING_IDEMPOTENCY_WINDOW_S"
+            )
         if self.outage_backoff_max_s <= 0:
             raise SettingsError("METERING_OUTAGE_BACKOFF_MAX_S must be positive")
+        if self.http_hsts_max_age_s < 0:
+            raise SettingsError("METERING_HTTP_HSTS_MAX_AGE_S must not be negative")
         if self.call_validity_grace_s < 0:
             raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
         if self.call_grant_s > self.call_duration_s_max:
@@ -232,6 +306,23 @@ class Settings:
             )
         if not 0 <= self.stripe_max_network_retries <= 5:
             raise SettingsError("METERING_STRIPE_MAX_NETWORK_RETRIES must be between 0 and 5")
+        if self.number_renewal_period_s <= 0 or self.number_release_grace_s < 0:
+            raise SettingsError(
+                "METERING_NUMBER_RENEWAL_PERIOD_S must be positive and "
+                "METERING_NUMBER_RELEASE_GRACE_S not negative"
+            )
+        try:
+            retries = self.number_retry_schedule()
+        except ValueError:
+            retries = []
+        if not retries or min(retries) <= 0:
+            raise SettingsError(
+                "METERING_NUMBER_RENEWAL_RETRY_SCHEDULE_S must be positive seconds, "
+                "comma-separated (e.g. 3600,21600,86400)"
+            )
+        for name in ("webhook_timeout_s", "webhook_backoff_base_s", "webhook_retry_window_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"METERING_{name.upper()} must be positive")
         if self.burn_bucket_s < 1 or self.burn_window_s % self.burn_bucket_s:
             raise SettingsError(
                 "METERING_BURN_WINDOW_S must be a whole number of METERING_BURN_BUCKET_S (>= 1)"

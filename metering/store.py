@@ -11,6 +11,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from metering.keys import AccountKeys
+from metering.pipelining import ScriptPipeline
 from metering.scripts import LuaScript, Scripts
 from metering.settings import Settings
 
@@ -24,43 +25,91 @@ class Store:
     def account_keys(self, account_id: str) -> AccountKeys:
         return AccountKeys(account_id, self.settings.shard_count)
 
+    async def aclose(self) -> None:
+        await self.redis.aclose()
 
-# Concurrent script calls on a cluster, whose pipelines refuse EVALSHA.
+
+# Concurrent script calls on a cluster without the pipeline, whose redis-py
+# pipelines refuse EVALSHA.
 CLUSTER_CONCURRENCY = 16
 
 
 async def run_each(
     store: Store, script: LuaScript, calls: list[tuple[list[str], list[Any]]]
 ) -> list[Any]:
-    """Run one script once per (keys, args), answers in order: one pipelined round
-    trip on a single server, bounded concurrent calls on a cluster. A NOSCRIPT
-    (a restarted Redis) sends that call through the script's reloading path."""
+    """Run one script once per (keys, args), answers in order. Through the
+    store's pipeline, in rounds of at most one write each (grouped by node on a
+    cluster); without it, one redis-py pipeline on a single server, bounded
+    concurrent calls on a cluster. A NOSCRIPT (a restarted Redis) sends that
+    call through the script's reloading path."""
     if not calls:
         return []
+    redis = store.redis
+    if script.pipeline is not None and redis is script.pipeline.client:
+        out: list[Any] = []
+        step = store.settings.redis_pipeline_batch_max
+        for start in range(0, len(calls), step):
+            out += await asyncio.gather(
+                *(script(redis, keys, args) for keys, args in calls[start : start + step])
+            )
+        return out
     if store.settings.redis_cluster:
         limit = asyncio.Semaphore(CLUSTER_CONCURRENCY)
 
         async def one(keys: list[str], args: list[Any]) -> Any:
             async with limit:
-                return await script(store.redis, keys, args)
+                return await script.call_one(redis, keys, args)
 
         return list(await asyncio.gather(*(one(k, a) for k, a in calls)))
-    async with store.redis.pipeline(transaction=False) as pipe:
+    async with redis.pipeline(transaction=False) as pipe:
         for keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         answers = await pipe.execute(raise_on_error=False)
-    out = []
+    answered = []
     for (keys, args), answer in zip(calls, answers, strict=True):
         if isinstance(answer, Exception):
-            answer = await script(store.redis, keys, args)
-        out.append(answer)
-    return out
+            answer = await script.call_one(redis, keys, args)
+        answered.append(answer)
+    return answered
+
+
+class _Closing:
+    """Closes the script pipeline together with the redis-py client, so every
+    `await store.redis.aclose()` closes both."""
+
+    script_pipeline: ScriptPipeline | None = None
+
+    def _close_pipeline(self) -> None:
+        if self.script_pipeline is not None:
+            self.script_pipeline.close()
+
+
+class _Redis(_Closing, Redis):  # type: ignore[misc]  # redis-py's own mixins disagree
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        self._close_pipeline()
+        await super().aclose(close_connection_pool)
+
+
+class _RedisCluster(_Closing, RedisCluster):  # type: ignore[misc]
+    async def aclose(self) -> None:
+        self._close_pipeline()
+        await super().aclose()
+
+
+async def drop_idle_connections(redis: Any) -> None:
+    """After Redis stopped answering: close the idle pooled connections, so that the
+    next commands open fresh ones instead of each meeting a dead socket once."""
+    if isinstance(redis, RedisCluster):
+        for node in redis.get_nodes():
+            await node.disconnect_free_connections()
+    else:
+        await redis.connection_pool.disconnect(inuse_connections=False)
 
 
 def connect_redis(settings: Settings) -> Any:
     """One client for the process, bounded in connections and time."""
     if settings.redis_cluster:
-        return RedisCluster.from_url(
+        return _RedisCluster.from_url(
             settings.redis_url,
             decode_responses=True,
             max_connections=settings.redis_connections_max,
@@ -75,11 +124,13 @@ def connect_redis(settings: Settings) -> Any:
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
     )
-    return Redis(connection_pool=pool)
+    return _Redis(connection_pool=pool)
 
 
 async def open_store(settings: Settings) -> Store:
-    """Connect and load the scripts; the caller closes `store.redis`."""
+    """Connect and load the scripts; the caller closes `store.redis` (or the store).
+    With `redis_pipeline` on (the default), script calls made with `store.redis`
+    are pipelined automatically (metering/pipelining.py)."""
     redis = connect_redis(settings)
     scripts = Scripts()
     try:
@@ -87,4 +138,7 @@ async def open_store(settings: Settings) -> Store:
     except BaseException:
         await redis.aclose()
         raise
+    if settings.redis_pipeline and ScriptPipeline.supports(settings.redis_url):
+        redis.script_pipeline = ScriptPipeline(redis, settings)
+        scripts.use_pipeline(redis.script_pipeline)
     return Store(redis=redis, scripts=scripts, settings=settings)

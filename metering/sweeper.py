@@ -46,7 +46,6 @@ async def expire_due_reservations(store: Store) -> int:
                         account_id,
                         call_id,
                         s.idempotency_window_s,
-                        s.ledger_backlog_max,
                         s.live_channel,
                         spend_ttl_s(s),
                     ],
@@ -61,7 +60,7 @@ async def run_sweeper(store: Store, stop: asyncio.Event) -> None:
     stops answering is waited out with bounded backoff (metering/outages.py);
     any other error is logged and the next tick tries again."""
     interval_s = store.settings.reservation_sweep_interval_s
-    outage = Outage("sweeper", log, store.settings.outage_backoff_max_s)
+    outage = Outage("sweeper", log, store.settings.outage_backoff_max_s, store.redis)
     while not stop.is_set():
         try:
             expired = await expire_due_reservations(store)

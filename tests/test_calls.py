@@ -219,9 +219,15 @@ async def test_forgotten_reservation_expires_and_is_charged_without_a_request(
             assert entries[-1].item == "call_outbound" and entries[-1].amount_micros == -200
             assert entries[-1].detail.startswith("expired")
             assert_gapless_running_sum(entries)
+            r = await http.post("/v1/calls/lost/extend", headers=SWITCH, json=a)
+            assert r.status_code == 409 and r.json()["state"] == "expired"
+            # The switch's late report of the whole grant confirms the charge: it
+            # changes nothing (a shorter one corrects it, tests/test_call_closing.py).
             r = await http.post(
                 "/v1/calls/lost/commit", headers=SWITCH, json={**a, "duration_seconds": 2}
             )
-            assert r.status_code == 409 and r.json()["state"] == "expired"
+            assert r.status_code == 200, r.text
+            assert (r.json()["charged_micros"], r.json()["correction_micros"]) == (200, 0)
+            assert len(await stream_entries(store, account)) == len(entries)
     finally:
         gateway.stop()

@@ -69,6 +69,8 @@ def test_compose_file_is_valid_for_docker_compose_v2(compose: dict[str, Any]) ->
         "proxy",
         "ledger-writer",
         "recharge-worker",
+        "number-scheduler",
+        "notifier",
     }
 
 
@@ -126,13 +128,13 @@ def test_services_are_wired_by_environment_and_migrations_run_first(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
-    for name in ("migrate", "gateway", "ledger-writer", "recharge-worker"):
+    for name in ("migrate", "gateway", "ledger-writer", "recharge-worker", "notifier"):
         env = services[name]["environment"]
         assert env["METERING_REDIS_URL"] == "redis://redis:6379/0"
         assert env["METERING_DATABASE_URL"] == "postgresql://metering:pw@postgres:5432/metering"
         assert env["METERING_SWITCH_TOKEN"] == "switch-secret"
         assert env["METERING_OPS_TOKEN"] == "ops-secret"
-    for name in ("gateway", "ledger-writer", "recharge-worker"):
+    for name in ("gateway", "ledger-writer", "recharge-worker", "number-scheduler", "notifier"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["redis"]["condition"] == "service_healthy"

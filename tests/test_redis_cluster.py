@@ -192,3 +192,79 @@ async def test_ledger_writer_drains_a_redis_cluster(cluster_ports: list[int]) ->
             await conn.close()
             await pool.close()
             await store.redis.aclose()
+
+
+def _move_slot(slot: int, ports: list[int], owner: int, to_port: int) -> None:
+    """Move one hash slot, with its keys, from the node on `owner` to the node on
+    `to_port` (what `redis-cli --cluster reshard` does, for one slot)."""
+    nodes = {p: redis_sync.Redis(port=p, decode_responses=True) for p in ports}
+    ids = {p: c.execute_command("CLUSTER MYID") for p, c in nodes.items()}
+    target, source = nodes[to_port], nodes[owner]
+    assert source.execute_command("CLUSTER COUNTKEYSINSLOT", slot) > 0
+    target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[owner])
+    source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to_port])
+    while keys := source.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+        source.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+    for client in nodes.values():
+        client.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to_port])
+    for client in nodes.values():
+        client.close()
+
+
+async def test_script_calls_are_pipelined_per_node(cluster_ports: list[int]) -> None:
+    """Concurrent calls over accounts on all three nodes: one connection and one
+    write per node and tick, each caller its own answer; a moved slot (MOVED)
+    and flushed scripts (NOSCRIPT) are followed."""
+    from redis.cluster import key_slot
+
+    settings = test_settings(
+        redis_url=f"redis://127.0.0.1:{cluster_ports[0]}/0", redis_cluster=True
+    )
+    store = await open_store(settings)
+    try:
+        pipeline = store.scripts.debit.pipeline
+        assert pipeline is not None
+        ids = [f"pl-{i}" for i in range(30)]
+        rate_card = RateCard.parse(RATE_CARD)
+        await asyncio.gather(*(accounts.create_account(store, a, rate_card) for a in ids))
+        await asyncio.gather(
+            *(credits.add_funds(store, a, "c1", 100_000, "ops_credit", "pl") for a in ids)
+        )
+        connections = pipeline.connections()
+        assert {port for _, port in connections} == set(cluster_ports)
+        writes = {a: c.writes for a, c in connections.items()}
+        charges = await asyncio.gather(
+            *(debits.message(store, a, f"m{i}", "outbound") for i in range(3) for a in ids)
+        )
+        # One write per node for the 90 calls of the tick.
+        assert {a: c.writes - writes[a] for a, c in pipeline.connections().items()} == {
+            a: 1 for a in connections
+        }
+        by_account: dict[str, list[int]] = {}
+        for a, charge in zip((a for _ in range(3) for a in ids), charges, strict=True):
+            assert charge.item == "sms_outbound" and charge.charged_micros == 7_500
+            by_account.setdefault(a, []).append(charge.seq)
+        assert all(sorted(seqs) == [2, 3, 4] for seqs in by_account.values())
+
+        # A slot moves to another node: the first call meets MOVED and is sent
+        # through redis-py (which follows it); later calls go to the new node.
+        moved = ids[3]
+        slot = key_slot(store.account_keys(moved).account.encode())
+        owner = store.redis.get_node_from_key(store.account_keys(moved).account).port
+        to_port = next(p for p in cluster_ports if p != owner)
+        _move_slot(slot, cluster_ports, owner, to_port)
+        charge = await debits.message(store, moved, "after-move", "outbound")
+        assert charge.seq == 5 and charge.balance_micros == 100_000 - 4 * 7_500
+        assert pipeline.redirected == 1
+        charge = await debits.message(store, moved, "after-move-2", "outbound")
+        assert charge.seq == 6 and pipeline.redirected == 1
+        assert store.redis.get_node_from_key(store.account_keys(moved).account).port == to_port
+
+        for port in cluster_ports:
+            redis_sync.Redis(port=port).script_flush()
+        again = await asyncio.gather(
+            *(debits.message(store, a, "m-flush", "outbound") for a in ids)
+        )
+        assert all(c.seq >= 5 and not c.replayed for c in again)
+    finally:
+        await store.aclose()

@@ -54,8 +54,8 @@ async def test_every_script_call_uses_keys_of_one_slot(store: Store) -> None:
         # The sweeper pipelines its calls; this one goes through the recording client.
         await s.scripts.expire_call(
             recording,
-            [*keys.call_keys("k3"), keys.shard.ledger, keys.shard.recharge],
-            [account, "k3", 60, 1000, s.settings.live_channel],
+            [*keys.call_keys("k3"), keys.shard.ledger, keys.shard.recharge, keys.shard.events],
+            [account, "k3", 60, s.settings.live_channel],
         )
         await recharge_worker.clear_pending_mark(s, account, 0)
         await phone_numbers.change_status(s, account, "+15550100", "suspend")

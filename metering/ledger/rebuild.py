@@ -35,10 +35,17 @@ LEFT JOIN LATERAL (
 ) l ON true
 ORDER BY a.id
 """
+NUMBERS_SQL = """
+SELECT account_id, number, status FROM numbers
+WHERE account_id = ANY($1::text[]) AND status IN ('active', 'suspended')"""
 TOKENS_SQL = "SELECT sha256, account_id FROM customer_tokens"
 # Settings that the payments issue keeps in its own tables (migration 0005), as
 # the hash fields they become; read only when the table exists.
 SIDE_TABLES: dict[str, tuple[str, dict[str, str]]] = {
+    "alert_settings": (
+        "SELECT account_id, low_balance_threshold_micros, email FROM alert_settings",
+        {"low_balance_threshold_micros": "alert_low_balance_micros", "email": "alert_email"},
+    ),
     "recharge_settings": (
         "SELECT account_id, enabled, amount_micros, threshold_micros, failure_email "
         "FROM recharge_settings",
@@ -70,6 +77,7 @@ class RebuildReport:
     accounts_restored: int = 0
     accounts_kept: int = 0
     tokens_restored: int = 0
+    numbers_restored: int = 0
 
 
 async def _side_fields(conn: Any) -> dict[str, dict[str, str]]:
@@ -92,6 +100,7 @@ async def _side_fields(conn: Any) -> dict[str, dict[str, str]]:
 async def rebuild(store: Store, conn: Any) -> RebuildReport:
     """Restore what Redis lacks from Postgres (see the module docstring)."""
     report = RebuildReport()
+    restored: list[str] = []
     rows = await conn.fetch(LOAD_SQL)
     side = await _side_fields(conn)
     redis = store.redis
@@ -114,7 +123,9 @@ async def rebuild(store: Store, conn: Any) -> RebuildReport:
                 pipe.hset(k.account, mapping=mapping)
                 pipe.sadd(k.shard.accounts, row["id"])
                 report.accounts_restored += 1
+                restored.append(row["id"])
             await pipe.execute()
+    report.numbers_restored = await _restore_numbers(store, conn, restored)
     tokens = await conn.fetch(TOKENS_SQL)
     for start in range(0, len(tokens), PIPELINE_COMMANDS_MAX):
         async with redis.pipeline(transaction=False) as pipe:
@@ -123,6 +134,21 @@ async def rebuild(store: Store, conn: Any) -> RebuildReport:
             answers = await pipe.execute()
         report.tokens_restored += sum(1 for a in answers if a)
     return report
+
+
+async def _restore_numbers(store: Store, conn: Any, account_ids: list[str]) -> int:
+    """The numbers the restored accounts hold (active or suspended), so calls and
+    texts naming them are checked as before the loss."""
+    if not account_ids or await conn.fetchval("SELECT to_regclass('numbers')") is None:
+        return 0
+    rows = await conn.fetch(NUMBERS_SQL, account_ids)
+    for start in range(0, len(rows), PIPELINE_COMMANDS_MAX):
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for r in rows[start : start + PIPELINE_COMMANDS_MAX]:
+                keys = AccountKeys(r["account_id"], store.settings.shard_count)
+                pipe.hset(keys.numbers, r["number"], r["status"])
+            await pipe.execute()
+    return len(rows)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +161,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"rebuild: {report.accounts_restored} accounts restored, "
         f"{report.accounts_kept} already in Redis (kept), "
-        f"{report.tokens_restored} customer tokens restored"
+        f"{report.tokens_restored} customer tokens restored, "
+        f"{report.numbers_restored} phone numbers restored"
     )
     return 0

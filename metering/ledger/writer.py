@@ -165,7 +165,7 @@ class LedgerWriter:
         self._last_report = time.monotonic()
         self._rows_reported = 0
         backoff_max_s = self.settings.outage_backoff_max_s
-        self.redis_outage = Outage(f"ledger writer {consumer}", log, backoff_max_s)
+        self.redis_outage = Outage(f"ledger writer {consumer}", log, backoff_max_s, store.redis)
         self.database_outage = Outage(
             f"ledger writer {consumer}", log, self.settings.ledger_retry_backoff_max_s
         )

@@ -248,10 +248,39 @@ local function record_number(numbers_key, numbers_stream, account_id, number, ro
   end
 end
 
+-- The switch's final report (commit or release) on a call the sweeper expired,
+-- within the late window: is it still in time?
+local function in_late_window(closed_us, window_s, at)
+  return closed_us ~= nil and closed_us ~= false and
+    tonumber(closed_us) + tonumber(window_s) * 1000000 >= at
+end
+
+-- Correct an expired call's charge to the one the switch's final report gives,
+-- once: the balance moves by the difference, with one ledger entry (the call's
+-- item, its id, `detail` saying so). Returns the change of the balance (a refund
+-- is positive). k = {account, ledger, events}.
+local function correct_expired_call(k, account_id, call_id, acct, item, expired_charge, charge,
+                                    at, detail)
+  local change = expired_charge - charge
+  if change ~= 0 then
+    acct.balance = acct.balance + change
+    acct.seq = acct.seq + 1
+    redis.call('HSET', k.account, 'balance', int(acct.balance), 'seq', int(acct.seq))
+    append_ledger(k.ledger, account_id, acct.seq, item, change, acct.balance, call_id, at, detail)
+  end
+  if change < 0 then
+    balance_alerts(k.account, k.events, account_id, acct.balance, acct, at)
+  else
+    rearm_balance_alerts(k.account, acct.balance, acct)
+  end
+  return change
+end
+
 -- The ops page's burn rate: what each account spent in the current time bucket
--- (metering/burn.py names the bucket's key and sums the last buckets).
+-- (metering/burn.py names the bucket's key and sums the last buckets). A late
+-- commit's refund is counted as a negative amount.
 local function count_spend(spend_key, account_id, amount, ttl_s)
-  if amount <= 0 then return end
+  if amount == 0 then return end
   redis.call('HINCRBY', spend_key, account_id, int(amount))
   redis.call('EXPIRE', spend_key, ttl_s)
 end

@@ -8,6 +8,8 @@
 --          reserved_micros, total_granted_s}
 --      or {'insufficient_funds', 0, cost_micros, available_micros}
 --      or {'unknown_call', 0} | {'call_closed', 0, state} | {'call_extend_limit', 0, limit}
+--      or {'call_duration_limit', 0, limit_s}: the grant already reaches the longest
+--         call allowed (ARGV[6], on the billing grid), whatever the balance
 -- Sharing works as in reserve.lua. max_s is the seconds beyond the current grant
 -- that the whole available balance buys.
 local c = redis.call('HMGET', KEYS[2], 'state', 'rate', 'inc', 'min', 'granted_s', 'held', 'expires_ms', 'extends', 'direction')
@@ -20,12 +22,13 @@ end
 if c[1] ~= 'open' then return {'call_closed', 0, c[1]} end
 local extends = tonumber(c[8])
 if extends >= tonumber(ARGV[7]) then return {'call_extend_limit', 0, tonumber(ARGV[7])} end
-
-local acct = read_account(KEYS[1])
-local balance, reserved = acct.balance, acct.reserved
 local rate, inc, min = tonumber(c[2]), tonumber(c[3]), tonumber(c[4])
 local total, held = tonumber(c[5]), tonumber(c[6])
 local cap = tonumber(ARGV[6])
+if total >= floor_to_grid(cap, min, inc) then return {'call_duration_limit', 0, cap} end
+
+local acct = read_account(KEYS[1])
+local balance, reserved = acct.balance, acct.reserved
 local available = balance - reserved
 local reach = affordable_seconds(held + available, rate, min, inc, cap)
 local max_s = reach - total

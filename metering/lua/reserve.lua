@@ -2,13 +2,20 @@
 -- available balance into `reserved`.
 -- KEYS[1] account hash  KEYS[2] call hash  KEYS[3] account's open calls set
 -- KEYS[4] shard expiry zset  KEYS[5] shard recharge stream  KEYS[6] account's numbers hash
+-- KEYS[7] shard ledger stream
 -- ARGV[1] account_id  ARGV[2] call_id  ARGV[3] direction ('outbound'|'inbound')
 -- ARGV[4] grant chunk s  ARGV[5] validity grace s  ARGV[6] call duration max s  ARGV[7] live channel
 -- ARGV[8] the account's phone number the call is to or from ('' for none): must be active
+-- ARGV[9] ledger backlog max
 -- Returns {'ok', replayed, granted_s, max_s, validity_s, final, held_micros, balance_micros, reserved_micros}
 --      or {'insufficient_funds', 0, cost_micros, available_micros}
 --      or {'concurrent_call_limit', 0, limit} | {'unknown_account', 0} | {'idempotency_conflict', 0}
 --      or {'unknown_number', 0, number} | {'number_suspended', 0, number}
+--      or {'ledger_backlog_full', 0}
+--
+-- A call's closing (commit, expiry, late commit) is never refused for a full
+-- ledger backlog, so a new call is: the entries past ARGV[9] are then bounded by
+-- the calls already open, at most two each (the closing and one late correction).
 --
 -- Sharing: the grant is at most the chunk and at most an equal share of the
 -- available balance among the account's open calls (this one included), but
@@ -36,6 +43,7 @@ local available = balance - reserved
 local unit = first_unit(min, inc)
 local max_s = affordable_seconds(available, rate, min, inc, cap)
 if max_s == 0 then return {'insufficient_funds', 0, call_cost(unit, rate), available} end
+if ledger_full(KEYS[7], tonumber(ARGV[9])) then return {'ledger_backlog_full', 0} end
 
 local chunk = floor_to_grid(tonumber(ARGV[4]), min, inc)
 if chunk < unit then chunk = unit end

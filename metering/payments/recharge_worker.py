@@ -296,7 +296,12 @@ class RechargeWorker:
         """Work until stop is set. A Redis or Postgres restart is waited out with
         bounded backoff (metering/outages.py); a Redis that lost its consumer
         groups gets them back; other errors are logged and the next round retries."""
-        outage = Outage(f"recharge worker {self.consumer}", log, self.settings.outage_backoff_max_s)
+        outage = Outage(
+            f"recharge worker {self.consumer}",
+            log,
+            self.settings.outage_backoff_max_s,
+            self.store.redis,
+        )
         groups_ready = False
         while not stop.is_set():
             done = 0

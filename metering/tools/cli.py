@@ -22,6 +22,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "metering.payments.recharge_worker",
         "charge cards for automatic recharges, credit them, email failures",
     ),
+    "number-scheduler": (
+        "metering.numbers.scheduler",
+        "renew phone numbers when due; suspend, retry and release unpaid ones",
+    ),
+    "notifier": (
+        "metering.notify.notifier",
+        "record account events, email low-balance alerts and notices, send webhooks",
+    ),
     "ledger-writer": (
         "metering.ledger.writer",
         "move ledger entries from the shard streams into Postgres",
