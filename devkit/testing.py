@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
@@ -61,6 +62,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = "1" if value else "0"
         env["METERING_" + name.upper()] = str(value)
     return env
+
+
+def url_with_port(url: str, port: int) -> str:
+    """The same server URL (user, database) on another port of the same host: the test
+    Postgres is not always on 5432 (`./dev test` may start its own elsewhere)."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, _, _ = parts.netloc.rpartition("@")
+    host = f"{parts.hostname}:{port}"
+    return parts._replace(netloc=f"{userinfo}@{host}" if userinfo else host).geturl()
+
+
+def url_port(url: str, default_port: int = 5432) -> int:
+    return urllib.parse.urlsplit(url).port or default_port
 
 
 def wait_for_port(
@@ -192,8 +206,10 @@ class RedisServer:
 class GatewayProcess:
     """A real `python -m gateway` on a free port; stopped (only it) at the end."""
 
-    def __init__(self, settings: Settings, log_path: Path | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, settings: Settings, log_path: Path | None = None, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.settings = settings.replace(port=self.port, host="127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -264,6 +280,8 @@ class TcpProxy:
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self._flowing = self._run(self._make_events())
+        # Bytes forwarded each way, so a test can see a request pass before it acts.
+        self.forwarded = {d: 0 for d in self.DIRECTIONS}
 
     async def _make_events(self) -> dict[str, asyncio.Event]:
         events = {d: asyncio.Event() for d in self.DIRECTIONS}
@@ -280,6 +298,7 @@ class TcpProxy:
         try:
             while data := await reader.read(65536):
                 await self._flowing[direction].wait()
+                self.forwarded[direction] += len(data)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

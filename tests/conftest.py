@@ -11,7 +11,6 @@ subprocess on a free port.
 from __future__ import annotations
 
 import os
-import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -21,6 +20,8 @@ import pytest
 import redis as redis_sync
 
 from devkit.testing import RATE_CARD, GatewayProcess
+from devkit.testing import url_port as url_port  # re-exported for the tests
+from devkit.testing import url_with_port as url_with_port
 from metering.settings import Settings
 from metering.store import Store, open_store
 
@@ -47,19 +48,6 @@ def test_settings(**changes: Any) -> Settings:
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
-
-
-def url_with_port(url: str, port: int) -> str:
-    """The same server URL (user, database) on another port of the same host: the test
-    Postgres is not always on 5432 (`./dev test` may start its own elsewhere)."""
-    parts = urllib.parse.urlsplit(url)
-    userinfo, _, _ = parts.netloc.rpartition("@")
-    host = f"{parts.hostname}:{port}"
-    return parts._replace(netloc=f"{userinfo}@{host}" if userinfo else host).geturl()
-
-
-def url_port(url: str, default_port: int = 5432) -> int:
-    return urllib.parse.urlsplit(url).port or default_port
 
 
 @pytest.fixture(scope="session")

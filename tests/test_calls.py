@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 
 import httpx
 import pytest
@@ -231,3 +232,30 @@ async def test_forgotten_reservation_expires_and_is_charged_without_a_request(
             assert len(await stream_entries(store, account)) == len(entries)
     finally:
         gateway.stop()
+
+
+async def test_a_call_id_with_a_slash_is_committed_not_billed_its_grant(
+    http: httpx.AsyncClient,
+) -> None:
+    """'/' is legal in a SIP Call-ID and in the id rule: the call it names must be
+    extended, committed and released through its (percent-encoded) path like any
+    other, or the sweeper bills the whole grant for a call the switch hung up."""
+    account = await make_account(http, 10**9)
+    a = {"account_id": account}
+    for call_id, last in (("a/1@sip.example.net", "commit"), ("b/2/@host", "release")):
+        r = await http.post(
+            "/v1/calls", headers=SWITCH, json={**a, "call_id": call_id, "direction": "outbound"}
+        )
+        assert r.status_code == 200, r.text
+        path = "/v1/calls/" + urllib.parse.quote(call_id, safe="")
+        r = await http.post(path + "/extend", headers=SWITCH, json={**a, "extend_id": "e1"})
+        assert r.status_code == 200, r.text
+        assert r.json()["call_id"] == call_id
+        body = {**a, "duration_seconds": 6} if last == "commit" else a
+        r = await http.post(f"{path}/{last}", headers=SWITCH, json=body)
+        assert r.status_code == 200, r.text
+        if last == "commit":
+            assert r.json()["charged_micros"] == 1_000  # 6 s at 10,000 per minute
+    r = await http.get(f"/v1/accounts/{account}", headers=SWITCH)
+    assert r.json()["reserved_micros"] == 0
+    assert r.json()["balance_micros"] == 10**9 - 1_000

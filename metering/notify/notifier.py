@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import time
 import urllib.parse
@@ -41,6 +39,7 @@ from metering.notify import webhooks
 from metering.notify.emails import event_message
 from metering.notify.outbox import AccountEvent, record_event
 from metering.payments.notifications import send_email
+from metering.polling import poll, stop_on_signals
 from metering.settings import Settings
 from metering.shard_streams import Entry, ShardStreamReader
 from metering.store import Store, open_store
@@ -202,25 +201,17 @@ class Notifier:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.reader.ensure_groups()
-        deliveries = asyncio.create_task(self._loop(stop, self.start_deliveries))
+        interval_s = self.settings.notifier_poll_interval_s
+        deliveries = asyncio.create_task(
+            poll(stop, self.start_deliveries, interval_s, "webhook deliveries")
+        )
         try:
-            await self._loop(stop, self.step)
+            await poll(stop, self.step, interval_s, "notifier")
         finally:
             await deliveries
             for task in self.in_flight.values():
                 task.cancel()
             await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
-
-    async def _loop(self, stop: asyncio.Event, work: Callable[[], Awaitable[int]]) -> None:
-        while not stop.is_set():
-            done = 0
-            try:
-                done = await work()
-            except Exception:
-                log.exception("notifier round failed; retrying")
-            if not done:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.notifier_poll_interval_s)
 
 
 def webhook_client(settings: Settings) -> httpx.AsyncClient:
@@ -247,10 +238,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     notifier = Notifier(store, db, settings, http)
     if args.consumer:
         notifier.consumer = notifier.reader.consumer = args.consumer
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     log.info("notifier %s started", notifier.consumer)
     try:
         await notifier.run(stop)

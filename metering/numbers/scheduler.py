@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import time
 from typing import Any
@@ -37,6 +35,7 @@ from metering.ledger.database import create_pool
 from metering.notify.outbox import AccountEvent, record_event
 from metering.numbers import inventory
 from metering.numbers.inventory import US, HeldNumber
+from metering.polling import poll, stop_on_signals
 from metering.settings import Settings
 from metering.shard_streams import Entry, ShardStreamReader
 from metering.store import Store, open_store
@@ -266,17 +265,7 @@ class NumberScheduler:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.reader.ensure_groups()
-        while not stop.is_set():
-            done = 0
-            try:
-                done = await self.step()
-            except Exception:
-                log.exception("number scheduler round failed; retrying")
-            if not done:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        stop.wait(), self.settings.number_scheduler_poll_interval_s
-                    )
+        await poll(stop, self.step, self.settings.number_scheduler_poll_interval_s, "scheduler")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -292,10 +281,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     scheduler = NumberScheduler(store, db, settings)
     if args.consumer:
         scheduler.consumer = scheduler.reader.consumer = args.consumer
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     log.info("number scheduler %s started", scheduler.consumer)
     try:
         await scheduler.run(stop)
