@@ -15,6 +15,7 @@ from gateway.responses import JSONResponse
 from metering.burn import burn_rates
 from metering.ledger import activity, usage
 from metering.ledger.lag import ledger_lag
+from metering.payments import receipts
 
 CUSTOMER_OR_OPS = frozenset({CUSTOMER, OPS})
 OPS_ONLY = frozenset({OPS})
@@ -26,6 +27,10 @@ async def get_activity(request: Request) -> Response:
     await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
     query = activity.parse_query(account_id, request.query_params, state.settings)
     page = await activity.account_activity(state.db, query, state.settings)
+    # Card payments say which card and link their receipt.
+    await receipts.annotate_payments(
+        state.db, state.stripe, state.settings, account_id, page.entries
+    )
     return JSONResponse(page.as_dict())
 
 

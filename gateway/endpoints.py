@@ -245,6 +245,21 @@ ENDPOINTS: list[Endpoint] = [
         errors=(401, 403, 404, 503),
     ),
     Endpoint(
+        "GET",
+        "/v1/accounts/{account_id}/receipt",
+        payments_api.get_receipt,
+        ("customer", "ops"),
+        "A payment's receipt (pay now or automatic recharge), or a failed recharge attempt's "
+        "record: amount, card, when, balance after, payment id. A receipt link's signature "
+        "stands in for the token.",
+        errors=(401, 403, 404, 422, 503),
+        query=(
+            ("payment", "The payment id (pay now's payment_id, or recharge:<episode>)."),
+            ("attempt", "Or a recharge attempt: <episode>-<attempt number>."),
+            ("signature", "The signature of a receipt link (then no token is needed)."),
+        ),
+    ),
+    Endpoint(
         "DELETE",
         "/v1/accounts/{account_id}/card",
         payments_api.delete_card,

@@ -32,6 +32,7 @@ STATUS: dict[type[Exception], int] = {
     Forbidden: 403,
     errors.UnknownAccount: 404,
     errors.UnknownCall: 404,
+    errors.UnknownReceipt: 404,
     errors.UnknownNumber: 404,
     errors.NumberSuspended: 402,
     UnknownWebhook: 404,
@@ -48,6 +49,7 @@ STATUS: dict[type[Exception], int] = {
     errors.ConcurrentCallLimit: 429,
     # payments
     errors.CardDeclined: 402,
+    errors.AuthenticationRequired: 402,
     errors.PaymentFailed: 402,
     errors.NoCardOnFile: 409,
     errors.WebhookRejected: 400,

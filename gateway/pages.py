@@ -19,7 +19,7 @@ from metering.settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 ANY_ROLE = frozenset({CUSTOMER, OPS, SWITCH})
-PAGES = ("dashboard", "ops")
+PAGES = ("dashboard", "ops", "receipt")
 
 
 async def get_billing_items(request: Request) -> Response:

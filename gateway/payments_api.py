@@ -5,10 +5,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth import CUSTOMER, OPS, authenticate
+from gateway.auth import CUSTOMER, OPS, Unauthorized, authenticate
 from gateway.bodies import Body, BodyTooLarge, Field, read_json
 from gateway.responses import JSONResponse
-from metering.payments import card_setup, cards, pay_now, recharge_settings, webhooks
+from metering.errors import InvalidRequest, UnknownReceipt
+from metering.payments import card_setup, cards, pay_now, receipts, recharge_settings, webhooks
 
 CUSTOMER_OR_OPS = frozenset({CUSTOMER, OPS})
 
@@ -79,7 +80,38 @@ async def post_payment(request: Request) -> Response:
         b["payment_id"],
         b["amount_micros"],
     )
-    return JSONResponse({"account_id": account_id, **payment.as_dict()})
+    link = receipts.receipt_path(state.settings, account_id, payment_id=payment.payment_id)
+    return JSONResponse({"account_id": account_id, **payment.as_dict(), "receipt_url": link})
+
+
+RECEIPT_QUERY = ("payment", "attempt", "signature")
+
+
+async def get_receipt(request: Request) -> Response:
+    """A receipt: with the customer's (or ops) token, or with the signature of a
+    receipt link (emails carry no token)."""
+    state = request.state
+    account_id = request.path_params["account_id"]
+    params = request.query_params
+    for name in params:
+        if name not in RECEIPT_QUERY:
+            raise InvalidRequest(name, f"unknown parameter {name!r}; expected: payment, attempt")
+    reference = (
+        "payment=" + params["payment"]
+        if params.get("payment")
+        else "attempt=" + params.get("attempt", "")
+    )
+    if "signature" in params:
+        if not receipts.signature_ok(state.settings, account_id, reference, params["signature"]):
+            raise Unauthorized("this receipt link is not valid")
+    else:
+        await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
+    receipt = await receipts.find_receipt(
+        state.db, state.stripe, state.settings, account_id, params
+    )
+    if receipt is None:
+        raise UnknownReceipt(f"account {account_id} has no such payment")
+    return JSONResponse(receipt.as_dict())
 
 
 async def put_card(request: Request) -> Response:

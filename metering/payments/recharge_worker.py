@@ -50,8 +50,13 @@ from metering.ledger.database import DATABASE_DOWN, create_pool
 from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.payments.cards import card_on_file
 from metering.payments.decline_words import failure_words
-from metering.payments.notifications import recharge_failure_message, send_email
+from metering.payments.notifications import (
+    recharge_failure_message,
+    recharge_receipt_message,
+    send_email,
+)
 from metering.payments.pay_now import credit_reason
+from metering.payments.receipts import attempt_reference, card_words, cards_of, receipt_url
 from metering.payments.stripe_client import (
     ChargeOutcome,
     build_stripe_client,
@@ -92,6 +97,10 @@ SQL_END_EPISODE = """
 SQL_CLAIM_EMAIL = """
     UPDATE recharge_episodes SET emailed_at = now()
     WHERE account_id = $1 AND episode_us = $2 AND emailed_at IS NULL RETURNING episode_us"""
+SQL_CLAIM_RECEIPT_EMAIL = """
+    UPDATE recharge_episodes SET receipt_emailed_at = now()
+    WHERE account_id = $1 AND episode_us = $2 AND receipt_emailed_at IS NULL
+    RETURNING episode_us"""
 SQL_UNCLAIM_EMAIL = """
     UPDATE recharge_episodes SET emailed_at = NULL WHERE account_id = $1 AND episode_us = $2"""
 SQL_EPISODE_AMOUNT = """
@@ -386,6 +395,7 @@ class RechargeWorker:
                 outcome.payment_intent_id,
             )
             log.info("recharged %s with %d micros", ep.account_id, ep.amount_micros)
+            await self._email_receipt(ep, email or "", outcome.payment_intent_id)
             return outcome
         await self._failed(ep, attempt_no, outcome, email or "")
         return outcome
@@ -479,19 +489,54 @@ class RechargeWorker:
                 "next_attempt": next_attempt,
             },
         )
-        await self._email_once(ep, email, outcome.reason, next_attempt)
+        await self._email_once(ep, email, outcome.reason, next_attempt, attempt_no)
 
-    async def _email_once(self, ep: Episode, email: str, reason: str, next_attempt: str) -> None:
+    async def _email_once(
+        self, ep: Episode, email: str, reason: str, next_attempt: str, attempt_no: int
+    ) -> None:
         if not email or not await self.db.fetchval(SQL_CLAIM_EMAIL, ep.account_id, ep.episode_us):
             return
+        link = receipt_url(
+            self.settings, ep.account_id, attempt=attempt_reference(ep.episode_us, attempt_no)
+        )
         message = recharge_failure_message(
-            self.settings, email, ep.account_id, ep.amount_micros, reason, next_attempt
+            self.settings,
+            email,
+            ep.account_id,
+            ep.amount_micros,
+            failure_words(reason),
+            next_attempt,
+            link,
         )
         try:
             await self.mailer(self.settings, message)
         except Exception as exc:  # SMTP down: unclaim, so the next failure sends it
             log.warning("could not email %s about %s: %s", email, ep.account_id, exc)
             await self.db.execute(SQL_UNCLAIM_EMAIL, ep.account_id, ep.episode_us)
+
+    async def _email_receipt(self, ep: Episode, email: str, payment_intent_id: str) -> None:
+        """The receipt of a recharge, emailed once per episode (best effort: the
+        receipt itself stays on the billing page)."""
+        if not email or not await self.db.fetchval(
+            SQL_CLAIM_RECEIPT_EMAIL, ep.account_id, ep.episode_us
+        ):
+            return
+        cards = await cards_of(self.db, self.stripe, [payment_intent_id])
+        link = receipt_url(
+            self.settings, ep.account_id, payment_id=recharge_credit_id(ep.episode_us)
+        )
+        message = recharge_receipt_message(
+            self.settings,
+            email,
+            ep.account_id,
+            ep.amount_micros,
+            card_words(cards.get(payment_intent_id)),
+            link,
+        )
+        try:
+            await self.mailer(self.settings, message)
+        except Exception as exc:
+            log.warning("could not email the receipt of %s to %s: %s", ep.account_id, email, exc)
 
     async def _end(self, ep: Episode, why: str) -> None:
         await self._settle(ep, "")
