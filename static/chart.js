@@ -125,7 +125,7 @@ class SpendChart {
     for (const v of [0, top / 2, top]) {
       const yy = Math.round(y(v)) + 0.5;
       g.moveTo(pad.left, yy); g.lineTo(width - pad.right, yy);
-      g.fillText(this.format(Math.round(v)), 4, yy + 4);
+      g.fillText(this.format(v === top ? top : Math.round(v / 100) * 100), 4, yy + 4);
     }
     g.stroke();
     const slot = plotW / this.days.length;

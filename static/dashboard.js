@@ -31,7 +31,7 @@ const MONEY_EVENTS = new Set(["debit", "credit", "commit", "expire"]);
 const ACTIVITY_PAGE = 50;
 const HEAD_REFRESH_MS = 250; // the ledger writer commits in batches (~200 ms)
 const HEAD_REFRESH_TRIES = 40;
-const USAGE_REFRESH_MS = 3000;
+const USAGE_REFRESH_MS = 1000; // after a change: once the ledger writer has it
 
 const params = takeParams(["account", "token"]);
 const accountId = params.account;
@@ -54,7 +54,7 @@ const activity = {
   headTimer: 0, headTries: 0, generation: 0,
 };
 const usageState = { timer: 0 };
-const stripeState = { stripe: null, card: null };
+const stripeState = { stripe: null, elements: null, card: null };
 const balanceChart = new BalanceChart($("chart"));
 const spendChart = new SpendChart($("spend-chart"), ITEM_COLORS);
 const money = (micros) => formatMicros(micros, state.digits);
@@ -378,11 +378,18 @@ function loadStripe() {
   return stripeLoading;
 }
 
+// A fresh, empty card element (after a card is saved, the typed one goes).
+function newCardElement() {
+  if (stripeState.card) stripeState.card.destroy();
+  stripeState.card = stripeState.elements.create("card", { hidePostalCode: false });
+  stripeState.card.mount("#card-element");
+}
+
 async function mountCardElement() {
   try {
     stripeState.stripe = await loadStripe();
-    stripeState.card = stripeState.stripe.elements().create("card", { hidePostalCode: false });
-    stripeState.card.mount("#card-element");
+    stripeState.elements = stripeState.stripe.elements();
+    newCardElement();
     document.body.dataset.cardElement = "1";
   } catch (err) {
     $("card-error").textContent = "Card entry is not available right now (Stripe could not be reached). Try again later.";
@@ -407,7 +414,7 @@ $("card-form").addEventListener("submit", (event) => {
       state.account.card = card;
       renderCard();
       result("card", "Card saved: " + cardWords(card) + ".");
-      if (typeof stripeState.card.clear === "function") stripeState.card.clear();
+      newCardElement();
     } catch (err) {
       if (!(err instanceof ApiError)) throw err;
       $("card-error").textContent = errorWords(err);
@@ -677,7 +684,8 @@ async function loadUsage() {
 
 function renderUsage(usage) {
   $("usage-unavailable").hidden = true;
-  $("usage-range").textContent = usage.from === usage.to ? usage.from : usage.from + " to " + usage.to;
+  const day = (d) => DAY_ONLY.format(new Date(d + "T12:00:00"));
+  $("usage-range").textContent = usage.from === usage.to ? day(usage.from) : day(usage.from) + " to " + day(usage.to);
   const body = $("usage-rows");
   body.textContent = "";
   for (const item of usage.items) {
@@ -743,6 +751,7 @@ async function start() {
   checkServed();
   if (!missing("POST", "/card/setup-intents")) mountCardElement();
   await Promise.all([loadActivity(false), loadUsage()]);
+  scheduleUsageRefresh(); // entries of the last moment reach the ledger just after
   document.body.dataset.ready = "1"; // every part knows whether it is served
 }
 

@@ -8,6 +8,10 @@
 "use strict";
 
 const RESORT_EVERY_MS = 1000;
+// Every amount with four decimals (sub-cent prices are common), so columns line
+// up; an amount that has more shows them all.
+const OPS_DIGITS = 4;
+const money = (micros) => formatMicros(micros, OPS_DIGITS);
 const ROW_HEIGHT_PX = 28; // matches .ops-table td in style.css
 const OVERSCAN_ROWS = 10;
 // Cells hidden on a phone carry these classes (style.css).
@@ -149,10 +153,10 @@ function bind(slot, row) {
   slot.tr.hidden = false;
   slot.tr.dataset.account = row.account_id;
   setCell(slot, 0, row.account_id);
-  setCell(slot, 1, formatMicros(row.balance_micros));
-  setCell(slot, 2, formatMicros(row.reserved_micros));
-  setCell(slot, 3, formatMicros(row.available_micros));
-  setCell(slot, 4, formatMicros(row.burn));
+  setCell(slot, 1, money(row.balance_micros));
+  setCell(slot, 2, money(row.reserved_micros));
+  setCell(slot, 3, money(row.available_micros));
+  setCell(slot, 4, money(row.burn));
   setCell(slot, 5, String(row.open_calls));
   const [kind, text, , sentence] = rechargeState(row.recharge);
   const badgeKey = text + "|" + sentence;
@@ -207,7 +211,7 @@ function summarize() {
   $("sum-near").textContent = String(near);
   $("sum-failed").textContent = String(failed);
   $("sum-pending").textContent = String(pending);
-  $("sum-burn").textContent = formatMicros(burn);
+  $("sum-burn").textContent = money(burn);
   $("sum-shown").textContent = view.length === order.length ? "" : view.length + " shown";
   const minutes = burnWindowS / 60;
   $("burn-window").textContent = Number.isInteger(minutes) ? minutes + " minutes" : burnWindowS + " seconds";
@@ -230,14 +234,14 @@ function showDetail() {
   const r = row.recharge;
   const [, , , sentence] = rechargeState(r);
   const card = row.card === undefined ? "" : row.card
-    ? row.card.brand + " ending in " + row.card.last4 + ", expires " +
+    ? row.card.brand.charAt(0).toUpperCase() + row.card.brand.slice(1) + " ending in " + row.card.last4 + ", expires " +
       String(row.card.exp_month).padStart(2, "0") + "/" + row.card.exp_year
     : "No card on file";
   const items = [
-    ["Balance", formatMicros(row.balance_micros)],
-    ["Reserved for calls", formatMicros(row.reserved_micros)],
-    ["Available", formatMicros(row.available_micros)],
-    ["Burn rate", formatMicros(row.burn) + " per minute"],
+    ["Balance", money(row.balance_micros)],
+    ["Reserved for calls", money(row.reserved_micros)],
+    ["Available", money(row.available_micros)],
+    ["Burn rate", money(row.burn) + " per minute"],
     ["Open calls", String(row.open_calls)],
     ["Automatic recharge", r.enabled ? formatMicros(r.amount_micros || 0) + " when available falls below " +
       formatMicros(r.threshold_micros || 0) : "Off"],

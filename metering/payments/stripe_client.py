@@ -140,9 +140,10 @@ def outcome_of(intent: Any) -> ChargeOutcome:
     if intent.status == "processing":
         # Stripe has not decided yet: the succeeded webhook credits it if it goes through.
         return ChargeOutcome(False, intent.id, "Stripe error 0: the payment is processing", True)
+    # A StripeObject, not a dict: read by attribute.
     err = getattr(intent, "last_payment_error", None)
-    code = (err.get("code") if err else None) or intent.status
-    message = (err.get("message") if err else None) or f"payment {intent.status}"
+    code = getattr(err, "code", None) or intent.status
+    message = getattr(err, "message", None) or f"payment {intent.status}"
     return ChargeOutcome(False, intent.id, f"{code}: {message}", False)
 
 
