@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from bench.postgres_row_lock import Refused, pg_debit
 from gateway.__main__ import server_options
+from metering.debits import debit_call
 from metering.settings import Settings
 from metering.store import open_store
 
@@ -55,28 +56,11 @@ def create_app(settings: Settings) -> Starlette:
     async def debit(request: Request) -> Response:
         b = orjson.loads(await request.body())
         store = request.state.store
-        s = store.settings
-        keys = store.account_keys(b["account_id"])
-        r = await store.scripts.debit(
-            store.redis,
-            [
-                keys.account,
-                keys.request("message", b["message_id"]),
-                keys.shard.ledger,
-                keys.shard.recharge,
-            ],
-            [
-                b["account_id"],
-                "sms_outbound",
-                "sms_outbound_micros",
-                b["message_id"],
-                "outbound",
-                s.idempotency_window_s,
-                s.ledger_backlog_max,
-                s.live_channel,
-                "",
-            ],
+        # debit.lua's keys and arguments for an outbound text, as the gateway sends them.
+        keys, args = debit_call(
+            store, b["account_id"], "sms_outbound", "message", b["message_id"], "outbound"
         )
+        r = await store.scripts.debit(store.redis, keys, args)
         if r[0] != "ok":
             return _json({"error": r[0]}, 402)
         return _json({"charged_micros": int(r[2]), "balance_micros": int(r[3])})

@@ -123,6 +123,7 @@ def account_for(i: int, accounts: int) -> str:
 
 
 async def run_evalsha(cfg: dict[str, Any]) -> dict[str, Any]:
+    from metering.debits import debit_call
     from metering.settings import Settings
     from metering.store import open_store
 
@@ -141,33 +142,15 @@ async def run_evalsha(cfg: dict[str, Any]) -> dict[str, Any]:
 
     async def worker() -> None:
         nonlocal errors
-        s = store.settings
         while time.perf_counter() < deadline:
             i = next(counter)
             account_id = account_for(i, cfg["accounts"])
-            keys = store.account_keys(account_id)
             request_id = f"{nonce}-{i}"
-            t0 = time.perf_counter()
-            r = await store.scripts.debit(
-                store.redis,
-                [
-                    keys.account,
-                    keys.request("message", request_id),
-                    keys.shard.ledger,
-                    keys.shard.recharge,
-                ],
-                [
-                    account_id,
-                    "sms_outbound",
-                    "sms_outbound_micros",
-                    request_id,
-                    "outbound",
-                    s.idempotency_window_s,
-                    s.ledger_backlog_max,
-                    s.live_channel,
-                    "",
-                ],
+            keys, args = debit_call(
+                store, account_id, "sms_outbound", "message", request_id, "outbound"
             )
+            t0 = time.perf_counter()
+            r = await store.scripts.debit(store.redis, keys, args)
             latencies.append(time.perf_counter() - t0)
             if r[0] != "ok":
                 errors += 1

@@ -17,7 +17,12 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "port": settings.port,
         "workers": settings.workers,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools and websockets with read deadlines and a per-address cap
+        # (gateway/connection_guard.py: uvicorn has no header read timeout).
+        "http": "gateway.connection_guard:GuardedHttpToolsProtocol",
+        "ws": "gateway.connection_guard:GuardedWebSocketProtocol",
+        "timeout_keep_alive": settings.http_keep_alive_s,
+        "forwarded_allow_ips": settings.http_forwarded_allow_ips,
         "log_level": settings.log_level,
         "access_log": False,
         "timeout_graceful_shutdown": 5,

@@ -2,45 +2,64 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import answers
 from gateway.auth import CUSTOMER, OPS, SWITCH, authenticate
-from gateway.bodies import Body, Field, read_json
-from gateway.responses import JSONResponse
+from gateway.bodies import RequestBody, read_body
+from gateway.responses import JSONResponse, answer
 from metering import accounts, credits
+from metering.accounts import CONCURRENT_CALLS_MAX, TOKEN_LABEL_LENGTH_MAX
+from metering.credits import REASON_LENGTH_MAX
+from metering.fields import AccountId, RequestId, single_line
 from metering.ledger import registry
+from metering.money import CREDIT_MICROS_MAX
 from metering.rate_card import RateCard
 
 OPS_ONLY = frozenset({OPS})
 ANY_ROLE = frozenset({OPS, SWITCH, CUSTOMER})
 
-CREATE_BODY = Body(
-    {
-        "account_id": Field("string", True, "1-64 letters, digits, '_', '.', '-'."),
-        "rate_card": Field("object", True, "Prices in micros; see RateCard."),
-        "max_concurrent_calls": Field("integer", False, "0 (default) means no limit.", minimum=0),
-    }
-)
-TOKEN_BODY = Body({"label": Field("string", True, "What the token is for, e.g. 'dashboard'.")})
-CREDIT_BODY = Body(
-    {
-        "credit_id": Field("string", True, "Idempotency key of this credit."),
-        "amount_micros": Field("integer", True, "Amount to add, > 0.", minimum=1),
-        "reason": Field("string", True, "Why (shown in the activity list)."),
-    }
-)
+
+class CreateAccountRequest(RequestBody):
+    """A new account with its rate card (zero balance)."""
+
+    account_id: AccountId
+    rate_card: RateCard
+    max_concurrent_calls: Annotated[
+        int, Meta(ge=0, le=CONCURRENT_CALLS_MAX, description="0 (default) means no limit.")
+    ] = 0
+
+
+class TokenRequest(RequestBody):
+    """A customer token for the account's dashboard."""
+
+    label: Annotated[
+        str, single_line(TOKEN_LABEL_LENGTH_MAX, "What the token is for, e.g. 'dashboard'.")
+    ]
+
+
+class CreditRequest(RequestBody):
+    """Funds added by ops."""
+
+    credit_id: Annotated[RequestId, Meta(description="Idempotency key of this credit.")]
+    amount_micros: Annotated[
+        int, Meta(ge=1, le=CREDIT_MICROS_MAX, description="Amount to add, in micros.")
+    ]
+    reason: Annotated[str, single_line(REASON_LENGTH_MAX, "Why (shown in the activity list).")]
 
 
 async def post_account(request: Request) -> Response:
     state = request.state
     await authenticate(request, state.settings, state.store, OPS_ONLY)
-    b = await read_json(request, CREATE_BODY, state.settings.request_body_bytes_max)
-    rate_card = RateCard.parse(b["rate_card"])
+    b = await read_body(request, CreateAccountRequest, state.settings.request_body_bytes_max)
     # Written through to Postgres first (metering/ledger/registry.py). A repeated
     # identical creation answers like the first (201); a different one is a 409.
     account, _ = await registry.create_account(
-        state.store, state.db, b["account_id"], rate_card, b.get("max_concurrent_calls", 0)
+        state.store, state.db, b.account_id, b.rate_card, b.max_concurrent_calls
     )
     return JSONResponse(account.as_dict(), 201)
 
@@ -57,17 +76,17 @@ async def post_token(request: Request) -> Response:
     state = request.state
     account_id = request.path_params["account_id"]
     await authenticate(request, state.settings, state.store, OPS_ONLY)
-    b = await read_json(request, TOKEN_BODY, state.settings.request_body_bytes_max)
-    token = await registry.issue_customer_token(state.store, state.db, account_id, b["label"])
-    return JSONResponse({"account_id": account_id, "label": b["label"], "token": token}, 201)
+    b = await read_body(request, TokenRequest, state.settings.request_body_bytes_max)
+    token = await registry.issue_customer_token(state.store, state.db, account_id, b.label)
+    return answer(answers.TokenIssued(account_id, b.label, token), 201)
 
 
 async def post_credit(request: Request) -> Response:
     state = request.state
     account_id = request.path_params["account_id"]
     await authenticate(request, state.settings, state.store, OPS_ONLY)
-    b = await read_json(request, CREDIT_BODY, state.settings.request_body_bytes_max)
+    b = await read_body(request, CreditRequest, state.settings.request_body_bytes_max)
     credit = await credits.add_funds(
-        state.store, account_id, b["credit_id"], b["amount_micros"], "ops_credit", b["reason"]
+        state.store, account_id, b.credit_id, b.amount_micros, "ops_credit", b.reason
     )
-    return JSONResponse({"credit_id": b["credit_id"], **credit.as_dict()})
+    return answer(answers.FundsAdded.of(b.credit_id, credit))

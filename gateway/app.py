@@ -16,8 +16,10 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from gateway import log_redaction
+from gateway.connection_guard import ConnectionGuard
 from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.fast_path import SwitchFastPath
 from gateway.live_api import OPENAPI_WEBSOCKETS, account_live, ops_live
 from gateway.live_hub import LiveHub
 from gateway.openapi import build_openapi
@@ -41,18 +43,25 @@ class GatewayState(TypedDict):
     db: Any  # asyncpg.Pool
     stripe: stripe.StripeClient
     live_hub: LiveHub
+    # Read deadlines and connections per address, used by the protocol (the
+    # name is gateway.connection_guard.STATE_KEY).
+    connection_guard: ConnectionGuard
 
 
 class GatewayApp(Starlette):
     """Starlette with the security headers outermost, so that they also reach
-    the 500 answers Starlette's own error layer renders."""
+    the 500 answers Starlette's own error layer renders, and the switch's fast
+    path (gateway/fast_path.py) just inside them."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
 
     def build_middleware_stack(self) -> ASGIApp:
-        return SecurityHeaders(super().build_middleware_stack(), self.settings)
+        # The switch's requests are answered by the fast path, inside the headers.
+        return SecurityHeaders(
+            SwitchFastPath(super().build_middleware_stack(), self.settings), self.settings
+        )
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -83,6 +92,7 @@ def create_app(settings: Settings) -> Starlette:
                 db=db,
                 stripe=stripe_client,
                 live_hub=live_hub,
+                connection_guard=ConnectionGuard(settings),
             )
         finally:
             stop.set()

@@ -1,24 +1,26 @@
-"""Every HTTP endpoint once: path, method, handler, who may call it, its body.
-The router and the OpenAPI document are both built from this table."""
+"""Every HTTP endpoint once: path, method, handler, who may call it, its body
+and its answer (msgspec Structs). The router and the OpenAPI document are both
+built from this table."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import (
     accounts_api,
     activity_api,
+    answers,
     notify_api,
     numbers_api,
     pages,
     payments_api,
     switch_api,
 )
-from gateway.bodies import Body
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -30,11 +32,13 @@ class Endpoint:
     handler: Handler
     roles: tuple[str, ...]
     summary: str
-    body: Body | None = None
+    body: type[msgspec.Struct] | None = None
     success: int = 200
     errors: tuple[int, ...] = (400, 401, 403, 404, 409, 422)
     # Query parameters: name -> description (all optional strings).
     query: tuple[tuple[str, str], ...] = ()
+    # The success answer's declaration (None: an object not described yet).
+    answer: type[msgspec.Struct] | None = None
 
 
 ACTIVITY_QUERY = (
@@ -53,7 +57,8 @@ ENDPOINTS: list[Endpoint] = [
         accounts_api.post_account,
         ("ops",),
         "Create an account with its rate card (zero balance).",
-        accounts_api.CREATE_BODY,
+        accounts_api.CreateAccountRequest,
+        answer=answers.AccountAnswer,
         success=201,
     ),
     Endpoint(
@@ -62,6 +67,7 @@ ENDPOINTS: list[Endpoint] = [
         accounts_api.get_account,
         ("customer", "ops", "switch"),
         "Balance, reserved, available, rate card, recharge settings, card on file.",
+        answer=answers.AccountAnswer,
     ),
     Endpoint(
         "POST",
@@ -69,7 +75,8 @@ ENDPOINTS: list[Endpoint] = [
         accounts_api.post_token,
         ("ops",),
         "Issue a customer token for the account's dashboard (shown once).",
-        accounts_api.TOKEN_BODY,
+        accounts_api.TokenRequest,
+        answer=answers.TokenIssued,
         success=201,
     ),
     Endpoint(
@@ -78,7 +85,8 @@ ENDPOINTS: list[Endpoint] = [
         accounts_api.post_credit,
         ("ops",),
         "Add funds (idempotent by credit_id).",
-        accounts_api.CREDIT_BODY,
+        accounts_api.CreditRequest,
+        answer=answers.FundsAdded,
     ),
     Endpoint(
         "POST",
@@ -86,7 +94,8 @@ ENDPOINTS: list[Endpoint] = [
         switch_api.post_message,
         ("switch",),
         "Charge an outgoing or incoming text message, or refuse with 402.",
-        switch_api.MESSAGE_BODY,
+        switch_api.MessageRequest,
+        answer=answers.MessageCharged,
         errors=CHARGE_ERRORS,
     ),
     Endpoint(
@@ -95,7 +104,8 @@ ENDPOINTS: list[Endpoint] = [
         switch_api.post_ring_through_attempt,
         ("switch",),
         "Charge a ring-through connection attempt, or refuse with 402.",
-        switch_api.ATTEMPT_BODY,
+        switch_api.AttemptRequest,
+        answer=answers.AttemptCharged,
         errors=CHARGE_ERRORS,
     ),
     Endpoint(
@@ -104,7 +114,8 @@ ENDPOINTS: list[Endpoint] = [
         switch_api.post_number_purchase,
         ("switch",),
         "Charge a phone number purchase, or refuse with 402.",
-        switch_api.PURCHASE_BODY,
+        switch_api.PurchaseRequest,
+        answer=answers.PurchaseCharged,
         errors=CHARGE_ERRORS,
     ),
     Endpoint(
@@ -113,7 +124,8 @@ ENDPOINTS: list[Endpoint] = [
         switch_api.post_number_renewal,
         ("switch",),
         "Charge a phone number renewal, or refuse with 402.",
-        switch_api.RENEWAL_BODY,
+        switch_api.RenewalRequest,
+        answer=answers.RenewalCharged,
         errors=CHARGE_ERRORS,
     ),
     Endpoint(
@@ -122,7 +134,8 @@ ENDPOINTS: list[Endpoint] = [
         switch_api.post_call,
         ("switch",),
         "Reserve: open a call and grant its first chunk of seconds.",
-        switch_api.RESERVE_BODY,
+        switch_api.ReserveRequest,
+        answer=answers.CallGrant,
         errors=(*CHARGE_ERRORS, 429),
     ),
     Endpoint(
@@ -131,7 +144,8 @@ ENDPOINTS: list[Endpoint] = [
         switch_api.post_call_extend,
         ("switch",),
         "Grant another chunk of seconds to an open call, or refuse with 402.",
-        switch_api.EXTEND_BODY,
+        switch_api.ExtendRequest,
+        answer=answers.CallGrant,
         errors=CHARGE_ERRORS,
     ),
     Endpoint(
@@ -140,7 +154,8 @@ ENDPOINTS: list[Endpoint] = [
         switch_api.post_call_commit,
         ("switch",),
         "Hang-up: charge the real duration, release the rest of the reservation.",
-        switch_api.COMMIT_BODY,
+        switch_api.CommitRequest,
+        answer=answers.CallCharged,
         errors=CHARGE_ERRORS,
     ),
     Endpoint(
@@ -149,7 +164,8 @@ ENDPOINTS: list[Endpoint] = [
         switch_api.post_call_release,
         ("switch",),
         "The call never connected: release its reservation, charge nothing.",
-        switch_api.RELEASE_BODY,
+        switch_api.ReleaseRequest,
+        answer=answers.CallReleased,
     ),
     # The durable ledger: activity view and lag. Query parameters of the
     # activity endpoints: from, to (YYYY-MM-DD or RFC 3339), show, limit, cursor.
@@ -212,33 +228,33 @@ ENDPOINTS: list[Endpoint] = [
         "PUT",
         "/v1/accounts/{account_id}/recharge",
         payments_api.put_recharge,
-        ("customer", "ops"),
+        ("customer",),
         "Save the automatic recharge settings as one update (422 names the field).",
-        payments_api.RECHARGE_BODY,
+        payments_api.RechargeRequest,
     ),
     Endpoint(
         "POST",
         "/v1/accounts/{account_id}/payments",
         payments_api.post_payment,
-        ("customer", "ops"),
+        ("customer",),
         "Pay now: charge the card on file and add the amount, once per payment_id.",
-        payments_api.PAYMENT_BODY,
+        payments_api.PaymentRequest,
         errors=(400, 401, 402, 403, 404, 409, 422, 503),
     ),
     Endpoint(
         "PUT",
         "/v1/accounts/{account_id}/card",
         payments_api.put_card,
-        ("customer", "ops"),
+        ("customer",),
         "Register or replace the card on file: a confirmed SetupIntent, or a payment method id.",
-        payments_api.CARD_BODY,
+        payments_api.CardRequest,
         errors=(400, 401, 402, 403, 404, 422, 503),
     ),
     Endpoint(
         "POST",
         "/v1/accounts/{account_id}/card/setup-intents",
         payments_api.post_card_setup,
-        ("customer", "ops"),
+        ("customer",),
         "Start registering a card: a Stripe SetupIntent (off-session use) whose client_secret "
         "the browser confirms with Stripe.js (confirmCardSetup); then PUT .../card.",
         success=201,
@@ -263,7 +279,7 @@ ENDPOINTS: list[Endpoint] = [
         "DELETE",
         "/v1/accounts/{account_id}/card",
         payments_api.delete_card,
-        ("customer", "ops"),
+        ("customer",),
         "Delete the card on file (turns automatic recharge off).",
     ),
     Endpoint(
@@ -307,7 +323,7 @@ ENDPOINTS: list[Endpoint] = [
         notify_api.put_alerts,
         ("customer", "ops"),
         "Low-balance alert settings: threshold (0: off) and email, as one update.",
-        notify_api.ALERTS_BODY,
+        notify_api.AlertsRequest,
         errors=(400, 401, 403, 404, 422, 503),
     ),
     Endpoint(
@@ -325,7 +341,7 @@ ENDPOINTS: list[Endpoint] = [
         ("customer", "ops"),
         "Register a webhook endpoint for the account's events; answers its signing "
         "secret (shown once).",
-        notify_api.WEBHOOK_BODY,
+        notify_api.WebhookRequest,
         success=201,
         errors=(400, 401, 403, 422, 503),
     ),
@@ -351,7 +367,7 @@ ENDPOINTS: list[Endpoint] = [
         notify_api.post_ops_webhook,
         ("ops",),
         "Register a global webhook: the events of every account.",
-        notify_api.WEBHOOK_BODY,
+        notify_api.WebhookRequest,
         success=201,
         errors=(400, 401, 403, 422, 503),
     ),

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.auth import Forbidden, Unauthorized
@@ -16,11 +17,11 @@ from gateway.bodies import (
     BodyTooLarge,
     DuplicateKey,
     MalformedBody,
-    MissingField,
     UnsupportedMediaType,
 )
 from gateway.responses import JSONResponse, error_body
 from metering import errors
+from metering.ledger.database import DATABASE_DOWN
 from metering.notify.webhooks import UnknownWebhook
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ STATUS: dict[type[Exception], int] = {
     errors.CallDurationLimit: 409,
     BodyTooLarge: 413,
     UnsupportedMediaType: 415,
-    MissingField: 422,
     errors.InvalidRequest: 422,
     errors.BalanceLimit: 422,
     errors.ConcurrentCallLimit: 429,
@@ -52,12 +52,14 @@ STATUS: dict[type[Exception], int] = {
     errors.AuthenticationRequired: 402,
     errors.PaymentFailed: 402,
     errors.NoCardOnFile: 409,
+    errors.ChargeMismatch: 409,
     errors.WebhookRejected: 400,
     errors.LedgerBacklogFull: 503,
     errors.Unavailable: 503,
 }
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+Headers = dict[str, str] | None
 
 
 def status_of(exc: Exception) -> int:
@@ -67,39 +69,52 @@ def status_of(exc: Exception) -> int:
     return 500
 
 
-async def on_known_error(request: Request, exc: Exception) -> Response:
-    details = {}
-    if isinstance(exc, errors.MeteringError):
-        details = dict(exc.details)
-    elif isinstance(exc, MissingField | DuplicateKey):
-        details = {"field": exc.field}
-    code = getattr(exc, "code", "error")
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return JSONResponse(error_body(code, str(exc), **details), status_of(exc), headers=headers)
+def error_answer(exc: Exception, method: str, path: str) -> tuple[int, dict[str, Any], Headers]:
+    """(status, body, extra headers) of an error: the one mapping, used by
+    Starlette's handlers below and by the switch's fast path (gateway/fast_path.py)."""
+    status = status_of(exc)
+    if status != 500:
+        details: dict[str, Any] = {}
+        if isinstance(exc, errors.MeteringError):
+            details = dict(exc.details)
+        elif isinstance(exc, DuplicateKey):
+            details = {"field": exc.field}
+        code = getattr(exc, "code", "error")
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return status, error_body(code, str(exc), **details), headers
+    if isinstance(exc, HTTPException):
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return exc.status_code, error_body(code, f"{method} {path}: {exc.detail}"), None
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        log.warning("redis unavailable: %s", exc)
+        return 503, error_body("unavailable", "the balance store did not answer; retry"), None
+    if isinstance(exc, DATABASE_DOWN):
+        log.warning("database unavailable: %r", exc)
+        return 503, error_body("unavailable", "the database did not answer; retry"), None
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return 500, error_body("internal", "an internal error occurred"), None
 
 
-async def on_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = HTTP_CODES.get(exc.status_code, "http_error")
-    return JSONResponse(
-        error_body(code, f"{request.method} {request.url.path}: {exc.detail}"), exc.status_code
-    )
+async def on_error(request: Request, exc: Exception) -> Response:
+    status, body, headers = error_answer(exc, request.method, request.url.path)
+    return JSONResponse(body, status, headers=headers)
 
 
-async def on_redis_down(request: Request, exc: Exception) -> Response:
-    log.warning("redis unavailable: %s", exc)
-    return JSONResponse(error_body("unavailable", "the balance store did not answer; retry"), 503)
-
-
-async def on_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(error_body("internal", "an internal error occurred"), 500)
+async def on_client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed, or was cut off by a read deadline, mid-body: nobody
+    # is left to answer, and it is no server error worth a traceback.
+    log.debug("client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
 
 
 EXCEPTION_HANDLERS = {
-    **{kind: on_known_error for kind in STATUS},
-    HTTPException: on_http_error,
-    RedisConnectionError: on_redis_down,
-    RedisTimeoutError: on_redis_down,
-    Exception: on_unexpected,
+    **{kind: on_error for kind in STATUS},
+    HTTPException: on_error,
+    ClientDisconnect: on_client_gone,
+    RedisConnectionError: on_error,
+    RedisTimeoutError: on_error,
+    # A handler that reached Postgres through the pool directly (not through
+    # metering.ledger.database.acquire) gets the same 503 for an outage.
+    **{kind: on_error for kind in DATABASE_DOWN if issubclass(kind, Exception)},
+    Exception: on_error,
 }

@@ -1,21 +1,19 @@
 """The OpenAPI 3.1 document, generated from the endpoint table so it cannot
-drift from the handlers' declared bodies."""
+drift from the handlers: request bodies and answers are the msgspec Structs the
+handlers decode and encode, described by msgspec's JSON Schema generator
+(components referenced by name: RateCard, Error, each body and answer)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
+import msgspec
+
+from gateway.answers import Error
 from gateway.endpoints import ENDPOINTS, Endpoint
 
-ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error", "message"],
-    "properties": {
-        "error": {"type": "string", "description": "Machine-readable code."},
-        "message": {"type": "string", "description": "What is wrong, in a sentence."},
-    },
-}
+REF = "#/components/schemas/{name}"
 ERROR_TEXT = {
     400: "malformed_json, duplicate_key (a key twice in one object) or trailing_data "
     "(data after the JSON object).",
@@ -37,7 +35,7 @@ def _error_codes(e: Endpoint) -> list[int]:
     return sorted(set(e.errors) | ({413, 415} if e.body is not None else set()))
 
 
-def _operation(e: Endpoint) -> dict[str, Any]:
+def _operation(e: Endpoint, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": e.summary,
         "description": "Roles: " + (", ".join(e.roles) or "none (signature-verified)"),
@@ -46,14 +44,12 @@ def _operation(e: Endpoint) -> dict[str, Any]:
         "responses": {
             str(e.success): {
                 "description": "Success",
-                "content": {"application/json": {"schema": {"type": "object"}}},
+                "content": {"application/json": {"schema": refs.get(e.answer, {"type": "object"})}},
             },
             **{
                 str(code): {
                     "description": ERROR_TEXT.get(code, "Error"),
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                    },
+                    "content": {"application/json": {"schema": refs[Error]}},
                 }
                 for code in _error_codes(e)
             },
@@ -76,34 +72,23 @@ def _operation(e: Endpoint) -> dict[str, Any]:
     if parameters:
         op["parameters"] = parameters
     if e.body is not None:
-        props: dict[str, Any] = {}
-        for name, f in e.body.fields.items():
-            prop: dict[str, Any] = {"type": f.kind, "description": f.description}
-            if f.enum:
-                prop["enum"] = list(f.enum)
-            if f.minimum is not None:
-                prop["minimum"] = f.minimum
-            props[name] = prop
         op["requestBody"] = {
             "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": [n for n, f in e.body.fields.items() if f.required],
-                        "properties": props,
-                    }
-                }
-            },
+            "content": {"application/json": {"schema": refs[e.body]}},
         }
     return op
 
 
 def build_openapi(endpoints: list[Endpoint] | None = None) -> dict[str, Any]:
+    table = endpoints if endpoints is not None else ENDPOINTS
+    types = [Error] + sorted(
+        {t for e in table for t in (e.body, e.answer) if t is not None}, key=lambda t: t.__name__
+    )
+    schemas, components = msgspec.json.schema_components(types, ref_template=REF)
+    refs = dict(zip(types, schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
-    for e in endpoints if endpoints is not None else ENDPOINTS:
-        paths.setdefault(e.path, {})[e.method.lower()] = _operation(e)
+    for e in table:
+        paths.setdefault(e.path, {})[e.method.lower()] = _operation(e, refs)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -114,7 +99,7 @@ def build_openapi(endpoints: list[Endpoint] | None = None) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": {"Error": ERROR_SCHEMA},
+            "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

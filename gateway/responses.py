@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 from starlette.responses import Response
+
+_ENCODER = msgspec.json.Encoder()
 
 
 class JSONResponse(Response):
@@ -17,3 +20,8 @@ class JSONResponse(Response):
 
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
     return {"error": code, "message": message, **details}
+
+
+def answer(content: msgspec.Struct, status_code: int = 200) -> Response:
+    """A declared answer (gateway/answers.py), encoded by msgspec."""
+    return Response(_ENCODER.encode(content), status_code, media_type="application/json")

@@ -2,171 +2,214 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, NamedTuple
 
+from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import answers
 from gateway.auth import SWITCH, authenticate
-from gateway.bodies import Body, Field, read_json
-from gateway.responses import JSONResponse
+from gateway.bodies import BodyT, RequestBody, read_body
+from gateway.responses import answer
 from metering import debits, reservations
+from metering.fields import INT64_MAX, AccountId, PhoneNumber, RequestId
+from metering.store import Store
 
 SWITCH_ONLY = frozenset({SWITCH})
 
-ACCOUNT = Field("string", True, "The account to charge.")
-DIRECTION = Field("string", True, "outbound or inbound", enum=("outbound", "inbound"))
-
-MESSAGE_BODY = Body(
-    {
-        "account_id": ACCOUNT,
-        "message_id": Field(
-            "string", True, "The switch's id of the text message (idempotency key)."
-        ),
-        "direction": DIRECTION,
-        "number": Field(
-            "string",
-            False,
-            "The account's number the text is sent from or to: refused (402 "
-            "number_suspended) while that number is suspended.",
-        ),
-    }
-)
-ATTEMPT_BODY = Body(
-    {
-        "account_id": ACCOUNT,
-        "attempt_id": Field("string", True, "The id of this ring-through connection attempt."),
-    }
-)
-PURCHASE_BODY = Body(
-    {
-        "account_id": ACCOUNT,
-        "purchase_id": Field("string", True, "The id of this purchase."),
-        "number": Field("string", True, "The phone number bought, e.g. +15551234567."),
-        "renewal": Field(
-            "string",
-            False,
-            "automatic (default): the gateway renews it each period; switch: the switch "
-            "renews it through /v1/numbers/renewals.",
-            enum=("automatic", "switch"),
-        ),
-    }
-)
-RENEWAL_BODY = Body(
-    {
-        "account_id": ACCOUNT,
-        "renewal_id": Field("string", True, "The id of this renewal."),
-        "number": Field("string", True, "The phone number renewed."),
-    }
-)
-RESERVE_BODY = Body(
-    {
-        "account_id": ACCOUNT,
-        "call_id": Field("string", True, "The switch's call id (idempotency key)."),
-        "direction": DIRECTION,
-        "number": Field(
-            "string",
-            False,
-            "The account's number called (inbound) or calling (outbound): refused (402 "
-            "number_suspended) while that number is suspended.",
-        ),
-    }
-)
-EXTEND_BODY = Body(
-    {
-        "account_id": ACCOUNT,
-        "extend_id": Field(
-            "string",
-            False,
-            "Optional id of this extension; a retry with it returns the first grant.",
-        ),
-    }
-)
-COMMIT_BODY = Body(
-    {
-        "account_id": ACCOUNT,
-        "duration_seconds": Field(
-            "integer",
-            True,
-            "The call's real duration (release a call that never connected).",
-            minimum=1,
-        ),
-    }
-)
-RELEASE_BODY = Body({"account_id": ACCOUNT})
+Account = Annotated[AccountId, Meta(description="The account to charge.")]
+Direction = Annotated[Literal["outbound", "inbound"], Meta(description="outbound or inbound")]
 
 
-async def _switch_body(request: Request, body: Body) -> dict[str, Any]:
+class MessageRequest(RequestBody):
+    """A text message to charge."""
+
+    account_id: Account
+    message_id: Annotated[
+        RequestId, Meta(description="The switch's id of the text message (idempotency key).")
+    ]
+    direction: Direction
+    number: Annotated[
+        PhoneNumber | None,
+        Meta(
+            description="The account's number the text is sent from or to: refused (402 "
+            "number_suspended) while that number is suspended."
+        ),
+    ] = None
+
+
+class AttemptRequest(RequestBody):
+    """A ring-through connection attempt to charge."""
+
+    account_id: Account
+    attempt_id: Annotated[
+        RequestId, Meta(description="The id of this ring-through connection attempt.")
+    ]
+
+
+class PurchaseRequest(RequestBody):
+    """A phone number bought."""
+
+    account_id: Account
+    purchase_id: Annotated[RequestId, Meta(description="The id of this purchase.")]
+    number: Annotated[PhoneNumber, Meta(description="The phone number bought, e.g. +15551234567.")]
+    renewal: Annotated[
+        Literal["automatic", "switch"],
+        Meta(
+            description="automatic (default): the gateway renews it each period; switch: "
+            "the switch renews it through /v1/numbers/renewals."
+        ),
+    ] = "automatic"
+
+
+class RenewalRequest(RequestBody):
+    """A phone number renewed for one period."""
+
+    account_id: Account
+    renewal_id: Annotated[RequestId, Meta(description="The id of this renewal.")]
+    number: Annotated[PhoneNumber, Meta(description="The phone number renewed.")]
+
+
+class ReserveRequest(RequestBody):
+    """A call set up: reserve its first grant."""
+
+    account_id: Account
+    call_id: Annotated[RequestId, Meta(description="The switch's call id (idempotency key).")]
+    direction: Direction
+    number: Annotated[
+        PhoneNumber | None,
+        Meta(
+            description="The account's number called (inbound) or calling (outbound): refused (402 "
+            "number_suspended) while that number is suspended."
+        ),
+    ] = None
+
+
+class ExtendRequest(RequestBody):
+    """Another grant for an open call."""
+
+    account_id: Account
+    extend_id: Annotated[
+        RequestId | None,
+        Meta(description="Optional id of this extension; a retry with it returns the first grant."),
+    ] = None
+
+
+class CommitRequest(RequestBody):
+    """The call's real duration at hang-up."""
+
+    account_id: Account
+    duration_seconds: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=INT64_MAX,
+            description="The call's real duration (release a call that never connected); "
+            "at most METERING_CALL_DURATION_S_MAX.",
+            extra={
+                "rule": "a whole number of seconds, at least 1 (release a call that "
+                "never connected)"
+            },
+        ),
+    ]
+
+
+class ReleaseRequest(RequestBody):
+    """A call that never connected."""
+
+    account_id: Account
+
+
+async def _switch_body(request: Request, body_type: type[BodyT]) -> BodyT:
     state = request.state
     await authenticate(request, state.settings, state.store, SWITCH_ONLY)
-    return await read_json(request, body, state.settings.request_body_bytes_max)
+    return await read_body(request, body_type, state.settings.request_body_bytes_max)
 
 
-async def post_message(request: Request) -> Response:
-    b = await _switch_body(request, MESSAGE_BODY)
-    charge = await debits.message(
-        request.state.store, b["account_id"], b["message_id"], b["direction"], b.get("number")
-    )
-    return JSONResponse({"message_id": b["message_id"], **charge.as_dict()})
+# Each endpoint's work, apart from HTTP: (store, body, call id from the path) ->
+# answer. The Starlette handlers below and the fast path (gateway/fast_path.py)
+# both run these.
 
 
-async def post_ring_through_attempt(request: Request) -> Response:
-    b = await _switch_body(request, ATTEMPT_BODY)
-    charge = await debits.ring_through_attempt(
-        request.state.store, b["account_id"], b["attempt_id"]
-    )
-    return JSONResponse({"attempt_id": b["attempt_id"], **charge.as_dict()})
+async def charge_message(store: Store, b: MessageRequest, _: str) -> answers.Answer:
+    charge = await debits.message(store, b.account_id, b.message_id, b.direction, b.number)
+    return answers.MessageCharged.of(b.message_id, charge)
 
 
-async def post_number_purchase(request: Request) -> Response:
-    b = await _switch_body(request, PURCHASE_BODY)
-    charge = await debits.number_purchase(
-        request.state.store,
-        b["account_id"],
-        b["purchase_id"],
-        b["number"],
-        b.get("renewal", "automatic"),
-    )
-    return JSONResponse(
-        {"purchase_id": b["purchase_id"], "number": b["number"], **charge.as_dict()}
-    )
+async def charge_attempt(store: Store, b: AttemptRequest, _: str) -> answers.Answer:
+    charge = await debits.ring_through_attempt(store, b.account_id, b.attempt_id)
+    return answers.AttemptCharged.of(b.attempt_id, charge)
 
 
-async def post_number_renewal(request: Request) -> Response:
-    b = await _switch_body(request, RENEWAL_BODY)
-    charge = await debits.number_renewal(
-        request.state.store, b["account_id"], b["renewal_id"], b["number"]
-    )
-    return JSONResponse({"renewal_id": b["renewal_id"], "number": b["number"], **charge.as_dict()})
+async def charge_purchase(store: Store, b: PurchaseRequest, _: str) -> answers.Answer:
+    charge = await debits.number_purchase(store, b.account_id, b.purchase_id, b.number, b.renewal)
+    return answers.PurchaseCharged.of(b.purchase_id, b.number, charge)
 
 
-async def post_call(request: Request) -> Response:
-    b = await _switch_body(request, RESERVE_BODY)
-    grant = await reservations.reserve(
-        request.state.store, b["account_id"], b["call_id"], b["direction"], b.get("number")
-    )
-    return JSONResponse(grant.as_dict())
+async def charge_renewal(store: Store, b: RenewalRequest, _: str) -> answers.Answer:
+    charge = await debits.number_renewal(store, b.account_id, b.renewal_id, b.number)
+    return answers.RenewalCharged.of(b.renewal_id, b.number, charge)
 
 
-async def post_call_extend(request: Request) -> Response:
-    b = await _switch_body(request, EXTEND_BODY)
-    grant = await reservations.extend(
-        request.state.store, b["account_id"], request.path_params["call_id"], b.get("extend_id")
-    )
-    return JSONResponse(grant.as_dict())
+async def open_call(store: Store, b: ReserveRequest, _: str) -> answers.Answer:
+    grant = await reservations.reserve(store, b.account_id, b.call_id, b.direction, b.number)
+    return answers.CallGrant.of(grant)
 
 
-async def post_call_commit(request: Request) -> Response:
-    b = await _switch_body(request, COMMIT_BODY)
-    charge = await reservations.commit(
-        request.state.store, b["account_id"], request.path_params["call_id"], b["duration_seconds"]
-    )
-    return JSONResponse(charge.as_dict())
+async def extend_call(store: Store, b: ExtendRequest, call_id: str) -> answers.Answer:
+    grant = await reservations.extend(store, b.account_id, call_id, b.extend_id)
+    return answers.CallGrant.of(grant)
 
 
-async def post_call_release(request: Request) -> Response:
-    b = await _switch_body(request, RELEASE_BODY)
-    released = await reservations.release(
-        request.state.store, b["account_id"], request.path_params["call_id"]
-    )
-    return JSONResponse(released.as_dict())
+async def commit_call(store: Store, b: CommitRequest, call_id: str) -> answers.Answer:
+    charge = await reservations.commit(store, b.account_id, call_id, b.duration_seconds)
+    return answers.CallCharged.of(charge)
+
+
+async def release_call(store: Store, b: ReleaseRequest, call_id: str) -> answers.Answer:
+    released = await reservations.release(store, b.account_id, call_id)
+    return answers.CallReleased.of(released)
+
+
+class Action(NamedTuple):
+    body: type[RequestBody]
+    run: Callable[[Store, Any, str], Awaitable[answers.Answer]]
+
+
+# By path; the call actions by the path's last segment (/v1/calls/{call_id}/<name>).
+ACTIONS: dict[str, Action] = {
+    "/v1/messages": Action(MessageRequest, charge_message),
+    "/v1/ring-through-attempts": Action(AttemptRequest, charge_attempt),
+    "/v1/numbers/purchases": Action(PurchaseRequest, charge_purchase),
+    "/v1/numbers/renewals": Action(RenewalRequest, charge_renewal),
+    "/v1/calls": Action(ReserveRequest, open_call),
+}
+CALL_ACTIONS: dict[str, Action] = {
+    "extend": Action(ExtendRequest, extend_call),
+    "commit": Action(CommitRequest, commit_call),
+    "release": Action(ReleaseRequest, release_call),
+}
+
+
+def _handler(name: str, action: Action) -> Callable[[Request], Awaitable[Response]]:
+    async def handler(request: Request) -> Response:
+        b = await _switch_body(request, action.body)
+        call_id = request.path_params.get("call_id", "")
+        return answer(await action.run(request.state.store, b, call_id))
+
+    handler.__name__ = handler.__qualname__ = name  # the OpenAPI operationId
+    return handler
+
+
+post_message = _handler("post_message", ACTIONS["/v1/messages"])
+post_ring_through_attempt = _handler(
+    "post_ring_through_attempt", ACTIONS["/v1/ring-through-attempts"]
+)
+post_number_purchase = _handler("post_number_purchase", ACTIONS["/v1/numbers/purchases"])
+post_number_renewal = _handler("post_number_renewal", ACTIONS["/v1/numbers/renewals"])
+post_call = _handler("post_call", ACTIONS["/v1/calls"])
+post_call_extend = _handler("post_call_extend", CALL_ACTIONS["extend"])
+post_call_commit = _handler("post_call_commit", CALL_ACTIONS["commit"])
+post_call_release = _handler("post_call_release", CALL_ACTIONS["release"])

@@ -40,6 +40,59 @@ class Charge:
         }
 
 
+def debit_call(
+    store: Store,
+    account_id: str,
+    item: str,
+    kind: str,
+    request_id: str,
+    fingerprint: str,
+    detail: str = "",
+    number: str = "",
+    number_role: str = "",
+    renewal_mode: str = "",
+) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV of debit.lua for one charge (lua/debit.lua's header);
+    the bench's bare route and redis-benchmark send exactly these."""
+    keys = store.account_keys(account_id)
+    settings = store.settings
+    return (
+        [
+            keys.account,
+            keys.request(kind, request_id),
+            keys.shard.ledger,
+            keys.shard.recharge,
+            keys.numbers,
+            keys.shard.numbers,
+            keys.shard.events,
+            spend_key(settings, keys.shard),
+        ],
+        [
+            account_id,
+            item,
+            ONE_SHOT_PRICE_FIELD[item],
+            request_id,
+            fingerprint,
+            settings.idempotency_window_s,
+            settings.ledger_backlog_max,
+            settings.live_channel,
+            detail,
+            number,
+            number_role,
+            renewal_mode,
+            spend_ttl_s(settings),
+        ],
+    )
+
+
+def charge_of(result: list[Any], account_id: str, item: str, request_id: str) -> Charge:
+    """debit.lua's answer as a Charge, or its refusal raised."""
+    raise_refusal(result, account_id, f"{item} {request_id}")
+    return Charge(
+        item, int(result[2]), int(result[3]), int(result[4]), int(result[5]), result[1] == 1
+    )
+
+
 async def debit(
     store: Store,
     account_id: str,
@@ -56,41 +109,20 @@ async def debit(
     so a message id reused with the other direction is a conflict, not a second charge.
     A number named in a role (lua/_lib.lua number_refusal) is checked and recorded in
     the same script."""
-    price_field = ONE_SHOT_PRICE_FIELD[item]
-    keys = store.account_keys(account_id)
-    settings = store.settings
-    result = await store.scripts.debit(
-        store.redis,
-        [
-            keys.account,
-            keys.request(kind, request_id),
-            keys.shard.ledger,
-            keys.shard.recharge,
-            keys.numbers,
-            keys.shard.numbers,
-            keys.shard.events,
-            spend_key(settings, keys.shard),
-        ],
-        [
-            account_id,
-            item,
-            price_field,
-            request_id,
-            fingerprint,
-            settings.idempotency_window_s,
-            settings.ledger_backlog_max,
-            settings.live_channel,
-            detail,
-            number,
-            number_role,
-            renewal_mode,
-            spend_ttl_s(settings),
-        ],
+    keys, args = debit_call(
+        store,
+        account_id,
+        item,
+        kind,
+        request_id,
+        fingerprint,
+        detail,
+        number,
+        number_role,
+        renewal_mode,
     )
-    raise_refusal(result, account_id, f"{item} {request_id}")
-    return Charge(
-        item, int(result[2]), int(result[3]), int(result[4]), int(result[5]), result[1] == 1
-    )
+    result = await store.scripts.debit(store.redis, keys, args)
+    return charge_of(result, account_id, item, request_id)
 
 
 async def message(

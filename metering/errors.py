@@ -191,3 +191,10 @@ class WebhookRejected(MeteringError):
     """A Stripe webhook with a bad or missing signature or a stale timestamp."""
 
     code = "webhook_rejected"
+
+
+class ChargeMismatch(MeteringError):
+    """A Stripe charge that does not match the payment it names (another amount,
+    kind or PaymentIntent): nothing is credited."""
+
+    code = "charge_mismatch"

@@ -9,6 +9,8 @@ unchanged on Redis Cluster.
     m:{s042}:calls:<account_id>      set    open call ids of the account
     m:{s042}:c:<account_id>:<call>   hash   one call's reservation and its answers
     m:{s042}:i:<account_id>:<kind>:<request_id>  string  first answer of a one-shot request
+    m:{s042}:i:<account_id>:charge:<payment_intent>  string  the credit of one Stripe charge
+                                            (never expires; rebuild restores it from the ledger)
     m:{s042}:accounts                set    account ids of the shard
     m:{s042}:ledger                  stream ledger entries not yet trimmed (see ledger_entries)
     m:{s042}:recharge                stream recharge requests (see payments/recharge_worker.py)
@@ -77,6 +79,10 @@ class AccountKeys:
 
     def request(self, kind: str, request_id: str) -> str:
         return f"{self._base}:i:{self.account_id}:{kind}:{request_id}"
+
+    def charge_credit(self, payment_intent_id: str) -> str:
+        """The first answer of the credit of one Stripe charge (kept forever)."""
+        return self.request("charge", payment_intent_id)
 
     def call_keys(self, call_id: str) -> list[str]:
         """The keys every call script starts with: account, call, open calls, expiry."""

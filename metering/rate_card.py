@@ -2,60 +2,56 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from metering import fields
-from metering.errors import InvalidRequest
 from metering.money import PRICE_MICROS_MAX
 
 INCREMENT_S_MAX = 3_600
 
+Price = Annotated[int, msgspec.Meta(ge=0, le=PRICE_MICROS_MAX)]
+PerMinute = Annotated[int, msgspec.Meta(ge=0, le=PRICE_MICROS_MAX, description="Per minute.")]
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RateCard:
-    call_outbound_per_minute_micros: int
-    call_inbound_per_minute_micros: int
-    call_increment_seconds: int
-    call_minimum_seconds: int
-    sms_outbound_micros: int
-    sms_inbound_micros: int
-    ring_through_attempt_micros: int
-    number_purchase_micros: int
-    number_renewal_micros: int
+
+class RateCard(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An account's prices in micro-units (1 USD = 1,000,000); calls are billed
+    per started increment after the minimum."""
+
+    call_outbound_per_minute_micros: PerMinute
+    call_inbound_per_minute_micros: PerMinute
+    call_increment_seconds: Annotated[
+        int, msgspec.Meta(ge=1, le=INCREMENT_S_MAX, description="Billing increment.")
+    ]
+    call_minimum_seconds: Annotated[
+        int, msgspec.Meta(ge=0, le=INCREMENT_S_MAX, description="Seconds billed at least.")
+    ]
+    sms_outbound_micros: Price
+    sms_inbound_micros: Price
+    ring_through_attempt_micros: Price
+    number_purchase_micros: Price
+    number_renewal_micros: Price
 
     @classmethod
     def parse(cls, value: Any, field: str = "rate_card") -> RateCard:
-        """Validate a rate card from a request body: every field present, integers in range."""
-        if not isinstance(value, Mapping):
-            raise InvalidRequest(field, f"{field} must be an object")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(value) - set(names))
-        if unknown:
-            raise InvalidRequest(f"{field}.{unknown[0]}", f"{field} has no field {unknown[0]!r}")
-        values: dict[str, int] = {}
-        for name in names:
-            path = f"{field}.{name}"
-            if name not in value:
-                raise InvalidRequest(path, f"{path} is required")
-            if name == "call_increment_seconds":
-                values[name] = fields.integer(value[name], path, 1, INCREMENT_S_MAX)
-            elif name == "call_minimum_seconds":
-                values[name] = fields.integer(value[name], path, 0, INCREMENT_S_MAX)
-            else:
-                values[name] = fields.integer(value[name], path, 0, PRICE_MICROS_MAX)
-        return cls(**values)
+        """Validate a rate card given as a mapping (a tool's JSON file): every field
+        present, integers in range; the error names `rate_card.<field>`."""
+        try:
+            return msgspec.convert(value, cls)
+        except msgspec.ValidationError as exc:
+            raise fields.invalid(exc, cls, field) from None
 
     @classmethod
     def from_redis(cls, stored: Mapping[str, str]) -> RateCard:
-        return cls(**{f.name: int(stored[f.name]) for f in dataclasses.fields(cls)})
+        return cls(*(int(stored[name]) for name in cls.__struct_fields__))
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in self.__struct_fields__}
 
     def fingerprint(self) -> str:
-        return ",".join(str(getattr(self, f.name)) for f in dataclasses.fields(self))
+        return ",".join(str(getattr(self, name)) for name in self.__struct_fields__)
 
 
 # The price field a one-shot item reads from the rate card (in the Lua script).

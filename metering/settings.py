@@ -50,6 +50,21 @@ class Settings:
     # Strict-Transport-Security max-age on answers served over TLS (https, or
     # X-Forwarded-Proto https from a trusted proxy); 0 sends none.
     http_hsts_max_age_s: int = 31_536_000
+    # Slow clients (gateway/connection_guard.py): a request's headers must arrive
+    # within http_header_read_timeout_s of its first byte (of the opening, on a new
+    # connection), its body within http_body_read_timeout_s of the headers;
+    # else 408 and the connection closes.
+    http_header_read_timeout_s: float = 10.0
+    http_body_read_timeout_s: float = 10.0
+    # Open connections (websockets included) one client address may hold in one
+    # process; 0 = no cap (behind a proxy that caps per address itself).
+    http_connections_per_client_max: int = 1_000
+    # An idle keep-alive connection is closed after this long. Clients must let
+    # idle connections go sooner (or retry with the same id, which is safe).
+    http_keep_alive_s: float = 30.0
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
+    # forwarded_allow_ips: comma-separated addresses or networks, or *).
+    http_forwarded_allow_ips: str = "127.0.0.1,::1"
 
     # Sharding: fixed for the life of a deployment (changing it moves accounts).
     shard_count: int = 256
@@ -156,6 +171,18 @@ class Settings:
     recharge_attempts_max: int = 10
     recharge_lease_s: float = 120.0
     recharge_consumer_group: str = "recharge-worker"
+    # One automatic recharge charges at most this much (like payment_micros_max
+    # for pay now); a saved amount above it is refused, an older one is not charged.
+    recharge_micros_max: int = 10_000_000_000
+    # The worker's repair pass (every recharge_repair_interval_s): a pending mark
+    # without an open episode, a charge not yet credited and card or recharge
+    # settings not yet copied to Redis are put right once they are older than
+    # recharge_repair_grace_s; each pass looks at recharge_repair_accounts_max
+    # accounts' marks, so every account is looked at within
+    # (accounts / recharge_repair_accounts_max) passes.
+    recharge_repair_interval_s: float = 2.0
+    recharge_repair_grace_s: float = 60.0
+    recharge_repair_accounts_max: int = 5_000
 
     # Email for recharge failures.
     smtp_host: str = "127.0.0.1"
@@ -217,6 +244,10 @@ class Settings:
     burn_bucket_s: int = 60
     live_ops_burn_refresh_s: float = 5.0
 
+    # Tests of crash windows only: a process that reaches the named point
+    # (metering/crash_points.py) kills itself with SIGKILL there. Empty: never.
+    crash_point: str = ""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `METERING_<FIELD>` variables, falling back to defaults."""
@@ -264,6 +295,8 @@ class Settings:
             "payment_micros_min",
             "recharge_batch_max",
             "recharge_attempts_max",
+            "recharge_micros_max",
+            "recharge_repair_accounts_max",
             "ledger_retry_max",
             "activity_export_rows_max",
             "database_pool_max",
@@ -292,8 +325,14 @@ class Settings:
             )
         if self.outage_backoff_max_s <= 0:
             raise SettingsError("METERING_OUTAGE_BACKOFF_MAX_S must be positive")
-        if self.http_hsts_max_age_s < 0:
-            raise SettingsError("METERING_HTTP_HSTS_MAX_AGE_S must not be negative")
+        if self.http_hsts_max_age_s < 0 or self.http_connections_per_client_max < 0:
+            raise SettingsError(
+                "METERING_HTTP_HSTS_MAX_AGE_S and METERING_HTTP_CONNECTIONS_PER_CLIENT_MAX "
+                "must not be negative"
+            )
+        for name in ("http_header_read_timeout_s", "http_body_read_timeout_s", "http_keep_alive_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"METERING_{name.upper()} must be positive")
         if self.call_validity_grace_s < 0:
             raise SettingsError("METERING_CALL_VALIDITY_GRACE_S must not be negative")
         if self.call_grant_s > self.call_duration_s_max:

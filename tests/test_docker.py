@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from devkit.testing import ROOT, free_port, settings_env, wait_for_http
+from metering.settings import Settings
 from metering.tools.cli import COMMANDS
 from tests import conftest
 
@@ -122,6 +123,35 @@ def test_two_gateway_replicas_behind_one_port(compose: dict[str, Any]) -> None:
         assert Path(volume["source"]).exists(), volume
     nginx = (ROOT / "docker" / "nginx.conf").read_text()
     assert "server gateway:8080" in nginx and "proxy_set_header Upgrade" in nginx
+
+
+def nginx_seconds(conf: str, directive: str, block: str = "") -> float:
+    """The value in seconds of `directive` (inside the `block { ... }` if given)."""
+    if block:
+        conf = conf[conf.index(block) :]
+        conf = conf[: conf.index("}")]
+    match = re.search(rf"^\s*{directive}\s+(\d+)s;", conf, re.MULTILINE)
+    assert match, f"{directive} missing from nginx.conf {block}"
+    return float(match.group(1))
+
+
+def test_slow_clients_are_cut_off_in_front_and_in_the_gateway(compose: dict[str, Any]) -> None:
+    env = compose["services"]["gateway"]["environment"]
+    settings = Settings.from_env(env)
+    assert settings.http_header_read_timeout_s == 10 and settings.http_body_read_timeout_s == 10
+    # nginx sees the client; every gateway connection comes from nginx.
+    assert settings.http_connections_per_client_max == 0
+    assert settings.http_forwarded_allow_ips == "*"
+    nginx = (ROOT / "docker" / "nginx.conf").read_text()
+    assert nginx_seconds(nginx, "client_header_timeout") == settings.http_header_read_timeout_s
+    assert nginx_seconds(nginx, "client_body_timeout") == settings.http_body_read_timeout_s
+    assert re.search(r"limit_conn per_client \d+;", nginx)
+    # nginx drops an idle upstream connection before the gateway closes it.
+    upstream_idle = nginx_seconds(nginx, "keepalive_timeout", "upstream gateway {")
+    assert upstream_idle < settings.http_keep_alive_s
+    # The forwarded address is the one nginx saw, never one the client claims.
+    assert "X-Forwarded-For $remote_addr;" in nginx
+    assert "$proxy_add_x_forwarded_for" not in nginx
 
 
 def test_services_are_wired_by_environment_and_migrations_run_first(

@@ -10,6 +10,7 @@ import pytest
 
 from devkit.testing import RATE_CARD, GatewayProcess, free_port
 from metering import accounts, credits
+from metering.keys import token_key
 from metering.rate_card import RateCard
 from tests.conftest import OPS, SWITCH, url_with_port
 from tests.fixtures_ledger import LedgerWorld, ledger_world
@@ -52,6 +53,39 @@ async def test_gateway_without_postgres_starts_and_authorizes(world: LedgerWorld
             assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
             r = await http.get("/v1/accounts/not-durable", headers=OPS)
             assert r.status_code == 404
+    finally:
+        gateway.stop()
+
+
+async def test_customer_endpoints_answer_503_not_500_while_postgres_is_down(
+    world: LedgerWorld,
+) -> None:
+    """Pay now, the card, recharge settings and the activity need Postgres: while it
+    is unreachable each answers the documented 503 (retry), never a 500."""
+    await accounts.create_account(world.store, "pg-down", RateCard.parse(RATE_CARD))
+    token = "customer-token-pg-down"
+    await world.store.redis.set(token_key(accounts.token_digest(token)), "pg-down")
+    customer = {"Authorization": f"Bearer {token}"}
+    gateway = _without_postgres(world)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+            base = "/v1/accounts/pg-down"
+            recharge = {
+                "amount_micros": 60_000_000,
+                "threshold_micros": 10_000_000,
+                "failure_email": "a@example.com",
+                "enabled": False,
+            }
+            for method, path, body in (
+                ("POST", base + "/payments", {"payment_id": "p1", "amount_micros": 5_000_000}),
+                ("PUT", base + "/card", {"payment_method_id": "pm_card_visa"}),
+                ("DELETE", base + "/card", None),
+                ("PUT", base + "/recharge", recharge),
+                ("GET", base + "/activity", None),
+            ):
+                r = await http.request(method, path, headers=customer, json=body)
+                assert r.status_code == 503, (method, path, r.status_code, r.text)
+                assert r.json()["error"] == "unavailable", r.text
     finally:
         gateway.stop()
 

@@ -10,8 +10,9 @@ from redis.cluster import key_slot
 
 from devkit.testing import RATE_CARD, RedisServer
 from metering import accounts, credits, debits, phone_numbers, reservations, sweeper
+from metering.account_state import publish_account_state
 from metering.keys import AccountKeys
-from metering.payments import recharge_worker
+from metering.payments import recharge_marks
 from metering.rate_card import RateCard
 from metering.scripts import Scripts
 from metering.store import Store, open_store
@@ -57,7 +58,10 @@ async def test_every_script_call_uses_keys_of_one_slot(store: Store) -> None:
             [*keys.call_keys("k3"), keys.shard.ledger, keys.shard.recharge, keys.shard.events],
             [account, "k3", 60, s.settings.live_channel],
         )
-        await recharge_worker.clear_pending_mark(s, account, 0)
+        await recharge_marks.clear_pending_mark(s, account, 0)
+        await publish_account_state(s, account)
+        await credits.add_charge_funds(s, account, "pi_slots", 1_000_000, "pay_now", "p")
+        await s.scripts["sync_settings"](recording, [keys.account], [1, "recharge_enabled", "0"])
         await phone_numbers.change_status(s, account, "+15550100", "suspend")
         # The ledger writer's scripts take one shard stream each.
         group = s.settings.ledger_consumer_group
@@ -78,6 +82,7 @@ def test_account_and_shard_keys_share_the_shard_tag() -> None:
             keys.calls,
             keys.call("c@host"),
             keys.request("message", "m"),
+            keys.charge_credit("pi_123"),
             keys.shard.ledger,
             keys.shard.recharge,
             keys.shard.expiry,

@@ -7,9 +7,19 @@ available again), and its shard membership; then every customer token.
 Accounts Redis still has are left alone, so a rebuild can never move a live
 balance. Run the writer to drain first if the old Redis is still readable.
 
+Money from Stripe charges stays credited once, forever: the record of each
+charge's credit is put back from the ledger (whose entry carries the
+PaymentIntent as its request id) for every account, restored or kept, so a
+replayed pay-now request, webhook or recharge answers the credit instead of
+making another; a charge Postgres records as credited whose credit the ledger
+lacks (lost with Redis) is marked owed again, and the recharge worker's repair
+credits it. An open recharge episode puts its pending mark back on a restored
+account, so no second recharge starts beside it.
+
 What a rebuild cannot bring back: entries Redis accepted but Postgres never got
-(the AOF fsync window and the writer's lag), and the idempotency answers (a
-retry of a request from before the loss is charged again).
+(the AOF fsync window and the writer's lag), and the idempotency answers of
+switch requests and ops credits (a retry of one from before the loss is charged
+again).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import argparse
 import dataclasses
 from typing import Any
 
+from metering.credits import CHARGE_SOURCES, charge_credit_answer, charge_source_of
 from metering.keys import AccountKeys, token_key
 from metering.ledger.database import store_and_connection
 from metering.ledger.registry import PERSISTED_FIELDS, hash_fields
@@ -39,6 +50,20 @@ NUMBERS_SQL = """
 SELECT account_id, number, status FROM numbers
 WHERE account_id = ANY($1::text[]) AND status IN ('active', 'suspended')"""
 TOKENS_SQL = "SELECT sha256, account_id FROM customer_tokens"
+# Credits of Stripe charges (request id = the PaymentIntent), by their source.
+CHARGE_CREDITS_SQL = f"""
+SELECT account_id, request_id, amount_micros, balance_after_micros, seq, detail
+FROM ledger_entries
+WHERE item = 'funds_added' AND ({" OR ".join(f"detail LIKE '{s}:%'" for s in CHARGE_SOURCES)})
+"""
+# A charge credited in Redis whose credit never reached the ledger is owed again.
+CHARGES_OWED_SQL = """
+UPDATE payments p SET credited = false, updated_at = now()
+WHERE p.status = 'succeeded' AND p.credited AND NOT EXISTS (
+    SELECT 1 FROM ledger_entries e
+    WHERE e.account_id = p.account_id AND e.item = 'funds_added'
+        AND e.request_id = p.payment_intent_id)
+"""
 # Settings that the payments issue keeps in its own tables (migration 0005), as
 # the hash fields they become; read only when the table exists.
 SIDE_TABLES: dict[str, tuple[str, dict[str, str]]] = {
@@ -67,6 +92,10 @@ SIDE_TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "exp_year": "card_exp_year",
         },
     ),
+    "recharge_episodes": (
+        "SELECT account_id, episode_us FROM recharge_episodes WHERE status = 'open'",
+        {"episode_us": "recharge_pending_since_us"},
+    ),
 }
 # Commands per pipelined round trip.
 PIPELINE_COMMANDS_MAX = 1_000
@@ -77,6 +106,8 @@ class RebuildReport:
     accounts_restored: int = 0
     accounts_kept: int = 0
     tokens_restored: int = 0
+    charge_credits_restored: int = 0
+    charges_owed: int = 0
     numbers_restored: int = 0
 
 
@@ -133,7 +164,32 @@ async def rebuild(store: Store, conn: Any) -> RebuildReport:
                 pipe.set(token_key(t["sha256"]), t["account_id"], nx=True)
             answers = await pipe.execute()
         report.tokens_restored += sum(1 for a in answers if a)
+    await _restore_charge_credits(store, conn, report)
     return report
+
+
+async def _restore_charge_credits(store: Store, conn: Any, report: RebuildReport) -> None:
+    """Put back the record of every Stripe charge's credit the ledger holds, and
+    mark owed the charges whose credit it lacks (see the module docstring)."""
+    if await conn.fetchval("SELECT to_regclass('payments')") is None:
+        return
+    rows = await conn.fetch(CHARGE_CREDITS_SQL)
+    for start in range(0, len(rows), PIPELINE_COMMANDS_MAX):
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for r in rows[start : start + PIPELINE_COMMANDS_MAX]:
+                source = charge_source_of(r["detail"])
+                if source is None:
+                    continue
+                keys = AccountKeys(r["account_id"], store.settings.shard_count)
+                # Calls open at the time died with Redis: the answer says reserved 0.
+                answer = charge_credit_answer(
+                    r["amount_micros"], source, r["balance_after_micros"], 0, r["seq"]
+                )
+                pipe.set(keys.charge_credit(r["request_id"]), answer, nx=True)
+            answers = await pipe.execute()
+        report.charge_credits_restored += sum(1 for a in answers if a)
+    owed = await conn.execute(CHARGES_OWED_SQL)
+    report.charges_owed = int(owed.split()[-1])
 
 
 async def _restore_numbers(store: Store, conn: Any, account_ids: list[str]) -> int:
@@ -162,6 +218,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         f"rebuild: {report.accounts_restored} accounts restored, "
         f"{report.accounts_kept} already in Redis (kept), "
         f"{report.tokens_restored} customer tokens restored, "
-        f"{report.numbers_restored} phone numbers restored"
+        f"{report.numbers_restored} phone numbers restored, "
+        f"{report.charge_credits_restored} charge credits restored, "
+        f"{report.charges_owed} charges owed a credit (the recharge worker credits them)"
     )
     return 0

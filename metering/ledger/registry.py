@@ -12,7 +12,6 @@ balance_after_micros (see metering/ledger/rebuild.py).
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 import time
 from collections.abc import Mapping
@@ -26,7 +25,7 @@ from metering.ledger.database import acquire
 from metering.rate_card import RateCard
 from metering.store import Store
 
-RATE_CARD_FIELDS = tuple(f.name for f in dataclasses.fields(RateCard))
+RATE_CARD_FIELDS = RateCard.__struct_fields__
 # Account hash fields (metering/keys.py) kept in the accounts table, by kind.
 # Columns have the same names as the hash fields. Later issues add theirs here
 # (and a migration): rebuild and the write-through both follow this table.

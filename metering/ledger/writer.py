@@ -40,6 +40,7 @@ from metering.ledger.database import DATABASE_DOWN, connect
 from metering.ledger_entries import LedgerEntry
 from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.settings import Settings
+from metering.shard_streams import claim_idle, ensure_groups
 from metering.store import Store, open_store, run_each
 
 log = logging.getLogger(__name__)
@@ -172,12 +173,7 @@ class LedgerWriter:
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on each owned stream (from the start: id 0)."""
-        for stream in self.streams:
-            try:
-                await self.store.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        await ensure_groups(self.store.redis, self.streams, self.group)
 
     async def run(self, stop: asyncio.Event, drain: bool = False) -> WriterStats:
         """Move entries until stop is set; with drain, return once nothing is left.
@@ -289,20 +285,18 @@ class LedgerWriter:
         """Take over entries pending longer than ledger_claim_idle_ms (a dead writer's)."""
         got = 0
         for stream in self.streams:
-            start = "0-0"
-            while len(batch) < self.settings.ledger_batch_rows_max:
-                answer = await self.store.redis.xautoclaim(
-                    stream,
-                    self.group,
-                    self.consumer,
-                    self.settings.ledger_claim_idle_ms,
-                    start_id=start,
-                    count=self.settings.ledger_batch_rows_max - len(batch),
-                )
-                start, messages = answer[0], answer[1]
-                got += batch.add(stream, messages)
-                if start == "0-0":
-                    break
+            room = self.settings.ledger_batch_rows_max - len(batch)
+            if room <= 0:
+                break
+            messages = await claim_idle(
+                self.store.redis,
+                stream,
+                self.group,
+                self.consumer,
+                self.settings.ledger_claim_idle_ms,
+                room,
+            )
+            got += batch.add(stream, messages)
         if got:
             log.info("claimed %d ledger entries left pending by another writer", got)
         return got

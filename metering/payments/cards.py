@@ -2,8 +2,9 @@
 
 Stripe holds the card: the browser registers it with Stripe's own elements and
 hands this service a payment method id. The service keeps only Stripe ids,
-brand, last four digits and expiry (Postgres `cards_on_file` and the account's
-Redis hash, where the dashboard and the recharge worker read them).
+brand, last four digits and expiry: in Postgres `cards_on_file` first, then
+copied into the account's Redis hash for the dashboard (settings_sync.py says
+how a failure in between is repaired).
 """
 
 from __future__ import annotations
@@ -16,22 +17,14 @@ from typing import Any
 import stripe
 
 from metering import accounts, fields
-from metering.account_state import publish_account_state
 from metering.errors import CardDeclined, InvalidRequest, Unavailable
+from metering.payments import settings_sync
 from metering.payments.stripe_client import failure_of, idempotency_key
 from metering.store import Store
 
 log = logging.getLogger(__name__)
 
 PAYMENT_METHOD_ID = re.compile(r"pm_[A-Za-z0-9_]{1,120}")
-CARD_FIELDS = (
-    "card_payment_method_id",
-    "card_brand",
-    "card_last4",
-    "card_exp_month",
-    "card_exp_year",
-)
-
 SQL_CUSTOMER = "SELECT customer_id FROM stripe_customers WHERE account_id = $1"
 SQL_INSERT_CUSTOMER = """
     INSERT INTO stripe_customers (account_id, customer_id) VALUES ($1, $2)
@@ -46,6 +39,7 @@ SQL_UPSERT_CARD = """
     ON CONFLICT (account_id) DO UPDATE SET payment_method_id = $2, brand = $3, last4 = $4,
         exp_month = $5, exp_year = $6, updated_at = now()
     RETURNING (xmax = 0) AS inserted"""
+SQL_CARD_FOR_UPDATE = "SELECT payment_method_id FROM cards_on_file WHERE account_id = $1 FOR UPDATE"
 SQL_DELETE_CARD = "DELETE FROM cards_on_file WHERE account_id = $1 RETURNING payment_method_id"
 SQL_DISABLE_RECHARGE = """
     UPDATE recharge_settings SET enabled = false, updated_at = now() WHERE account_id = $1"""
@@ -142,9 +136,8 @@ async def set_card(
         int(pm.card.exp_year),
         customer_id,
     )
-    previous = await card_on_file(db, account_id)
-    keys = store.account_keys(account_id)
     async with db.acquire() as conn, conn.transaction():
+        previous = await conn.fetchval(SQL_CARD_FOR_UPDATE, account_id)
         await conn.execute(
             SQL_UPSERT_CARD,
             account_id,
@@ -155,20 +148,10 @@ async def set_card(
             card.exp_year,
         )
         await conn.execute(SQL_RETRY_EPISODE_NOW, account_id)
-        # Redis inside the transaction: if it fails, Postgres rolls back too.
-        await store.redis.hset(
-            keys.account,
-            mapping={
-                "card_payment_method_id": card.payment_method_id,
-                "card_brand": card.brand,
-                "card_last4": card.last4,
-                "card_exp_month": card.exp_month,
-                "card_exp_year": card.exp_year,
-            },
-        )
-    await publish_account_state(store, account_id)
-    if previous is not None and previous.payment_method_id != card.payment_method_id:
-        await _detach(client, previous.payment_method_id)
+        await settings_sync.bump(conn, account_id)
+    await settings_sync.push(store, db, account_id)
+    if previous is not None and previous != card.payment_method_id:
+        await _detach(client, previous)
     return card
 
 
@@ -177,16 +160,11 @@ async def delete_card(store: Store, db: Any, client: stripe.StripeClient, accoun
     Returns whether there was a card."""
     fields.account_id(account_id)
     await accounts.get_account(store, account_id)
-    keys = store.account_keys(account_id)
     async with db.acquire() as conn, conn.transaction():
         removed = await conn.fetchval(SQL_DELETE_CARD, account_id)
         await conn.execute(SQL_DISABLE_RECHARGE, account_id)
-        # Recharge off first: if the second command fails, no recharge can run
-        # against a card the customer removed, and Postgres rolls back.
-        await store.redis.hset(keys.account, "recharge_enabled", "0")
-        await store.redis.hdel(keys.account, *CARD_FIELDS)
-    # Open pages show recharge off and no card at once.
-    await publish_account_state(store, account_id)
+        await settings_sync.bump(conn, account_id)
+    await settings_sync.push(store, db, account_id)
     if removed:
         await _detach(client, removed)
     return removed is not None

@@ -1,9 +1,11 @@
 """Pay now: charge the card on file and credit the balance, once per payment id.
 
-The Postgres row remembers the payment, the Stripe call carries an idempotency
-key derived from the payment id, and the credit script is idempotent by the
-same id, so a repeated request, a retried Stripe call and a redelivered
-`payment_intent.succeeded` webhook all land on the one credit.
+The Postgres row remembers the payment and, once Stripe charged, its
+PaymentIntent; the Stripe call carries an idempotency key derived from the
+payment id; the credit is made once per PaymentIntent, forever
+(metering/payments/charges.py). So a repeated request, a retried Stripe call
+and a redelivered `payment_intent.succeeded` webhook all land on the one
+credit, however late they come.
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ from typing import Any
 
 import stripe
 
-from metering import accounts, fields
-from metering.credits import add_funds
+from metering import accounts, crash_points, fields
 from metering.errors import (
     AuthenticationRequired,
     CardDeclined,
+    ChargeMismatch,
     IdempotencyConflict,
     NoCardOnFile,
     PaymentFailed,
     Unavailable,
 )
-from metering.events import emit_event, event_id
 from metering.payments.cards import card_on_file
+from metering.payments.charges import PAY_NOW, Charge, credit_charge
 from metering.payments.stripe_client import (
     charge_on_session,
     idempotency_key,
@@ -44,10 +46,6 @@ SQL_INSERT_PAYMENT = """
 SQL_PAYMENT = """
     SELECT kind, amount_micros, status, payment_intent_id, failure_reason, credited
     FROM payments WHERE account_id = $1 AND payment_id = $2"""
-SQL_PAYMENT_SUCCEEDED = """
-    UPDATE payments SET status = 'succeeded', credited = true, payment_intent_id = $3,
-        failure_reason = NULL, updated_at = now()
-    WHERE account_id = $1 AND payment_id = $2"""
 # Pay now waiting for the customer's authentication: the PaymentIntent to ask about.
 SQL_PAYMENT_AWAITS_CUSTOMER = """
     UPDATE payments SET payment_intent_id = $3, updated_at = now()
@@ -79,12 +77,6 @@ class Payment:
         }
 
 
-def credit_reason(payment_intent_id: str) -> str:
-    """The ledger detail of a card payment; the same on every path so the credit
-    script sees the same request and answers the first credit again."""
-    return f"card payment {payment_intent_id}"
-
-
 async def pay_now(
     store: Store,
     db: Any,
@@ -104,15 +96,13 @@ async def pay_now(
     await accounts.get_account(store, account_id)
     row = await db.fetchrow(SQL_PAYMENT, account_id, payment_id)
     if row is not None:
-        if row["kind"] != "pay_now" or row["amount_micros"] != amount_micros:
+        if row["kind"] != PAY_NOW or row["amount_micros"] != amount_micros:
             raise IdempotencyConflict(
                 f"payment {payment_id} was already used with another amount; "
                 "a retry must repeat the first body exactly"
             )
         if row["status"] == "succeeded":
-            return await _credit(
-                store, db, account_id, payment_id, amount_micros, row["payment_intent_id"]
-            )
+            return await _credit(store, db, account_id, payment_id, amount_micros, row)
         if row["status"] == "failed":
             raise PaymentFailed(
                 f"payment {payment_id} failed: {row['failure_reason']}; "
@@ -136,8 +126,8 @@ async def pay_now(
             card.customer_id,
             card.payment_method_id,
             amount_micros,
-            {"account_id": account_id, "payment_id": payment_id, "kind": "pay_now"},
-            idempotency_key("pay_now", account_id, payment_id),
+            {"account_id": account_id, "payment_id": payment_id, "kind": PAY_NOW},
+            idempotency_key(PAY_NOW, account_id, payment_id),
         )
     if outcome.requires_action:
         await db.execute(
@@ -152,9 +142,10 @@ async def pay_now(
         )
     if outcome.succeeded:
         assert outcome.payment_intent_id is not None
-        return await _credit(
-            store, db, account_id, payment_id, amount_micros, outcome.payment_intent_id
-        )
+        crash_points.reached(settings, crash_points.CHARGED)
+        charge = Charge(account_id, payment_id, PAY_NOW, amount_micros, outcome.payment_intent_id)
+        credit = await credit_charge(store, db, charge)
+        return _payment(charge, credit.balance_micros, credit.reserved_micros)
     if outcome.retryable:
         # Left pending: the same payment id retried later reuses the idempotency
         # key, and a succeeded webhook credits it if the charge went through.
@@ -168,36 +159,23 @@ async def pay_now(
 
 
 async def _credit(
-    store: Store,
-    db: Any,
-    account_id: str,
-    payment_id: str,
-    amount_micros: int,
-    payment_intent_id: str,
+    store: Store, db: Any, account_id: str, payment_id: str, amount_micros: int, row: Any
 ) -> Payment:
-    credit = await add_funds(
-        store, account_id, payment_id, amount_micros, "pay_now", credit_reason(payment_intent_id)
-    )
-    await db.execute(SQL_PAYMENT_SUCCEEDED, account_id, payment_id, payment_intent_id)
-    await emit_event(
-        store,
-        account_id,
-        "payment.succeeded",
-        event_id("payment.succeeded", account_id, payment_id),
-        {
-            "payment_id": payment_id,
-            "amount_micros": amount_micros,
-            "balance_micros": credit.balance_micros,
-            "payment_intent_id": payment_intent_id,
-        },
-    )
+    """A payment Stripe already charged: credit it if that never finished, else
+    answer the first credit again."""
+    charge = Charge(account_id, payment_id, PAY_NOW, amount_micros, row["payment_intent_id"])
+    credit = await credit_charge(store, db, charge)
+    return _payment(charge, credit.balance_micros, credit.reserved_micros)
+
+
+def _payment(charge: Charge, balance_micros: int, reserved_micros: int) -> Payment:
     return Payment(
-        payment_id,
-        amount_micros,
+        charge.payment_id,
+        charge.amount_micros,
         "succeeded",
-        credit.balance_micros,
-        credit.balance_micros - credit.reserved_micros,
-        payment_intent_id,
+        balance_micros,
+        balance_micros - reserved_micros,
+        charge.payment_intent_id,
     )
 
 
@@ -208,15 +186,20 @@ async def settle_pay_now_event(
     meta = intent.get("metadata") or {}
     account_id, payment_id = str(meta.get("account_id")), str(meta.get("payment_id"))
     row = await db.fetchrow(SQL_PAYMENT, account_id, payment_id)
-    if row is None or row["kind"] != "pay_now":
+    if row is None or row["kind"] != PAY_NOW:
         log.warning("webhook for unknown payment %s/%s", account_id, payment_id)
         return "unknown_payment"
     if to_cents(row["amount_micros"]) != int(intent.get("amount") or 0):
         log.error("webhook amount differs for payment %s/%s", account_id, payment_id)
         return "amount_mismatch"
     if succeeded:
-        await _credit(store, db, account_id, payment_id, row["amount_micros"], intent["id"])
-        return "credited"
+        charge = Charge(account_id, payment_id, PAY_NOW, row["amount_micros"], str(intent["id"]))
+        try:
+            credit = await credit_charge(store, db, charge)
+        except ChargeMismatch as exc:
+            log.error("webhook: %s", exc)
+            return "charge_mismatch"
+        return "already_credited" if credit.replayed else "credited"
     err = intent.get("last_payment_error") or {}
     reason = f"{err.get('code') or 'payment_failed'}: {err.get('message') or 'payment failed'}"
     await db.execute(SQL_PAYMENT_FAILED, account_id, payment_id, intent["id"], reason)

@@ -1,12 +1,14 @@
 """Automatic recharge settings: validated as a whole, saved as one update.
 
-The rules (the product's help page): the recharge amount must be greater than
-50 USD, the threshold at least 10 USD, the failure email a valid address, and
-recharge can only be enabled with a card on file. Every field is checked
-before anything is written, so a refused update changes nothing. The settings
-live in Postgres (durable) and in the account's Redis hash, where the debit
-scripts read them; both are written in one Postgres transaction that holds a
-single Redis HSET of all four fields.
+The rules (the product's help page, and what keeps a card from being drained):
+the recharge amount must be greater than 50 USD and at most
+`recharge_micros_max` (like pay now's cap), the threshold at least 10 USD and
+below the amount (one recharge must lift the balance above the threshold, or
+every debit after it would ask for another), the failure email a valid
+address, and recharge can only be enabled with a card on file. Every field is
+checked before anything is written, so a refused update changes nothing. The
+settings are saved in Postgres, then copied into the account's Redis hash where
+the debit scripts read them (settings_sync.py).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import dataclasses
 from typing import Any
 
 from metering import accounts, fields
-from metering.account_state import publish_account_state
 from metering.errors import InvalidRequest
 from metering.money import CREDIT_MICROS_MAX, MICROS_PER_USD, format_usd
+from metering.payments import settings_sync
+from metering.payments.cards import SQL_CARD_FOR_UPDATE
 from metering.payments.stripe_client import to_cents
 from metering.store import Store
 
@@ -33,6 +36,8 @@ SQL_UPSERT_SETTINGS = """
     VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account_id) DO UPDATE SET enabled = $2, amount_micros = $3,
         threshold_micros = $4, failure_email = $5, updated_at = now()"""
+SQL_TURN_OFF = """
+    UPDATE recharge_settings SET enabled = false, updated_at = now() WHERE account_id = $1"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,17 +50,24 @@ class RechargeSettings:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def redis_fields(self) -> dict[str, str | int]:
-        """The account hash fields the scripts and AccountView read."""
-        return {
-            "recharge_enabled": "1" if self.enabled else "0",
-            "recharge_amount_micros": self.amount_micros,
-            "recharge_threshold_micros": self.threshold_micros,
-            "recharge_failure_email": self.failure_email,
-        }
+
+def amount_refusal(amount_micros: int, threshold_micros: int, amount_micros_max: int) -> str:
+    """Why one recharge of amount_micros below threshold_micros must not be charged
+    (the worker asks again at charge time: settings saved under older rules), or ''."""
+    if amount_micros > amount_micros_max:
+        return (
+            f"the recharge amount {format_usd(amount_micros)} is above the limit of "
+            f"{format_usd(amount_micros_max)}"
+        )
+    if amount_micros <= threshold_micros:
+        return (
+            f"the recharge amount {format_usd(amount_micros)} does not lift the balance "
+            f"above the threshold of {format_usd(threshold_micros)}"
+        )
+    return ""
 
 
-def parse_settings(body: dict[str, Any]) -> RechargeSettings:
+def parse_settings(body: dict[str, Any], amount_micros_max: int) -> RechargeSettings:
     """Check every field against its rule; raise InvalidRequest naming the first bad one."""
     amount = body.get("amount_micros")
     if not isinstance(amount, int) or isinstance(amount, bool):
@@ -66,7 +78,12 @@ def parse_settings(body: dict[str, Any]) -> RechargeSettings:
             f"amount_micros must be greater than "
             f"{RECHARGE_AMOUNT_MICROS_ABOVE} ({format_usd(RECHARGE_AMOUNT_MICROS_ABOVE)})",
         )
-    fields.integer(amount, "amount_micros", RECHARGE_AMOUNT_MICROS_ABOVE + 1, CREDIT_MICROS_MAX)
+    if amount > amount_micros_max:
+        raise InvalidRequest(
+            "amount_micros",
+            f"amount_micros must be at most {amount_micros_max} "
+            f"({format_usd(amount_micros_max)}) for one automatic recharge",
+        )
     to_cents(amount)
     threshold = body.get("threshold_micros")
     if not isinstance(threshold, int) or isinstance(threshold, bool):
@@ -76,6 +93,12 @@ def parse_settings(body: dict[str, Any]) -> RechargeSettings:
             "threshold_micros",
             f"threshold_micros must be at least "
             f"{RECHARGE_THRESHOLD_MICROS_MIN} ({format_usd(RECHARGE_THRESHOLD_MICROS_MIN)})",
+        )
+    if threshold >= amount:
+        raise InvalidRequest(
+            "threshold_micros",
+            f"threshold_micros must be below the recharge amount ({format_usd(amount)}): "
+            "one recharge has to lift the balance above the threshold",
         )
     fields.integer(
         threshold, "threshold_micros", RECHARGE_THRESHOLD_MICROS_MIN, RECHARGE_THRESHOLD_MICROS_MAX
@@ -92,14 +115,16 @@ async def save_settings(
 ) -> RechargeSettings:
     """Validate and save the recharge settings of an account as one update."""
     fields.account_id(account_id)
-    settings = parse_settings(body)
-    account = await accounts.get_account(store, account_id)
-    if settings.enabled and account.card is None:
-        raise InvalidRequest(
-            "enabled", "automatic recharge needs a card on file; register a card before enabling it"
-        )
-    keys = store.account_keys(account_id)
+    settings = parse_settings(body, store.settings.recharge_micros_max)
+    await accounts.get_account(store, account_id)
     async with db.acquire() as conn, conn.transaction():
+        # The card row is locked, so a card deleted meanwhile cannot leave
+        # recharge enabled without one.
+        if settings.enabled and await conn.fetchval(SQL_CARD_FOR_UPDATE, account_id) is None:
+            raise InvalidRequest(
+                "enabled",
+                "automatic recharge needs a card on file; register a card before enabling it",
+            )
         await conn.execute(
             SQL_UPSERT_SETTINGS,
             account_id,
@@ -108,8 +133,14 @@ async def save_settings(
             settings.threshold_micros,
             settings.failure_email,
         )
-        # One HSET of all four fields, inside the Postgres transaction: if Redis
-        # refuses, Postgres rolls back and nothing changed.
-        await store.redis.hset(keys.account, mapping=settings.redis_fields())
-    await publish_account_state(store, account_id)
+        await settings_sync.bump(conn, account_id)
+    await settings_sync.push(store, db, account_id)
     return settings
+
+
+async def turn_off(store: Store, db: Any, account_id: str) -> None:
+    """Turn automatic recharge off (the worker, for settings it must not charge)."""
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(SQL_TURN_OFF, account_id)
+        await settings_sync.bump(conn, account_id)
+    await settings_sync.push(store, db, account_id)

@@ -1,15 +1,22 @@
 """The recharge worker: `python -m metering recharge-worker`.
 
-The scripts mark an account's recharge pending once and XADD one request to
-its shard's stream `m:{sNNN}:recharge`. The worker reads the shard streams
-through a consumer group and turns each request into a recharge *episode*, a
-Postgres row (the durable queue, acknowledged in Redis only after it is
-written). Due episodes are claimed with a lease (several workers may run) and
-attempted:
+Each round it takes new recharge requests into episodes (recharge_intake.py),
+attempts the episodes that are due, and now and then runs the bounded repair
+(recharge_repair.py). An episode is a Postgres row, the durable queue; at most
+one is open per account. Due episodes are claimed with a lease (several workers
+may run; a worker that dies mid-attempt leaves its episode to the next one when
+the lease ends) and attempted:
 
+- a charge already recorded for the episode (a worker died after charging) is
+  credited, or its credit answered again: nothing is charged twice;
+- the card and the settings are read from Postgres, the durable copy: recharge
+  turned off, the card gone or the balance back above the threshold end the
+  episode without a charge; an amount above `recharge_micros_max` or not above
+  the threshold (settings saved under older rules) is refused, the failure
+  recorded and emailed, and automatic recharge turned off;
 - success: the card on file is charged off-session (idempotency key from the
-  episode), the amount credited once (credit id `recharge:<episode>`, source
-  automatic recharge) and the pending mark cleared in the same script;
+  episode) and the charge credited once (charges.py), which clears the pending
+  mark in the same script;
 - network trouble, Stripe 5xx or rate limit: the same call (same key) again
   after an exponential backoff, recharge_transient_retries_max times;
 - a declined card, no card, or transport retries exhausted: the attempt is
@@ -19,60 +26,62 @@ attempted:
   recharge_attempts_max attempts the episode ends and the mark is cleared.
 
 Every attempt is a row of recharge_attempts. The pending mark stays set while
-an episode is open, so debits meanwhile ask for nothing more.
+an episode is open, so debits meanwhile ask for nothing more. Every change of
+the recharge state is published to open pages.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import logging
-import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import Any
 
 import stripe
 from redis.exceptions import ResponseError
 
+from metering import crash_points
 from metering.account_state import publish_account_state
-from metering.credits import add_funds
-from metering.errors import raise_refusal
 from metering.events import emit_event, event_id
-from metering.keys import all_shards
 from metering.ledger.database import DATABASE_DOWN, create_pool
 from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
-from metering.payments.cards import card_on_file
+from metering.payments import recharge_settings
+from metering.payments.charges import (
+    AUTOMATIC_RECHARGE,
+    Charge,
+    credit_charge,
+    recharge_payment_id,
+)
 from metering.payments.decline_words import failure_words
 from metering.payments.notifications import (
     recharge_failure_message,
     recharge_receipt_message,
     send_email,
 )
-from metering.payments.pay_now import credit_reason
 from metering.payments.receipts import attempt_reference, card_words, cards_of, receipt_url
+from metering.payments.recharge_intake import RechargeIntake
+from metering.payments.recharge_marks import clear_pending_mark
+from metering.payments.recharge_repair import RechargeRepair
 from metering.payments.stripe_client import (
     ChargeOutcome,
     build_stripe_client,
     charge_off_session,
     close_stripe_client,
     idempotency_key,
+    to_cents,
 )
 from metering.settings import Settings
 from metering.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
-SQL_OPEN_EPISODE = """
-    INSERT INTO recharge_episodes (account_id, episode_us, amount_micros, status,
-        next_attempt_at_us)
-    VALUES ($1, $2, $3, 'open', 0) ON CONFLICT (account_id, episode_us) DO NOTHING"""
 # Claim due episodes with a lease: a worker that dies mid-attempt leaves the
 # episode to be retried (with the same idempotency key) when the lease ends.
 SQL_CLAIM_DUE = """
@@ -105,53 +114,28 @@ SQL_UNCLAIM_EMAIL = """
     UPDATE recharge_episodes SET emailed_at = NULL WHERE account_id = $1 AND episode_us = $2"""
 SQL_EPISODE_AMOUNT = """
     SELECT amount_micros FROM recharge_episodes WHERE account_id = $1 AND episode_us = $2"""
-SQL_RECORD_PAYMENT = """
-    INSERT INTO payments (account_id, payment_id, kind, amount_micros, status,
-        payment_intent_id, credited)
-    VALUES ($1, $2, 'automatic_recharge', $3, 'succeeded', $4, true)
-    ON CONFLICT (account_id, payment_id) DO UPDATE SET status = 'succeeded', credited = true,
-        payment_intent_id = $4, updated_at = now()"""
-
-# What the account hash says about the last failed automatic recharge.
-LAST_FAILURE_FIELDS = (
-    "recharge_last_failure",
-    "recharge_last_failure_at_us",
-    "recharge_next_attempt_at_us",
-)
+SQL_EPISODE_CHARGE = """
+    SELECT payment_intent_id FROM payments
+    WHERE account_id = $1 AND payment_id = $2 AND status = 'succeeded'"""
+# What an attempt needs, from the durable copy (Redis may lag it: settings_sync.py).
+SQL_RECHARGE_STATE = """
+    SELECT r.enabled, r.threshold_micros, r.failure_email, c.payment_method_id, s.customer_id
+    FROM recharge_settings r
+    LEFT JOIN cards_on_file c USING (account_id)
+    LEFT JOIN stripe_customers s USING (account_id)
+    WHERE r.account_id = $1"""
 
 Mailer = Callable[[Settings, EmailMessage], Awaitable[None]]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RechargeRequest:
-    """One request of a shard's recharge stream `m:{sNNN}:recharge`: one XADD
-    (lua/_lib.lua) when a change takes the available balance below the threshold
-    while no recharge is pending."""
-
-    account_id: str
-    amount_micros: int
-    available_micros: int
-    threshold_micros: int
-    at_us: int
-
-    @classmethod
-    def from_stream(cls, fields: Mapping[str, str]) -> RechargeRequest:
-        return cls(
-            account_id=fields["account_id"],
-            amount_micros=int(fields["amount_micros"]),
-            available_micros=int(fields["available_micros"]),
-            threshold_micros=int(fields["threshold_micros"]),
-            at_us=int(fields["at_us"]),
-        )
 
 
 def now_us() -> int:
     return time.time_ns() // 1_000
 
 
-def recharge_credit_id(episode_us: int) -> str:
-    """The credit (and payment) id of an episode's recharge: one credit per episode."""
-    return f"recharge:{episode_us}"
+def default_consumer() -> str:
+    """Stable across restarts on one host, so a restarted worker re-reads its own
+    pending requests (a worker that never comes back is claimed from)."""
+    return f"recharge-{socket.gethostname()}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -164,64 +148,23 @@ class Episode:
     transient_failures: int
 
 
-async def credit_recharge(
-    store: Store,
-    db: Any,
-    account_id: str,
-    episode_us: int,
-    amount_micros: int,
-    payment_intent_id: str,
-) -> None:
-    """Credit a succeeded recharge once and clear the pending mark (worker and webhook)."""
-    credit_id = recharge_credit_id(episode_us)
-    await add_funds(
-        store,
-        account_id,
-        credit_id,
-        amount_micros,
-        "automatic_recharge",
-        credit_reason(payment_intent_id),
-        settles_recharge=True,
-    )
-    await store.redis.hdel(store.account_keys(account_id).account, *LAST_FAILURE_FIELDS)
-    await publish_account_state(store, account_id)
-    # db is a pool or, from a webhook, the connection holding its transaction.
-    await db.execute(SQL_RECORD_PAYMENT, account_id, credit_id, amount_micros, payment_intent_id)
-    await db.execute(SQL_END_EPISODE, account_id, episode_us, "succeeded", None)
-    await emit_event(
-        store,
-        account_id,
-        "recharge.succeeded",
-        event_id("recharge.succeeded", account_id, episode_us),
-        {"amount_micros": amount_micros, "payment_intent_id": payment_intent_id},
-    )
-
-
 async def settle_recharge_event(store: Store, db: Any, intent: dict[str, Any]) -> str:
     """A payment_intent.succeeded webhook for an automatic recharge."""
     meta = intent.get("metadata") or {}
-    account_id, episode = meta.get("account_id"), meta.get("episode_us", "")
-    if not account_id or not str(episode).isdigit():
+    account_id, episode = meta.get("account_id"), str(meta.get("episode_us", ""))
+    if not account_id or not episode.isdigit():
         return "unknown_payment"
     amount = await db.fetchval(SQL_EPISODE_AMOUNT, account_id, int(episode))
     if amount is None:
         return "unknown_payment"
-    await credit_recharge(store, db, account_id, int(episode), amount, intent["id"])
-    return "credited"
-
-
-async def clear_pending_mark(
-    store: Store, account_id: str, episode_us: int, failure_text: str = ""
-) -> bool:
-    """End an episode without a credit: clear the pending mark if it is still this
-    episode's (settle_recharge.lua), keeping failure_text as the last failure."""
-    keys = store.account_keys(account_id)
-    result = await store.scripts["settle_recharge"](
-        store.redis, [keys.account], [episode_us, failure_text]
+    if to_cents(amount) != int(intent.get("amount") or 0):
+        log.error("webhook amount differs for recharge episode %s/%s", account_id, episode)
+        return "amount_mismatch"
+    charge = Charge(
+        account_id, recharge_payment_id(int(episode)), AUTOMATIC_RECHARGE, amount, intent["id"]
     )
-    raise_refusal(result, account_id)
-    await publish_account_state(store, account_id)
-    return bool(result[1] == 1)
+    credit = await credit_charge(store, db, charge)
+    return "already_credited" if credit.replayed else "credited"
 
 
 @dataclasses.dataclass(slots=True)
@@ -230,49 +173,23 @@ class RechargeWorker:
     db: Any  # asyncpg pool
     stripe: stripe.StripeClient
     settings: Settings
-    consumer: str = dataclasses.field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"
-    )
+    consumer: str = dataclasses.field(default_factory=default_consumer)
     mailer: Mailer = send_email
-    _pending_first: bool = True
+    intake: RechargeIntake = dataclasses.field(init=False)
+    repair: RechargeRepair = dataclasses.field(init=False)
+    _last_repair: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.intake = RechargeIntake(self.store, self.db, self.consumer)
+        self.repair = RechargeRepair(self.store, self.db)
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on every shard's recharge stream (idempotent)."""
-        for shard in all_shards(self.settings.shard_count):
-            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-                await self.store.redis.xgroup_create(
-                    shard.recharge, self.settings.recharge_consumer_group, id="0", mkstream=True
-                )
+        await self.intake.ensure_groups()
 
     async def read_requests(self) -> int:
-        """Move new recharge requests from the shard streams into episodes; returns how many."""
-        # The first pass re-reads what this consumer took but never acknowledged.
-        start = "0" if self._pending_first else ">"
-        self._pending_first = False
-        group = self.settings.recharge_consumer_group
-        shards = all_shards(self.settings.shard_count)
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for shard in shards:
-                pipe.xreadgroup(
-                    group,
-                    self.consumer,
-                    {shard.recharge: start},
-                    count=self.settings.recharge_batch_max,
-                )
-            answers = await pipe.execute()
-        moved = 0
-        for shard, answer in zip(shards, answers, strict=True):
-            for _stream, entries in answer or []:
-                for entry_id, fields in entries:
-                    if fields:
-                        req = RechargeRequest.from_stream(fields)
-                        await self.db.execute(
-                            SQL_OPEN_EPISODE, req.account_id, req.at_us, req.amount_micros
-                        )
-                        moved += 1
-                    await self.store.redis.xack(shard.recharge, group, entry_id)
-                    await self.store.redis.xdel(shard.recharge, entry_id)
-        return moved
+        """Move recharge requests from the shard streams into episodes; returns how many."""
+        return await self.intake.step()
 
     async def attempt_due(self) -> int:
         """Attempt every due episode (bounded per step); returns how many were attempted."""
@@ -298,8 +215,13 @@ class RechargeWorker:
         return len(rows)
 
     async def step(self) -> int:
-        """One round: read requests, attempt what is due. Returns work done."""
-        return await self.read_requests() + await self.attempt_due()
+        """One round: read requests, attempt what is due, repair when it is time.
+        Returns work done."""
+        done = await self.read_requests() + await self.attempt_due()
+        if time.monotonic() - self._last_repair >= self.settings.recharge_repair_interval_s:
+            self._last_repair = time.monotonic()
+            done += await self.repair.step()
+        return done
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until stop is set. A Redis or Postgres restart is waited out with
@@ -334,45 +256,77 @@ class RechargeWorker:
 
     async def attempt(self, ep: Episode) -> ChargeOutcome | None:
         """One attempt of an episode: charge, then credit or record the failure."""
+        payment_id = recharge_payment_id(ep.episode_us)
+        charged = await self.db.fetchval(SQL_EPISODE_CHARGE, ep.account_id, payment_id)
+        if charged is not None:
+            # A worker died between the charge and the credit: finish the credit.
+            await self._credit(ep, charged)
+            return ChargeOutcome(True, charged, "", False)
         keys = self.store.account_keys(ep.account_id)
-        pending, enabled, threshold, balance, reserved, email = await self.store.redis.hmget(
-            keys.account,
-            "recharge_pending_since_us",
-            "recharge_enabled",
-            "recharge_threshold_micros",
-            "balance",
-            "reserved",
-            "recharge_failure_email",
+        pending, balance, reserved = await self.store.redis.hmget(
+            keys.account, "recharge_pending_since_us", "balance", "reserved"
         )
         if pending != str(ep.episode_us):
             await self.db.execute(
                 SQL_END_EPISODE, ep.account_id, ep.episode_us, "ended", "no longer pending"
             )
             return None
-        if enabled != "1" or int(balance) - int(reserved) >= int(threshold or 0):
-            why = "recharge turned off" if enabled != "1" else "balance back above the threshold"
-            await self._end(ep, why)
+        state = await self.db.fetchrow(SQL_RECHARGE_STATE, ep.account_id)
+        if state is None or not state["enabled"]:
+            await self._end(ep, "recharge turned off")
             return None
-        card = await card_on_file(self.db, ep.account_id)
-        if card is None:
+        if int(balance) - int(reserved) >= state["threshold_micros"]:
+            await self._end(ep, "balance back above the threshold")
+            return None
+        email = state["failure_email"] or ""
+        refusal = recharge_settings.amount_refusal(
+            ep.amount_micros, state["threshold_micros"], self.settings.recharge_micros_max
+        )
+        if refusal:
+            await self._refuse(ep, refusal, email)
+            return None
+        if state["payment_method_id"] is None or state["customer_id"] is None:
             outcome = ChargeOutcome(False, None, "no card on file", False)
         else:
             outcome = await charge_off_session(
                 self.stripe,
                 self.settings,
-                card.customer_id,
-                card.payment_method_id,
+                state["customer_id"],
+                state["payment_method_id"],
                 ep.amount_micros,
                 {
                     "account_id": ep.account_id,
                     "episode_us": str(ep.episode_us),
-                    "kind": "automatic_recharge",
+                    "kind": AUTOMATIC_RECHARGE,
                 },
                 # A decline changes the key (the next attempt is a new charge); a
                 # network retry keeps it (Stripe answers the first charge again).
                 idempotency_key("recharge", ep.account_id, ep.episode_us, ep.declines),
             )
+            if outcome.succeeded:
+                crash_points.reached(self.settings, crash_points.CHARGED)
         attempt_no = ep.attempts + 1
+        await self._record_attempt(ep, attempt_no, outcome)
+        if outcome.succeeded:
+            assert outcome.payment_intent_id is not None
+            await self._credit(ep, outcome.payment_intent_id)
+            log.info("recharged %s with %d micros", ep.account_id, ep.amount_micros)
+            await self._email_receipt(ep, email, outcome.payment_intent_id)
+            return outcome
+        await self._failed(ep, attempt_no, outcome, email)
+        return outcome
+
+    async def _credit(self, ep: Episode, payment_intent_id: str) -> None:
+        charge = Charge(
+            ep.account_id,
+            recharge_payment_id(ep.episode_us),
+            AUTOMATIC_RECHARGE,
+            ep.amount_micros,
+            payment_intent_id,
+        )
+        await credit_charge(self.store, self.db, charge)
+
+    async def _record_attempt(self, ep: Episode, attempt_no: int, outcome: ChargeOutcome) -> None:
         await self.db.execute(
             SQL_RECORD_ATTEMPT,
             ep.account_id,
@@ -384,21 +338,25 @@ class RechargeWorker:
             outcome.reason,
             outcome.payment_intent_id,
         )
-        if outcome.succeeded:
-            assert outcome.payment_intent_id is not None
-            await credit_recharge(
-                self.store,
-                self.db,
-                ep.account_id,
-                ep.episode_us,
-                ep.amount_micros,
-                outcome.payment_intent_id,
-            )
-            log.info("recharged %s with %d micros", ep.account_id, ep.amount_micros)
-            await self._email_receipt(ep, email or "", outcome.payment_intent_id)
-            return outcome
-        await self._failed(ep, attempt_no, outcome, email or "")
-        return outcome
+
+    async def _refuse(self, ep: Episode, reason: str, email: str) -> None:
+        """Settings this worker must not charge: record it, turn recharge off (so
+        no later debit asks again), end the episode, tell the customer."""
+        reason = f"Not charged: {reason}. Automatic recharge was turned off; save new settings."
+        outcome = ChargeOutcome(False, None, reason, False)
+        attempt_no = ep.attempts + 1
+        await self._record_attempt(ep, attempt_no, outcome)
+        await recharge_settings.turn_off(self.store, self.db, ep.account_id)
+        await self.db.execute(SQL_END_EPISODE, ep.account_id, ep.episode_us, "ended", reason)
+        await self.store.redis.hset(
+            self.store.account_keys(ep.account_id).account,
+            mapping={"recharge_last_failure": reason, "recharge_last_failure_at_us": now_us()},
+        )
+        await self._settle(ep, reason)
+        log.warning("recharge of %s refused: %s", ep.account_id, reason)
+        next_attempt = "none (automatic recharge is off)"
+        await self._failure_event(ep, attempt_no, reason, next_attempt)
+        await self._email_once(ep, email, reason, next_attempt, attempt_no)
 
     async def _failed(
         self, ep: Episode, attempt_no: int, outcome: ChargeOutcome, email: str
@@ -477,6 +435,12 @@ class RechargeWorker:
             )
             await publish_account_state(self.store, ep.account_id)
         log.warning("recharge of %s failed: %s", ep.account_id, outcome.reason)
+        await self._failure_event(ep, attempt_no, outcome.reason, next_attempt)
+        await self._email_once(ep, email, outcome.reason, next_attempt, attempt_no)
+
+    async def _failure_event(
+        self, ep: Episode, attempt_no: int, reason: str, next_attempt: str
+    ) -> None:
         await emit_event(
             self.store,
             ep.account_id,
@@ -484,18 +448,18 @@ class RechargeWorker:
             event_id("recharge.failed", ep.account_id, ep.episode_us, attempt_no),
             {
                 "amount_micros": ep.amount_micros,
-                "reason": outcome.reason,
+                "reason": reason,
                 "attempt": attempt_no,
                 "next_attempt": next_attempt,
             },
         )
-        await self._email_once(ep, email, outcome.reason, next_attempt, attempt_no)
 
     async def _email_once(
         self, ep: Episode, email: str, reason: str, next_attempt: str, attempt_no: int
     ) -> None:
         if not email or not await self.db.fetchval(SQL_CLAIM_EMAIL, ep.account_id, ep.episode_us):
             return
+        # The attempt's record opens from the email without a token.
         link = receipt_url(
             self.settings, ep.account_id, attempt=attempt_reference(ep.episode_us, attempt_no)
         )
@@ -523,7 +487,7 @@ class RechargeWorker:
             return
         cards = await cards_of(self.db, self.stripe, [payment_intent_id])
         link = receipt_url(
-            self.settings, ep.account_id, payment_id=recharge_credit_id(ep.episode_us)
+            self.settings, ep.account_id, payment_id=recharge_payment_id(ep.episode_us)
         )
         message = recharge_receipt_message(
             self.settings,
@@ -539,16 +503,22 @@ class RechargeWorker:
             log.warning("could not email the receipt of %s to %s: %s", ep.account_id, email, exc)
 
     async def _end(self, ep: Episode, why: str) -> None:
-        await self._settle(ep, "")
+        # Postgres first: a crash before the mark is cleared leaves an ended
+        # episode under a set mark, which the repair clears.
         await self.db.execute(SQL_END_EPISODE, ep.account_id, ep.episode_us, "ended", why)
+        await self._settle(ep, "")
 
     async def _settle(self, ep: Episode, failure_text: str) -> None:
         await clear_pending_mark(self.store, ep.account_id, ep.episode_us, failure_text)
+        await publish_account_state(self.store, ep.account_id)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--consumer", default=None, help="consumer name in the group (default: host-pid)"
+        "--consumer",
+        default=None,
+        help="consumer name in the group (default recharge-<host>, stable so a restarted "
+        "worker re-reads its own pending requests)",
     )
 
 
@@ -565,9 +535,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     db = await create_pool(settings)
     client = build_stripe_client(settings)
-    worker = RechargeWorker(store, db, client, settings)
-    if args.consumer:
-        worker.consumer = args.consumer
+    worker = RechargeWorker(
+        store, db, client, settings, consumer=args.consumer or default_consumer()
+    )
     log.info("recharge worker %s started", worker.consumer)
     try:
         await worker.run(stop)

@@ -2,10 +2,12 @@
 
 The signature (HMAC-SHA256 over "<timestamp>.<payload>" with the endpoint's
 secret, header `Stripe-Signature: t=...,v1=...`) is checked by the SDK with a
-timestamp tolerance, so a replayed old delivery is refused. The event id is
-recorded in the same Postgres transaction that applies the event; a redelivery
-finds it and changes nothing, and a failure rolls both back so Stripe's own
-retry applies it later.
+timestamp tolerance, so a replayed old delivery is refused. Applying an event
+is idempotent on its own (a charge is credited once, forever:
+metering/payments/charges.py), so no transaction is held around the Redis
+credit: the event id is recorded after it is applied, a redelivery of a recorded
+event only counts, and a failure half-way leaves it unrecorded for Stripe's own
+retry to apply again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import orjson
 import stripe
 
 from metering.errors import WebhookRejected
+from metering.payments.charges import AUTOMATIC_RECHARGE, PAY_NOW
 from metering.payments.pay_now import settle_pay_now_event
 from metering.payments.recharge_worker import settle_recharge_event
 from metering.settings import Settings
@@ -25,11 +28,14 @@ from metering.store import Store
 log = logging.getLogger(__name__)
 
 HANDLED = ("payment_intent.succeeded", "payment_intent.payment_failed")
-# Returns true for the first delivery of an event; later ones only count.
+# A delivery of an event already applied: counted, nothing else.
+SQL_COUNT_REDELIVERY = """
+    UPDATE stripe_webhook_events SET deliveries = deliveries + 1 WHERE event_id = $1
+    RETURNING event_id"""
+# After applying it (two first deliveries at once both apply it, idempotently).
 SQL_RECORD_EVENT = """
     INSERT INTO stripe_webhook_events (event_id, type, object_id) VALUES ($1, $2, $3)
-    ON CONFLICT (event_id) DO UPDATE SET deliveries = stripe_webhook_events.deliveries + 1
-    RETURNING (xmax = 0) AS first_delivery"""
+    ON CONFLICT (event_id) DO UPDATE SET deliveries = stripe_webhook_events.deliveries + 1"""
 
 
 def verify_event(payload: bytes, signature: str | None, settings: Settings) -> dict[str, Any]:
@@ -69,16 +75,16 @@ async def handle_event(store: Store, db: Any, event: dict[str, Any]) -> str:
         return "ignored"
     intent = (event.get("data") or {}).get("object") or {}
     kind = (intent.get("metadata") or {}).get("kind")
-    async with db.acquire() as conn, conn.transaction():
-        if not await conn.fetchval(SQL_RECORD_EVENT, event["id"], event["type"], intent.get("id")):
-            return "duplicate"
-        succeeded = event["type"] == "payment_intent.succeeded"
-        if kind == "pay_now":
-            outcome = await settle_pay_now_event(store, conn, intent, succeeded)
-        elif kind == "automatic_recharge" and succeeded:
-            outcome = await settle_recharge_event(store, conn, intent)
-        else:
-            # Failed recharges are recorded by the worker, which saw the answer.
-            outcome = "noted"
+    if await db.fetchval(SQL_COUNT_REDELIVERY, event["id"]):
+        return "duplicate"
+    succeeded = event["type"] == "payment_intent.succeeded"
+    if kind == PAY_NOW:
+        outcome = await settle_pay_now_event(store, db, intent, succeeded)
+    elif kind == AUTOMATIC_RECHARGE and succeeded:
+        outcome = await settle_recharge_event(store, db, intent)
+    else:
+        # Failed recharges are recorded by the worker, which saw the answer.
+        outcome = "noted"
+    await db.execute(SQL_RECORD_EVENT, event["id"], event["type"], intent.get("id"))
     log.info("stripe event %s %s: %s", event["id"], event["type"], outcome)
     return outcome

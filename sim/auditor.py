@@ -1,0 +1,546 @@
+"""The auditor: the README's invariants checked on the real system.
+
+After every batch (cheap, one MULTI of the accounts the batch touched):
+balance >= 0, reserved >= 0, balance >= reserved, reserved = the sum of the open
+calls' holds, the open-call set = the calls open in Redis, and the state one of
+the model's worlds predicts. After a driven sweep: no call past its validity is
+still open. While the recharge worker is healthy: no recharge pending for long.
+
+Deep (periodically and at the end): the ledger writer drains; every answered
+charge is in Postgres exactly once at its seq; seqs gapless and balance_after a
+running sum; Postgres equals Redis; no ledger conflicts; each Stripe charge
+(localstripe's own record) credited once and every card credit backed by one;
+at most one recharge episode open per account and one charge per episode;
+settings and card on file the same in Postgres and Redis; `metering reconcile`
+exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import subprocess
+import sys
+import time
+from typing import Any
+
+from devkit.testing import ROOT
+from metering.keys import AccountKeys
+from sim.driver import Driver, Lane, SimFailure, now_ms
+from sim.model import State
+
+# A recharge pending this long while nothing stands in its way is stuck.
+RECHARGE_STUCK_S = 8.0
+# A call open this long past its validity after a sweep ran is a sweeper failure.
+EXPIRY_LATE_MS = 1_500
+DRAIN_TIMEOUT_S = 30.0
+QUIET_TIMEOUT_S = 30.0
+
+
+class Auditor:
+    def __init__(self, driver: Driver) -> None:
+        self.d = driver
+        self.verified_seq: dict[str, int] = collections.defaultdict(int)
+        self.last_sweep_ms = 0
+        self.deep_count = 0
+
+    @property
+    def world(self) -> Any:
+        return self.d.world
+
+    # ---- after every batch ----
+
+    async def snapshot(self, lanes: list[Lane], after_sweep_ms: int = 0) -> None:
+        if not lanes:
+            return
+        store = self.world.store
+        shard_count = store.settings.shard_count
+        plan: list[tuple[Lane, AccountKeys, list[str]]] = []
+        for lane in lanes:
+            keys = AccountKeys(lane.account_id, shard_count)
+            cids = sorted(
+                {
+                    c.call_id
+                    for w in lane.model.worlds
+                    for c in w.calls.values()
+                    if c.state == "open"
+                }
+            )
+            plan.append((lane, keys, cids))
+        try:
+            async with store.redis.pipeline(transaction=True) as pipe:
+                for _, keys, cids in plan:
+                    pipe.hgetall(keys.account)
+                    pipe.smembers(keys.calls)
+                    for cid in cids:
+                        pipe.hmget(keys.call(cid), "state", "held", "granted_s", "closed_us")
+                answers = await pipe.execute()
+        except Exception as exc:  # Redis down in a fault: nothing to read now
+            if self.d.faults.recent("redis"):
+                return
+            raise SimFailure("audit", f"the snapshot read failed: {exc!r}") from exc
+        self.d.stats.snapshots += 1
+        at = now_ms()
+        pos = 0
+        for lane, _keys, cids in plan:
+            h, members = answers[pos], set(answers[pos + 1])
+            calls = {cid: answers[pos + 2 + i] for i, cid in enumerate(cids)}
+            pos += 2 + len(cids)
+            self._check_account(lane, h, members, calls, at, after_sweep_ms)
+
+    def _check_account(
+        self,
+        lane: Lane,
+        h: dict[str, str],
+        members: set[str],
+        calls: dict[str, list[Any]],
+        at: int,
+        after_sweep_ms: int,
+    ) -> None:
+        d = self.d
+        if h:
+            balance, reserved, seq = int(h["balance"]), int(h["reserved"]), int(h["seq"])
+            unknown = members - set(calls)
+            if unknown:
+                raise d.fail(
+                    "invariant", lane, f"calls open in Redis the switch never reserved: {unknown}"
+                )
+            held = sum(int(calls[c][1] or 0) for c in members)
+            for name, ok in (
+                ("balance >= 0", balance >= 0),
+                ("reserved >= 0", reserved >= 0),
+                ("balance >= reserved (available >= 0)", balance >= reserved),
+                (f"reserved = sum of open grants ({held})", reserved == held),
+                ("every call in the open set is open", all(calls[c][0] == "open" for c in members)),
+            ):
+                if not ok:
+                    raise d.fail(
+                        "invariant", lane, f"{name} broken: balance={balance} reserved={reserved}"
+                    )
+        pending = bool(h.get("recharge_pending_since_us")) if h else False
+
+        def fits(w: State) -> bool:
+            if not h:
+                return not w.exists
+            if not w.exists or (w.balance, w.reserved, w.seq) != (balance, reserved, seq):
+                return False
+            if w.recharge_pending != pending:
+                return False
+            if w.recharge_enabled != (h.get("recharge_enabled") == "1"):
+                return False
+            if (w.card is not None) != bool(h.get("card_payment_method_id")):
+                return False
+            open_ids = {c.call_id for c in w.calls.values() if c.state == "open"}
+            if open_ids != members:
+                return False
+            return all(
+                str(w.calls[c].held) == calls[c][1] and str(w.calls[c].granted_s) == calls[c][2]
+                for c in members
+            )
+
+        got = {
+            k: h.get(k)
+            for k in ("balance", "reserved", "seq", "recharge_pending_since_us", "recharge_enabled")
+        }
+        got["open_calls"] = sorted(members)
+        got["card"] = bool(h.get("card_payment_method_id"))
+        expired_at = {
+            cid: int(v[3]) // 1000 for cid, v in calls.items() if v[0] == "expired" and v[3]
+        }
+
+        def learn(w: State) -> None:
+            for cid, ms in expired_at.items():
+                c = w.calls.get(cid)
+                if c is not None and c.state in ("expired", "committed", "released"):
+                    if c.expired_lo_ms or c.state == "expired":
+                        c.expired_lo_ms = c.expired_hi_ms = ms
+                    if c.state == "expired":
+                        c.closed_lo_ms = c.closed_hi_ms = ms
+
+        miss = lane.model.observe_state(fits, at, "state", got, learn if expired_at else None)
+        if miss is not None:
+            worlds = [_world_summary(w) for w in lane.model.worlds[:4]]
+            raise d.fail(
+                "state",
+                lane,
+                f"Redis holds {got}\n  no world of the model explains it; the worlds were:\n    "
+                + "\n    ".join(worlds),
+            )
+        if after_sweep_ms and h and not d.faults.recent("redis", "writer"):
+            for w in lane.model.worlds[:1]:
+                for c in members:
+                    call = w.calls.get(c)
+                    if call is not None and call.expires_hi_ms + EXPIRY_LATE_MS < after_sweep_ms:
+                        raise d.fail(
+                            "expiry",
+                            lane,
+                            f"call {c} is still open {after_sweep_ms - call.expires_hi_ms} ms "
+                            "past its validity after a sweep ran",
+                        )
+        if pending and h and not d.faults.recent("redis", "worker", "stripe", "worker_pg"):
+            since_us = int(h["recharge_pending_since_us"])
+            w = lane.model.one()
+            stuck_s = time.time() - since_us / 1e6
+            if (
+                stuck_s > RECHARGE_STUCK_S
+                and w.recharge_enabled
+                and w.card is not None
+                and not w.card_declines
+            ):
+                raise d.fail(
+                    "recharge",
+                    lane,
+                    f"a recharge has been pending for {stuck_s:.1f} s with a working card, "
+                    "recharge on and the worker healthy",
+                )
+
+    # ---- deep ----
+
+    async def deep(self, final: bool = False) -> None:
+        d = self.d
+        self.deep_count += 1
+        d.stats.deep_audits += 1
+        lanes = [lane for lane in d.lanes if lane.model.one().exists or lane.touched]
+        if final:
+            await self._quiesce(lanes)
+        await self.snapshot(lanes)
+        seqs = {lane.account_id: lane.model.one().seq for lane in lanes}
+        await self._drain(seqs)
+        await self._check_ledger(lanes, seqs)
+        await self._check_conflicts()
+        await self._check_stripe(lanes, final)
+        await self._check_episodes(lanes)
+        await self._check_settings(lanes)
+        if final:
+            await self._check_postgres_equals_redis(lanes)
+        if final or self.deep_count % 3 == 0:
+            await self._reconcile()
+
+    async def _quiesce(self, lanes: list[Lane]) -> None:
+        """Let the workers finish: no recharge episode open, no recharge pending."""
+        db = self.world.db
+        ids = [lane.account_id for lane in lanes]
+        deadline = time.monotonic() + QUIET_TIMEOUT_S
+        while time.monotonic() < deadline:
+            open_eps = await db.fetchval(
+                "SELECT count(*) FROM recharge_episodes WHERE status = 'open' "
+                "AND account_id = ANY($1)",
+                ids,
+            )
+            pending = 0
+            async with self.world.store.redis.pipeline(transaction=False) as pipe:
+                for lane in lanes:
+                    pipe.hget(
+                        AccountKeys(lane.account_id, self.world.store.settings.shard_count).account,
+                        "recharge_pending_since_us",
+                    )
+                pending = sum(1 for v in await pipe.execute() if v)
+            if not open_eps and not pending:
+                return
+            await asyncio.sleep(0.2)
+
+    async def _drain(self, seqs: dict[str, int]) -> None:
+        """Wait until Postgres holds every account's entries up to the snapshot's seq."""
+        db = self.world.db
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        behind: dict[str, tuple[int, int]] = {}
+        while time.monotonic() < deadline:
+            rows = await db.fetch(
+                "SELECT account_id, max(seq) AS s FROM ledger_entries "
+                "WHERE account_id = ANY($1) GROUP BY account_id",
+                list(seqs),
+            )
+            have = {r["account_id"]: r["s"] for r in rows}
+            behind = {a: (s, have.get(a, 0)) for a, s in seqs.items() if have.get(a, 0) < s}
+            if not behind:
+                return
+            self.world.check_workers()
+            await asyncio.sleep(0.1)
+        sample = dict(list(behind.items())[:5])
+        raise SimFailure(
+            "drain",
+            f"the ledger writer did not bring Postgres up to Redis within {DRAIN_TIMEOUT_S}s: "
+            f"{len(behind)} accounts behind, e.g. (redis seq, postgres seq) {sample}",
+        )
+
+    async def _check_ledger(self, lanes: list[Lane], seqs: dict[str, int]) -> None:
+        db = self.world.db
+        rows = await db.fetch(
+            "SELECT account_id, seq, item, amount_micros, balance_after_micros, request_id, detail "
+            "FROM ledger_entries WHERE account_id = ANY($1) ORDER BY account_id, seq",
+            list(seqs),
+        )
+        by_account: dict[str, list[Any]] = collections.defaultdict(list)
+        for r in rows:
+            by_account[r["account_id"]].append(r)
+        for lane in lanes:
+            got = by_account.get(lane.account_id, [])
+            limit = seqs[lane.account_id]
+            got = [r for r in got if r["seq"] <= limit]
+            # Gapless from 1, balance_after a running sum from zero.
+            balance = 0
+            for i, r in enumerate(got):
+                if r["seq"] != i + 1:
+                    raise self.d.fail(
+                        "ledger", lane, f"seq gap: expected {i + 1}, Postgres has {r['seq']}"
+                    )
+                balance += r["amount_micros"]
+                if r["balance_after_micros"] != balance:
+                    raise self.d.fail(
+                        "ledger",
+                        lane,
+                        f"seq {r['seq']}: balance_after {r['balance_after_micros']} but the "
+                        f"running sum of amounts is {balance}",
+                    )
+            if len(got) != limit:
+                raise self.d.fail(
+                    "ledger", lane, f"Postgres holds {len(got)} entries, Redis seq is {limit}"
+                )
+            errors = []
+            for w in lane.model.worlds:
+                problem = _entries_problem(w, got, self.verified_seq[lane.account_id])
+                if problem is None:
+                    break
+                errors.append(problem)
+            else:
+                raise self.d.fail(
+                    "ledger",
+                    lane,
+                    "the Postgres ledger does not hold what was answered:\n    "
+                    + "\n    ".join(errors[:3]),
+                )
+            self.verified_seq[lane.account_id] = limit
+
+    async def _check_conflicts(self) -> None:
+        rows = await self.world.db.fetch(
+            "SELECT account_id, seq, item, amount_micros, request_id FROM ledger_conflicts LIMIT 5"
+        )
+        if rows:
+            raise SimFailure(
+                "ledger",
+                "ledger_conflicts holds entries that reused a seq Postgres already had: "
+                + "; ".join(str(dict(r)) for r in rows),
+            )
+
+    async def _check_stripe(self, lanes: list[Lane], final: bool) -> None:
+        """Each charge Stripe made (its own record) is credited once; each card credit
+        in the ledger is backed by one succeeded charge of the same amount."""
+        stripe = self.world.stripe
+        ours = {lane.account_id: lane for lane in lanes}
+        intents = await asyncio.to_thread(
+            stripe.payment_intents, self.world.settings.stripe_api_key
+        )
+        succeeded = {
+            pi["id"]: pi
+            for pi in intents
+            if pi.get("status") == "succeeded"
+            and (pi.get("metadata") or {}).get("account_id") in ours
+        }
+        # A card credit's ledger entry carries the PaymentIntent as its request id.
+        rows = await self.world.db.fetch(
+            "SELECT account_id, seq, amount_micros, request_id, detail FROM ledger_entries "
+            "WHERE item = 'funds_added' AND account_id = ANY($1) AND request_id LIKE 'pi\\_%'",
+            list(ours),
+        )
+        credits: dict[str, list[Any]] = collections.defaultdict(list)
+        for r in rows:
+            credits[r["request_id"]].append(r)
+        for pi_id, found in credits.items():
+            lane = ours.get(found[0]["account_id"])
+            if len(found) > 1:
+                raise self.d.fail(
+                    "stripe",
+                    lane,
+                    f"Stripe charge {pi_id} credited {len(found)} times: "
+                    + ", ".join(f"seq {r['seq']} {r['amount_micros']}" for r in found),
+                )
+            pi = succeeded.get(pi_id)
+            if pi is None:
+                raise self.d.fail(
+                    "stripe", lane, f"a credit names {pi_id}, which Stripe never charged"
+                )
+            if pi["amount"] * 10_000 != found[0]["amount_micros"]:
+                raise self.d.fail(
+                    "stripe",
+                    lane,
+                    f"{pi_id} charged {pi['amount']} cents, "
+                    f"credited {found[0]['amount_micros']} micros",
+                )
+            if pi["metadata"].get("account_id") != found[0]["account_id"]:
+                raise self.d.fail("stripe", lane, f"{pi_id} credited to another account")
+        per_episode: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+        for pi in succeeded.values():
+            meta = pi.get("metadata") or {}
+            if meta.get("kind") == "automatic_recharge":
+                per_episode[(meta["account_id"], meta.get("episode_us", ""))].append(pi["id"])
+        for (account_id, episode), pis in per_episode.items():
+            if len(pis) > 1:
+                raise self.d.fail(
+                    "stripe",
+                    ours.get(account_id),
+                    f"recharge episode {episode} charged {len(pis)} times: {pis}",
+                )
+        if final:
+            missing = [pi for pi in succeeded if pi not in credits]
+            if missing:
+                pi = succeeded[missing[0]]
+                lane = ours.get(pi["metadata"]["account_id"])
+                raise self.d.fail(
+                    "stripe",
+                    lane,
+                    f"{len(missing)} Stripe charges never credited, e.g. {missing[0]} "
+                    f"({pi['amount']} cents, {pi['metadata']})",
+                )
+
+    async def _check_episodes(self, lanes: list[Lane]) -> None:
+        rows = await self.world.db.fetch(
+            "SELECT account_id, count(*) AS n FROM recharge_episodes WHERE status = 'open' "
+            "AND account_id = ANY($1) GROUP BY account_id HAVING count(*) > 1",
+            [lane.account_id for lane in lanes],
+        )
+        if rows:
+            lane = next(x for x in lanes if x.account_id == rows[0]["account_id"])
+            raise self.d.fail(
+                "recharge", lane, f"{rows[0]['n']} recharge episodes open at once for one account"
+            )
+
+    async def _check_settings(self, lanes: list[Lane]) -> None:
+        """Recharge settings and the card on file agree between Postgres and Redis."""
+        db = self.world.db
+        ids = [lane.account_id for lane in lanes]
+        settings = {
+            r["account_id"]: r
+            for r in await db.fetch(
+                "SELECT account_id, enabled, amount_micros, threshold_micros, failure_email "
+                "FROM recharge_settings WHERE account_id = ANY($1)",
+                ids,
+            )
+        }
+        cards = {
+            r["account_id"]
+            for r in await db.fetch(
+                "SELECT account_id FROM cards_on_file WHERE account_id = ANY($1)", ids
+            )
+        }
+        shard_count = self.world.store.settings.shard_count
+        async with self.world.store.redis.pipeline(transaction=False) as pipe:
+            for lane in lanes:
+                pipe.hmget(
+                    AccountKeys(lane.account_id, shard_count).account,
+                    "recharge_enabled",
+                    "recharge_amount_micros",
+                    "recharge_threshold_micros",
+                    "card_payment_method_id",
+                )
+            answers = await pipe.execute()
+        for lane, (enabled, amount, threshold, card) in zip(lanes, answers, strict=True):
+            s = settings.get(lane.account_id)
+            pg = (
+                (bool(s["enabled"]), s["amount_micros"], s["threshold_micros"])
+                if s
+                else (False, None, None)
+            )
+            redis = (
+                enabled == "1",
+                int(amount) if amount else None,
+                int(threshold) if threshold else None,
+            )
+            if pg != redis:
+                raise self.d.fail(
+                    "consistency", lane, f"recharge settings: Postgres {pg}, Redis {redis}"
+                )
+            if (lane.account_id in cards) != bool(card):
+                raise self.d.fail(
+                    "consistency",
+                    lane,
+                    f"card on file: Postgres {'has' if lane.account_id in cards else 'has none'}, "
+                    f"Redis {'has' if card else 'has none'}",
+                )
+
+    async def _check_postgres_equals_redis(self, lanes: list[Lane]) -> None:
+        db = self.world.db
+        ids = [lane.account_id for lane in lanes]
+        rows = await db.fetch(
+            "SELECT DISTINCT ON (account_id) account_id, seq, balance_after_micros "
+            "FROM ledger_entries WHERE account_id = ANY($1) ORDER BY account_id, seq DESC",
+            ids,
+        )
+        last = {r["account_id"]: (r["seq"], r["balance_after_micros"]) for r in rows}
+        accounts = {
+            r["id"] for r in await db.fetch("SELECT id FROM accounts WHERE id = ANY($1)", ids)
+        }
+        shard_count = self.world.store.settings.shard_count
+        async with self.world.store.redis.pipeline(transaction=False) as pipe:
+            for lane in lanes:
+                pipe.hmget(AccountKeys(lane.account_id, shard_count).account, "seq", "balance")
+            answers = await pipe.execute()
+        for lane, (seq, balance) in zip(lanes, answers, strict=True):
+            if (seq is None) != (lane.account_id not in accounts):
+                raise self.d.fail(
+                    "consistency", lane, "the account is in only one of Redis and Postgres"
+                )
+            if seq is None:
+                continue
+            pg = last.get(lane.account_id, (0, 0))
+            if (int(seq), int(balance)) != pg:
+                raise self.d.fail(
+                    "consistency",
+                    lane,
+                    f"after the writer drained: Redis (seq, balance) = ({seq}, {balance}), "
+                    f"Postgres = {pg}",
+                )
+
+    async def _reconcile(self) -> None:
+        proc = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "metering", "--log-level", "warning", "reconcile"],
+            cwd=ROOT,
+            env=self.world.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stdout.splitlines() if "DIFFERENCE" in ln][:5]
+            raise SimFailure(
+                "reconcile",
+                f"`metering reconcile` exited {proc.returncode}: "
+                + ("; ".join(lines) or proc.stderr[-500:]),
+            )
+
+
+def _entries_problem(w: State, rows: list[Any], verified: int) -> str | None:
+    """Why this world's entries do not match the Postgres rows (None if they do)."""
+    entries = w.entries
+    if len(entries) < len(rows):
+        return f"Postgres has {len(rows)} entries, this world {len(entries)}"
+    for r in rows[verified:]:
+        e = entries[r["seq"] - 1]
+        row = (r["item"], r["amount_micros"], r["balance_after_micros"])
+        want = (e.item, e.amount, e.balance_after)
+        if row != want:
+            return (
+                f"seq {r['seq']}: Postgres {row} {r['request_id']!r}, "
+                f"expected {want} ({e.source} {e.request_id!r})"
+            )
+        rid, detail = r["request_id"], r["detail"] or ""
+        if e.source == "answer" and rid != e.request_id:
+            return f"seq {r['seq']}: request_id {rid!r}, expected {e.request_id!r}"
+        if e.source == "expiry" and not (rid == e.request_id and detail.startswith("expired")):
+            return f"seq {r['seq']}: not the expiry of {e.request_id}: {rid!r} {detail!r}"
+        if e.source in ("late_commit", "late_release") and not (
+            rid == e.request_id and detail.startswith(e.source)
+        ):
+            return f"seq {r['seq']}: not the {e.source} of {e.request_id}: {rid!r} {detail!r}"
+        if e.source == "recharge" and "automatic_recharge" not in detail:
+            return f"seq {r['seq']}: not an automatic recharge credit: {rid!r} {detail!r}"
+    return None
+
+
+def _world_summary(w: State) -> str:
+    open_calls = sorted(c.call_id for c in w.calls.values() if c.state == "open")
+    return (
+        f"balance={w.balance} reserved={w.reserved} seq={w.seq} pending={w.recharge_pending} "
+        f"enabled={w.recharge_enabled} card={w.card is not None} open={open_calls} "
+        f"fired={list(w.fired)[-4:]}"
+    )
