@@ -6,6 +6,7 @@ emails the failure address over real SMTP, once per episode."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -410,7 +411,8 @@ async def test_no_card_number_or_cvc_in_database_logs_or_responses(
     for name, text in places.items():
         assert number not in text, name
         assert number[:6] + number[-4:] not in text.replace(" ", ""), name
-        assert "cvc" not in text.lower(), name
+        # As a word: Stripe's random ids may hold the letters (pi_rundlzcvcx7oxp).
+        assert not re.search(r"\bcvc\b", text.lower()), name
 
 
 async def test_recharge_worker_command_recharges_and_stops_on_sigterm(
