@@ -32,6 +32,7 @@ const ACTIVITY_PAGE = 50;
 const HEAD_REFRESH_MS = 250; // the ledger writer commits in batches (~200 ms)
 const HEAD_REFRESH_TRIES = 40;
 const USAGE_REFRESH_MS = 1000; // after a change: once the ledger writer has it
+const USAGE_REFRESH_TRIES = 30;
 
 const params = takeParams(["account", "token"]);
 const accountId = params.account;
@@ -53,7 +54,7 @@ const activity = {
   pending: new Set(), // seqs shown from a live frame, not yet confirmed by the ledger
   headTimer: 0, headTries: 0, generation: 0,
 };
-const usageState = { timer: 0 };
+const usageState = { timer: 0, wantSeq: 0, tries: 0 };
 const stripeState = { stripe: null, elements: null, card: null };
 const balanceChart = new BalanceChart($("chart"));
 const spendChart = new SpendChart($("spend-chart"), ITEM_COLORS);
@@ -102,6 +103,8 @@ function applyUpdate(change) {
     balanceChart.add(Math.floor(change.at_us / 1000), change.balance_micros);
     if (MONEY_EVENTS.has(change.event) && change.amount_micros !== 0) {
       showLiveEntry(change);
+      usageState.wantSeq = Math.max(usageState.wantSeq, change.seq);
+      usageState.tries = 0;
       scheduleUsageRefresh();
     }
   }
@@ -676,6 +679,8 @@ async function loadUsage() {
     const q = new URLSearchParams({ from: f.from, to: f.to, time_zone: TIME_ZONE });
     const usage = await api(token, "GET", base + "/usage?" + q.toString());
     renderUsage(usage);
+    // A change seen live reaches the ledger a moment later: ask again until it is in.
+    if (usage.last_seq < usageState.wantSeq && ++usageState.tries < USAGE_REFRESH_TRIES) scheduleUsageRefresh();
   } catch (err) {
     $("usage-unavailable").textContent = errorWords(err);
     $("usage-unavailable").hidden = false;

@@ -295,7 +295,7 @@ async def test_ops_page_with_10000_accounts_stays_smooth_and_shows_the_servers_b
     stats = await page.evaluate("window.opsStats")
     worst_frame_ms = gaps[-1] if gaps else 0.0
     print(
-        f"\nops page with {count} accounts: listed in {listed_ms:.0f} ms; 401 changes in "
+        f"\nops page with {count} accounts: listed in {listed_ms:.0f} ms; 201 changes in "
         f"{burst_s:.1f}s, {len(gaps)} animation frames, worst frame gap {worst_frame_ms:.0f} ms, "
         f"longest paint {stats['flushMsMax']:.0f} ms, {stats['frames']} socket frames"
     )

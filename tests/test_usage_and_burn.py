@@ -165,6 +165,7 @@ async def test_usage_totals_per_item_and_spend_per_day_in_the_customers_zone(
         }
         spent = 2 * SMS + 1_000 + US + call_charge
         assert usage["spent_micros"] == spent
+        assert usage["last_seq"] == 6  # the call's commit, the newest entry counted
         [day] = usage["days"]
         assert day["day"] == today and sum(day["spent_micros"].values()) == spent
         assert day["closing_balance_micros"] == 20 * US - spent

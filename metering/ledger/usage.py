@@ -36,7 +36,7 @@ ORDER BY day, item
 """
 # The balance after each day's last entry.
 CLOSING_SQL = """
-SELECT DISTINCT ON (day) day, balance_after_micros
+SELECT DISTINCT ON (day) day, seq, balance_after_micros
 FROM (SELECT to_char(to_timestamp(at_us / 1000000.0) AT TIME ZONE $4, 'YYYY-MM-DD') AS day,
              seq, balance_after_micros
       FROM ledger_entries
@@ -106,9 +106,8 @@ async def account_usage(pool: Any, query: UsageQuery, settings: Settings) -> dic
         if await conn.fetchval(ACCOUNT_SQL, query.account_id) is None:
             raise UnknownAccount(f"no account {query.account_id!r}")
         daily = await conn.fetch(DAILY_SQL, *args)
-        closing = {
-            r["day"]: r["balance_after_micros"] for r in await conn.fetch(CLOSING_SQL, *args)
-        }
+        closing_rows = await conn.fetch(CLOSING_SQL, *args)
+    closing = {r["day"]: r["balance_after_micros"] for r in closing_rows}
     totals: dict[str, list[int]] = {}
     days: dict[str, dict[str, int]] = {}
     for row in daily:
@@ -133,6 +132,8 @@ async def account_usage(pool: Any, query: UsageQuery, settings: Settings) -> dic
             for item, (count, amount) in sorted(totals.items(), key=lambda t: t[1][1])
         ],
         "spent_micros": sum(-amount for _, amount in totals.values() if amount < 0),
+        # The newest entry counted: a page knows whether a change it saw is in yet.
+        "last_seq": max((r["seq"] for r in closing_rows), default=0),
         "days": [
             {
                 "day": day,
