@@ -198,8 +198,16 @@ def main() -> None:
     args.accounts = args.accounts or args.sockets
     gateway = None
     if not args.url:
-        # The configured servers and tokens (METERING_*), one worker on a free port.
-        gateway = GatewayProcess(Settings.from_env().replace(workers=1))
+        # The configured servers and tokens (METERING_*), one worker on a free port;
+        # every socket comes from this one address, many on one customer token.
+        gateway = GatewayProcess(
+            Settings.from_env().replace(
+                workers=1,
+                http_connections_per_client_max=0,
+                live_sockets_per_token_max=args.sockets + 1,
+                live_sockets_per_account_max=args.sockets + 1,
+            )
+        )
         args.url = gateway.url
     try:
         print(json.dumps(asyncio.run(run(args)), indent=2))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.util
+import shutil
 import subprocess
 import sys
 import threading
@@ -91,18 +92,21 @@ class Run:
     def spread_ids(self) -> list[str]:
         return [f"bench-{n}" for n in range(self.spread_accounts)]
 
-    def http(self, server: Server, path: str, accounts: int) -> dict[str, Any]:
+    def http(self, server: Server, path: str, accounts: int, batch: int = 0) -> dict[str, Any]:
         """Closed-loop wrk run after a short warm-up (connections, caches, JIT of the
-        script), with the CPU time the server and Redis spent per answered request:
-        a figure the other tenants of the machine disturb less than throughput."""
+        script), with the CPU time the server and Redis spent per answered request
+        (per debit, for batches): a figure the other tenants of the machine disturb
+        less than throughput."""
         if self.warmup_s:
-            tools.wrk(server.url, path, SWITCH_TOKEN, accounts, self.connections, self.warmup_s)
+            tools.wrk(
+                server.url, path, SWITCH_TOKEN, accounts, self.connections, self.warmup_s, batch
+            )
         pids = server.pids()
         server_cpu_s, redis_cpu_s = cpu_seconds(pids), cpu_seconds([self.redis.proc.pid])
         figures = tools.wrk(
-            server.url, path, SWITCH_TOKEN, accounts, self.connections, self.seconds
+            server.url, path, SWITCH_TOKEN, accounts, self.connections, self.seconds, batch
         )
-        answered = max(1, figures["requests"] - figures["errors"])
+        answered = max(1, figures["requests"] - figures["errors"]) * max(1, batch)
         figures["server_cpu_us_per_req"] = round(
             (cpu_seconds(pids) - server_cpu_s) * 1e6 / answered, 1
         )
@@ -162,7 +166,7 @@ def ceiling(run: Run) -> None:
     settings = run.settings()
     python = run.record(
         "ceiling",
-        "EVALSHA from the Python client, hot",
+        "EVALSHA from redis-py, one call at a time, hot",
         tools.loadgen(
             {
                 "mode": "evalsha",
@@ -175,6 +179,23 @@ def ceiling(run: Run) -> None:
             run.seconds,
         ),
         "python_evalsha",
+    )
+    run.record(
+        "ceiling",
+        "EVALSHA from the gateway's pipelined client, hot",
+        tools.loadgen(
+            {
+                "mode": "evalsha",
+                "pipeline": True,
+                "redis_url": settings.redis_url,
+                "accounts": 1,
+                "concurrency": run.connections,
+                "seconds": run.seconds,
+                "ledger_backlog_max": LEDGER_BACKLOG_MAX,
+            },
+            run.seconds,
+        ),
+        "python_pipelined",
     )
 
     # The gateway's own keys and arguments of an outbound text; redis-benchmark
@@ -260,6 +281,41 @@ def authorize(run: Run) -> None:
             gateway.stop()
     open_loop_floor(run, rate)
     with_ledger_writer(run)
+
+
+BATCH_ITEMS = 100
+
+
+def batches(run: Run) -> None:
+    """POST /v1/debit-batches of BATCH_ITEMS texts each on the hot account, 1 and 2
+    processes; throughput in debits per second, checked against the account's seq."""
+    if shutil.which("wrk") is None:
+        for workers in (1, 2):
+            run.skip("batch", f"{workers} process(es)", "wrk is not installed", f"batch_{workers}")
+        return
+    seed(run, spread=False)
+    settings = run.settings()
+    for workers in (1, 2):
+        processes = "1 process" if workers == 1 else f"{workers} processes"
+        gateway = start_gateway(settings, workers)
+        try:
+            before = _hot_seq(run)
+            figures = run.http(gateway, "/v1/debit-batches", 1, BATCH_ITEMS)
+            # Every answered text charged once (warm-up and requests in flight
+            # at the end charge too): fewer means items were refused.
+            charged = _hot_seq(run) - before
+            answered = (figures["requests"] - figures["errors"]) * BATCH_ITEMS
+            figures["charged"] = charged
+            if charged < answered:
+                figures["errors"] += answered - charged
+            run.record(
+                "batch",
+                f"{BATCH_ITEMS} texts per request, hot account, {processes}",
+                figures,
+                f"batch_{workers}",
+            )
+        finally:
+            gateway.stop()
 
 
 def open_loop_floor(run: Run, rate: float) -> None:
@@ -586,6 +642,7 @@ def push(run: Run) -> None:
 SCENARIOS: dict[str, Callable[[Run], None]] = {
     "ceiling": ceiling,
     "authorize": authorize,
+    "batch": batches,
     "calls": calls,
     "postgres-row-lock": postgres_row_lock,
     "ledger": ledger,

@@ -40,11 +40,20 @@ def _run(argv: list[str], timeout_s: float) -> str:
 
 
 def wrk(
-    url: str, path: str, token: str, accounts: int, connections: int, seconds: int
+    url: str,
+    path: str,
+    token: str,
+    accounts: int,
+    connections: int,
+    seconds: int,
+    batch: int = 0,
 ) -> dict[str, Any]:
     """Closed loop: `connections` keep-alive connections on one wrk thread for `seconds`
-    (bench/loadgen.py's closed loop if wrk is not installed)."""
+    (bench/loadgen.py's closed loop if wrk is not installed); with `batch`, each
+    request is a POST /v1/debit-batches of that many texts."""
     if shutil.which("wrk") is None:
+        if batch:
+            raise ToolMissing("wrk is not installed (apt-get install wrk): needed for batches")
         # Slower than wrk (it may saturate first), but the harness still runs.
         host, _, port = url.removeprefix("http://").partition(":")
         return loadgen(
@@ -75,6 +84,7 @@ def wrk(
             str(accounts),
             token,
             uuid.uuid4().hex[:8],
+            str(batch),
         ],
         seconds + TOOL_GRACE_S,
     )
@@ -82,7 +92,8 @@ def wrk(
     raw = orjson.loads(line[len("BENCH_JSON ") :])
     seconds_measured = raw["duration_us"] / 1e6
     errors = sum(raw[k] for k in raw if k.startswith("errors_"))
-    return {
+    answered = raw["requests"] - raw["errors_status"]
+    figures = {
         "tool": "wrk",
         "mode": "closed",
         "concurrency": connections,
@@ -90,12 +101,18 @@ def wrk(
         "errors": errors,
         "seconds": round(seconds_measured, 3),
         # Answers that were not 2xx are errors, not throughput.
-        "throughput_rps": round((raw["requests"] - raw["errors_status"]) / seconds_measured, 1),
+        "throughput_rps": round(answered / seconds_measured, 1),
         "p50_ms": raw["p50_us"] / 1000,
         "p99_ms": raw["p99_us"] / 1000,
         "p999_ms": raw["p999_us"] / 1000,
         "max_ms": raw["max_us"] / 1000,
     }
+    if batch:
+        # Throughput in debits (texts) per second; latencies are per request.
+        figures["batch"] = batch
+        figures["requests_per_s"] = figures["throughput_rps"]
+        figures["throughput_rps"] = round(answered * batch / seconds_measured, 1)
+    return figures
 
 
 def loadgen(config: dict[str, Any], timeout_s: float) -> dict[str, Any]:

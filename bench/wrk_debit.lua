@@ -1,6 +1,7 @@
--- wrk script: one SMS debit per request, every message id unique.
+-- wrk script: one SMS debit per request, every message id unique; or, with a
+-- batch size, that many texts per POST /v1/debit-batches request.
 -- Arguments after `--`: path, accounts (1 = the hot account "bench-hot", else
--- "bench-<n mod accounts>"), bearer token, run nonce.
+-- "bench-<n mod accounts>"), bearer token, run nonce, batch size (0: single).
 -- At the end it prints one line "BENCH_JSON {...}" with the counts and the
 -- latency percentiles in microseconds (wrk measures each request from its send).
 local threads = {}
@@ -18,16 +19,25 @@ function init(args)
     ["Authorization"] = "Bearer " .. args[3],
   }
   prefix = args[4] .. "-" .. tid .. "-"
+  batch = tonumber(args[5] or "0")
   n = 0
 end
 
-function request()
+local function text()
   n = n + 1
   local account
   if accounts == 1 then account = "bench-hot" else account = "bench-" .. (n % accounts) end
-  local body = '{"account_id":"' .. account .. '","message_id":"' .. prefix .. n ..
-    '","direction":"outbound"}'
-  return wrk.format("POST", path, headers, body)
+  return '"account_id":"' .. account .. '","message_id":"' .. prefix .. n ..
+    '","direction":"outbound"'
+end
+
+function request()
+  if batch == 0 then
+    return wrk.format("POST", path, headers, "{" .. text() .. "}")
+  end
+  local items = {}
+  for i = 1, batch do items[i] = '{"type":"message",' .. text() .. "}" end
+  return wrk.format("POST", path, headers, '{"items":[' .. table.concat(items, ",") .. "]}")
 end
 
 function done(summary, latency, requests)

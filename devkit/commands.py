@@ -58,6 +58,9 @@ SIP_TOOLS_FILES = (
     "/usr/lib/*/kamailio/modules/jansson.so",
     "/usr/bin/sipp",
 )
+# wrk (HTTP load, the batches) and redis-benchmark (the EVALSHA ceiling).
+BENCH_PACKAGES = ("wrk", "redis-tools")
+BENCH_FILES = ("/usr/bin/wrk", "/usr/bin/redis-benchmark")
 _apt_updated = False
 
 
@@ -123,6 +126,8 @@ def cmd_test(args: argparse.Namespace) -> int:
             extra["METERING_TEST_CHROMIUM"] = chromium
         # Kamailio and SIPp for the real-switch test (tests/test_kamailio.py).
         ensure_debian_packages(SIP_TOOLS_PACKAGES, SIP_TOOLS_FILES, "the Kamailio test")
+        # The bench smoke test's load tools (tests/test_bench_smoke.py).
+        ensure_debian_packages(BENCH_PACKAGES, BENCH_FILES, "the bench smoke test")
         redis_bin = redis_binaries_dir()
         if redis_bin:
             extra["PATH"] = f"{redis_bin}{os.pathsep}{os.environ.get('PATH', '')}"

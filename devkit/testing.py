@@ -389,6 +389,37 @@ class StripeServer:
             self.url + f"/_config/fail_requests?count={count}&status={status}"
         ).raise_for_status()
 
+    def pause_deliveries(self, paused: bool = True) -> None:
+        """Keep webhook events from being sent (a test resends them when it wants)."""
+        httpx.post(self.url + f"/_config/deliveries?paused={int(paused)}").raise_for_status()
+
+    def events_of(self, api_key: str, payment_intent_id: str, event_type: str) -> list[str]:
+        """Ids of the events of one type the server created about one PaymentIntent."""
+        page = httpx.get(
+            self.url + "/v1/events",
+            params={"type": event_type, "limit": 100},
+            headers={"Authorization": f"Bearer {api_key}"},
+        ).json()
+        return [e["id"] for e in page["data"] if e["data"]["object"]["id"] == payment_intent_id]
+
+    def resend(self, event_id: str) -> list[dict[str, Any]]:
+        """Send one event again to every endpoint now, freshly signed (as Stripe's
+        redelivery does); the endpoints' answers."""
+        r = httpx.post(self.url + f"/_config/events/{event_id}/resend", timeout=30)
+        r.raise_for_status()
+        return list(r.json()["deliveries"])
+
+    def hold_intents(self, count: int = 1) -> None:
+        """The next `count` PaymentIntent creations charge, then hold their answer."""
+        httpx.post(self.url + f"/_config/hold_intents?count={count}").raise_for_status()
+
+    def release_intents(self) -> None:
+        httpx.post(self.url + "/_config/release_intents").raise_for_status()
+
+    def held(self) -> int:
+        """How many PaymentIntent answers are being held."""
+        return int(httpx.get(self.url + "/_config/counts").json()["held"])
+
     def register_webhook(self, endpoint_id: str, url: str, secret: str) -> None:
         httpx.post(
             f"{self.url}/_config/webhooks/{endpoint_id}", data={"url": url, "secret": secret}

@@ -1,12 +1,11 @@
-"""`python -m gateway`: serve the API with uvicorn (uvloop, httptools)."""
+"""`python -m gateway`: serve the API with uvicorn (uvloop, httptools), in
+METERING_WORKERS processes that each listen on the port (gateway/workers.py)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import uvicorn
-
+from gateway.workers import configure_logging, serve
 from metering.settings import Settings
 
 
@@ -33,12 +32,9 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 def main() -> None:
     settings = Settings.from_env()
-    # uvicorn configures only its own loggers; the domain's (sweeper, ledger
-    # writer task, payments) log through the root logger at the same level.
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.run("gateway.app:app_from_env", factory=True, **server_options(settings))
+    configure_logging(settings.log_level)
+    # Several workers: one SO_REUSEPORT socket each (gateway/workers.py).
+    serve(server_options(settings))
 
 
 if __name__ == "__main__":

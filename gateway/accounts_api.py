@@ -16,7 +16,7 @@ from metering import accounts, credits
 from metering.accounts import CONCURRENT_CALLS_MAX, TOKEN_LABEL_LENGTH_MAX
 from metering.credits import REASON_LENGTH_MAX
 from metering.fields import AccountId, RequestId, single_line
-from metering.ledger import registry
+from metering.ledger import customer_tokens, registry
 from metering.money import CREDIT_MICROS_MAX
 from metering.rate_card import RateCard
 
@@ -78,7 +78,30 @@ async def post_token(request: Request) -> Response:
     await authenticate(request, state.settings, state.store, OPS_ONLY)
     b = await read_body(request, TokenRequest, state.settings.request_body_bytes_max)
     token = await registry.issue_customer_token(state.store, state.db, account_id, b.label)
-    return answer(answers.TokenIssued(account_id, b.label, token), 201)
+    token_id = customer_tokens.token_id_of(accounts.token_digest(token))
+    return answer(answers.TokenIssued(account_id, b.label, token, token_id), 201)
+
+
+async def get_tokens(request: Request) -> Response:
+    state = request.state
+    account_id = request.path_params["account_id"]
+    await authenticate(request, state.settings, state.store, OPS_ONLY)
+    tokens = await customer_tokens.list_tokens(
+        state.db, state.settings.database_timeout_s, account_id
+    )
+    records = [answers.TokenRecord(**t.as_dict()) for t in tokens]
+    return answer(answers.TokenList(account_id, records))
+
+
+async def delete_token(request: Request) -> Response:
+    """Revoke one token: it stops working at once, and its open sockets close."""
+    state = request.state
+    account_id = request.path_params["account_id"]
+    await authenticate(request, state.settings, state.store, OPS_ONLY)
+    (token,) = await customer_tokens.revoke(
+        state.store, state.db, account_id, request.path_params["token_id"]
+    )
+    return answer(answers.TokenRecord(**token.as_dict()))
 
 
 async def post_credit(request: Request) -> Response:

@@ -4,7 +4,7 @@ is integer micro-units, durations integer seconds."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Self
 
 import msgspec
 from msgspec import Meta
@@ -29,7 +29,7 @@ class Answer(msgspec.Struct):
     """Base of every answer."""
 
 
-class Error(Answer):
+class Error(Answer, omit_defaults=True):
     """Every error: a machine-readable code, a sentence, and the details of some
     codes (present only with them), e.g. `field` on 422 (which field:
     `rate_card.sms_outbound_micros`, `items[2].message_id`)."""
@@ -42,106 +42,59 @@ class Error(Answer):
     limit: Annotated[int | None, Meta(description="429 concurrent_call_limit.")] = None
     state: Annotated[str | None, Meta(description="409 call_closed: the call's state.")] = None
     number: Annotated[str | None, Meta(description="402 number_suspended.")] = None
+    retry_after_s: Annotated[
+        int | None, Meta(description="429 too_many_auth_failures: seconds until a retry.")
+    ] = None
 
 
-class MessageCharged(Answer):
+class Charged(Answer):
+    """The fields of every one-shot charge's answer."""
+
+    item: Item
+    charged_micros: Micros
+    balance_micros: Micros
+    reserved_micros: Micros
+    available_micros: Micros
+    seq: Seq
+
+    @classmethod
+    def of(cls, c: Charge, *ids: str) -> Self:
+        """The answer to charge `c`, with the request's own ids after the charge's fields."""
+        return cls(
+            c.item,
+            c.charged_micros,
+            c.balance_micros,
+            c.reserved_micros,
+            c.balance_micros - c.reserved_micros,
+            c.seq,
+            *ids,
+        )
+
+
+class MessageCharged(Charged):
     """A text message charged (or the first answer again, for a repeated message_id)."""
 
     message_id: str
-    item: Item
-    charged_micros: Micros
-    balance_micros: Micros
-    reserved_micros: Micros
-    available_micros: Micros
-    seq: Seq
-
-    @classmethod
-    def of(cls, message_id: str, c: Charge) -> MessageCharged:
-        return cls(
-            message_id,
-            c.item,
-            c.charged_micros,
-            c.balance_micros,
-            c.reserved_micros,
-            c.balance_micros - c.reserved_micros,
-            c.seq,
-        )
 
 
-class AttemptCharged(Answer):
+class AttemptCharged(Charged):
     """A ring-through attempt charged."""
 
     attempt_id: str
-    item: Item
-    charged_micros: Micros
-    balance_micros: Micros
-    reserved_micros: Micros
-    available_micros: Micros
-    seq: Seq
-
-    @classmethod
-    def of(cls, attempt_id: str, c: Charge) -> AttemptCharged:
-        return cls(
-            attempt_id,
-            c.item,
-            c.charged_micros,
-            c.balance_micros,
-            c.reserved_micros,
-            c.balance_micros - c.reserved_micros,
-            c.seq,
-        )
 
 
-class PurchaseCharged(Answer):
+class PurchaseCharged(Charged):
     """A number purchase charged."""
 
     purchase_id: str
     number: str
-    item: Item
-    charged_micros: Micros
-    balance_micros: Micros
-    reserved_micros: Micros
-    available_micros: Micros
-    seq: Seq
-
-    @classmethod
-    def of(cls, purchase_id: str, number: str, c: Charge) -> PurchaseCharged:
-        return cls(
-            purchase_id,
-            number,
-            c.item,
-            c.charged_micros,
-            c.balance_micros,
-            c.reserved_micros,
-            c.balance_micros - c.reserved_micros,
-            c.seq,
-        )
 
 
-class RenewalCharged(Answer):
+class RenewalCharged(Charged):
     """A number renewal charged."""
 
     renewal_id: str
     number: str
-    item: Item
-    charged_micros: Micros
-    balance_micros: Micros
-    reserved_micros: Micros
-    available_micros: Micros
-    seq: Seq
-
-    @classmethod
-    def of(cls, renewal_id: str, number: str, c: Charge) -> RenewalCharged:
-        return cls(
-            renewal_id,
-            number,
-            c.item,
-            c.charged_micros,
-            c.balance_micros,
-            c.reserved_micros,
-            c.balance_micros - c.reserved_micros,
-            c.seq,
-        )
 
 
 class CallGrant(Answer):
@@ -226,6 +179,25 @@ class TokenIssued(Answer):
     account_id: str
     label: str
     token: Annotated[str, Meta(description="Bearer token for the account's dashboard.")]
+    token_id: Annotated[
+        str, Meta(description="Names the token later (list, revoke); signs in nothing.")
+    ]
+
+
+class TokenRecord(Answer):
+    """A customer token on record (never the token itself)."""
+
+    token_id: Annotated[str, Meta(description="The first 16 hex characters of its SHA-256.")]
+    label: str
+    created_at_us: int
+    revoked_at_us: Annotated[int | None, Meta(description="null while the token works.")]
+
+
+class TokenList(Answer):
+    """Every token the account was issued, oldest first, revoked ones included."""
+
+    account_id: str
+    tokens: list[TokenRecord]
 
 
 class FundsAdded(Answer):
@@ -299,3 +271,26 @@ class AccountAnswer(Answer):
     card: CardOnFile | None
     created_at_us: Annotated[int, Meta(description="Microseconds since the Unix epoch.")]
     alerts: AlertState
+
+
+class MessageResult(Answer, tag_field="type", tag="message", omit_defaults=True):
+    """A text message of a batch: `answer` (status 200) or `error`, as
+    POST /v1/messages would have answered it."""
+
+    status: int
+    answer: MessageCharged | None = None
+    error: Error | None = None
+
+
+class AttemptResult(Answer, tag_field="type", tag="attempt", omit_defaults=True):
+    """A ring-through attempt of a batch: `answer` (status 200) or `error`."""
+
+    status: int
+    answer: AttemptCharged | None = None
+    error: Error | None = None
+
+
+class DebitBatchCharged(Answer):
+    """Each item's outcome, in the order of the request's items."""
+
+    results: list[MessageResult | AttemptResult]

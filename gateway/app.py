@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
@@ -16,6 +17,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from gateway import log_redaction
+from gateway.auth_limits import AuthFailureLimiter
 from gateway.connection_guard import ConnectionGuard
 from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
@@ -26,12 +28,16 @@ from gateway.openapi import build_openapi
 from gateway.pages import page_routes
 from gateway.responses import JSONResponse
 from gateway.security_headers import SecurityHeaders
+from metering.errors import DatabaseNotMigrated
 from metering.ledger.database import create_pool
+from metering.ledger.migrate import check_at_start
 from metering.ledger.writer import run_in_process as run_ledger_writer
 from metering.payments.stripe_client import build_stripe_client, close_stripe_client
 from metering.settings import Settings
 from metering.store import Store, open_store
 from metering.sweeper import run_sweeper
+
+log = logging.getLogger(__name__)
 
 
 class GatewayState(TypedDict):
@@ -46,6 +52,8 @@ class GatewayState(TypedDict):
     # Read deadlines and connections per address, used by the protocol (the
     # name is gateway.connection_guard.STATE_KEY).
     connection_guard: ConnectionGuard
+    # Failed authentication per address and token prefix (gateway/auth_limits.py).
+    auth_limiter: AuthFailureLimiter
 
 
 class GatewayApp(Starlette):
@@ -75,6 +83,15 @@ def create_app(settings: Settings) -> Starlette:
         # Postgres pool: lazy (min_size=0), so the gateway starts without Postgres;
         # the authorize path never uses it.
         db = await create_pool(settings)
+        try:
+            # Postgres down: serve without it. Up but lacking migrations: refuse to
+            # start, saying which command to run.
+            await check_at_start(db, settings.database_timeout_s)
+        except DatabaseNotMigrated as exc:
+            log.error("the gateway will not start: %s", exc)
+            await db.close()
+            await store.redis.aclose()
+            raise
         stripe_client = build_stripe_client(settings)
         stop = asyncio.Event()
         tasks = []
@@ -93,6 +110,7 @@ def create_app(settings: Settings) -> Starlette:
                 stripe=stripe_client,
                 live_hub=live_hub,
                 connection_guard=ConnectionGuard(settings),
+                auth_limiter=AuthFailureLimiter(settings),
             )
         finally:
             stop.set()

@@ -8,7 +8,8 @@ import hmac
 
 from starlette.requests import HTTPConnection
 
-from metering.accounts import account_for_token
+from gateway.auth_limits import AuthFailureLimiter
+from metering.accounts import TOKEN_LENGTH_MAX, account_for_digest, token_digest
 from metering.settings import Settings
 from metering.store import Store
 
@@ -23,10 +24,22 @@ class Forbidden(Exception):
     code = "forbidden"
 
 
+class TooManyAuthFailures(Exception):
+    code = "too_many_auth_failures"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(
+            f"too many failed authentications from this address or with this token's "
+            f"first characters; retry in {retry_after_s} s"
+        )
+        self.retry_after_s = retry_after_s
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Caller:
     role: str
     account_id: str | None  # set for customers: the one account they may see
+    token_id: str | None = None  # set for customers: the token's SHA-256 (hex)
 
 
 def bearer_token(conn: HTTPConnection) -> str | None:
@@ -58,12 +71,29 @@ async def authenticate(
     elif hmac.compare_digest(token.encode(), settings.ops_token.encode()):
         caller = Caller(OPS, None)
     else:
-        owner = await account_for_token(store, token)
-        if owner is None:
-            raise Unauthorized("the bearer token is not valid")
-        caller = Caller(CUSTOMER, owner)
+        caller = await _customer(conn, store, token)
     if caller.role not in roles:
         raise Forbidden(f"the {caller.role} role may not do this")
     if caller.role == CUSTOMER and account_id is not None and caller.account_id != account_id:
         raise Forbidden("this token belongs to another account")
     return caller
+
+
+async def _customer(conn: HTTPConnection, store: Store, token: str) -> Caller:
+    """The customer whose token this is. Refused unread while the client address
+    or the token's first characters are blocked for failing (gateway/auth_limits.py)."""
+    limiter: AuthFailureLimiter = conn.state.auth_limiter
+    client = conn.client.host if conn.client else ""
+    retry_after_s = limiter.retry_after_s(client, token)
+    if retry_after_s is not None:
+        limiter.note_refused()
+        raise TooManyAuthFailures(retry_after_s)
+    digest = token_digest(token)
+    owner = await account_for_digest(store, digest) if len(token) <= TOKEN_LENGTH_MAX else None
+    if owner is None:
+        retry_after_s = limiter.failed(client, token)
+        if retry_after_s is not None:
+            limiter.note_refused()
+            raise TooManyAuthFailures(retry_after_s)
+        raise Unauthorized("the bearer token is not valid")
+    return Caller(CUSTOMER, owner, digest)

@@ -80,6 +80,24 @@ ENDPOINTS: list[Endpoint] = [
         success=201,
     ),
     Endpoint(
+        "GET",
+        "/v1/accounts/{account_id}/tokens",
+        accounts_api.get_tokens,
+        ("ops",),
+        "The account's customer tokens on record (id, label, when issued and revoked).",
+        answer=answers.TokenList,
+        errors=(401, 403, 404, 503),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/accounts/{account_id}/tokens/{token_id}",
+        accounts_api.delete_token,
+        ("ops",),
+        "Revoke a customer token: refused at once, its live sockets closed (4401).",
+        answer=answers.TokenRecord,
+        errors=(401, 403, 404, 422, 503),
+    ),
+    Endpoint(
         "POST",
         "/v1/accounts/{account_id}/credits",
         accounts_api.post_credit,
@@ -127,6 +145,17 @@ ENDPOINTS: list[Endpoint] = [
         switch_api.RenewalRequest,
         answer=answers.RenewalCharged,
         errors=CHARGE_ERRORS,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/debit-batches",
+        switch_api.post_debit_batch,
+        ("switch",),
+        "Charge up to METERING_DEBIT_BATCH_ITEMS_MAX texts and ring-through attempts in "
+        "one request: each item charged or refused on its own, answered in order.",
+        switch_api.DebitBatchRequest,
+        answer=answers.DebitBatchCharged,
+        errors=(400, 401, 403, 422, 503),
     ),
     Endpoint(
         "POST",

@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from asyncpg.exceptions import UndefinedColumnError, UndefinedTableError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from gateway.auth import Forbidden, Unauthorized
+from gateway.auth import Forbidden, TooManyAuthFailures, Unauthorized
 from gateway.bodies import (
     BodyTooLarge,
     DuplicateKey,
@@ -22,6 +23,7 @@ from gateway.bodies import (
 from gateway.responses import JSONResponse, error_body
 from metering import errors
 from metering.ledger.database import DATABASE_DOWN
+from metering.ledger.migrate import MIGRATE_COMMAND
 from metering.notify.webhooks import UnknownWebhook
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ STATUS: dict[type[Exception], int] = {
     errors.InsufficientFunds: 402,
     Forbidden: 403,
     errors.UnknownAccount: 404,
+    errors.UnknownToken: 404,
     errors.UnknownCall: 404,
     errors.UnknownReceipt: 404,
     errors.UnknownNumber: 404,
@@ -47,6 +50,7 @@ STATUS: dict[type[Exception], int] = {
     errors.InvalidRequest: 422,
     errors.BalanceLimit: 422,
     errors.ConcurrentCallLimit: 429,
+    TooManyAuthFailures: 429,
     # payments
     errors.CardDeclined: 402,
     errors.AuthenticationRequired: 402,
@@ -80,7 +84,12 @@ def error_answer(exc: Exception, method: str, path: str) -> tuple[int, dict[str,
         elif isinstance(exc, DuplicateKey):
             details = {"field": exc.field}
         code = getattr(exc, "code", "error")
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        headers = None
+        if isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, TooManyAuthFailures):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+            details = {"retry_after_s": exc.retry_after_s}
         return status, error_body(code, str(exc), **details), headers
     if isinstance(exc, HTTPException):
         code = HTTP_CODES.get(exc.status_code, "http_error")
@@ -91,6 +100,16 @@ def error_answer(exc: Exception, method: str, path: str) -> tuple[int, dict[str,
     if isinstance(exc, DATABASE_DOWN):
         log.warning("database unavailable: %r", exc)
         return 503, error_body("unavailable", "the database did not answer; retry"), None
+    if isinstance(exc, UndefinedTableError | UndefinedColumnError):
+        # Postgres answered but lacks a table or column of this version: a 503 that
+        # says what to do, not a 500 (the gateway refuses to start on such a
+        # database when it can see it at start, see metering/ledger/migrate.py).
+        error = errors.DatabaseNotMigrated(
+            f"the Postgres database is not migrated ({exc}); an operator must run "
+            f"`{MIGRATE_COMMAND}`"
+        )
+        log.error("%s", error)
+        return 503, error_body(error.code, str(error)), None
     log.error("unhandled error on %s %s", method, path, exc_info=exc)
     return 500, error_body("internal", "an internal error occurred"), None
 
@@ -113,6 +132,8 @@ EXCEPTION_HANDLERS = {
     ClientDisconnect: on_client_gone,
     RedisConnectionError: on_error,
     RedisTimeoutError: on_error,
+    UndefinedTableError: on_error,
+    UndefinedColumnError: on_error,
     # A handler that reached Postgres through the pool directly (not through
     # metering.ledger.database.acquire) gets the same 503 for an outage.
     **{kind: on_error for kind in DATABASE_DOWN if issubclass(kind, Exception)},

@@ -16,7 +16,7 @@ Frames (JSON text, money in integer micros):
     ops channel      {"type": "snapshot", "accounts": [<row>...], "first": bool,
                       "last": bool, "refresh": bool}   (chunked; repeated every
                       live_ops_refresh_s with refresh=true)
-                     {"type": "updates", "updates": [<change + spent_micros>...]}
+                     {"type": "updates", "updates": [<change>...]}
 
                      {"type": "burn", "window_s", "at_us", "total_micros_per_minute",
                       "rates": {<account_id>: <micros per minute>}}   (every
@@ -38,15 +38,25 @@ import orjson
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.auth import CUSTOMER, OPS, Forbidden, Unauthorized, authenticate
+from gateway.auth import (
+    CUSTOMER,
+    OPS,
+    Caller,
+    Forbidden,
+    TooManyAuthFailures,
+    Unauthorized,
+    authenticate,
+)
 from gateway.live_hub import (
     CLOSE_CODES,
     CLOSE_FORBIDDEN,
+    CLOSE_TOO_MANY,
     CLOSE_TOO_SLOW,
     CLOSE_TRY_LATER,
     CLOSE_UNAUTHORIZED,
     CLOSE_UNKNOWN_ACCOUNT,
     LiveHub,
+    SocketRefused,
     Subscriber,
 )
 from metering import accounts
@@ -78,14 +88,14 @@ async def account_live(ws: WebSocket) -> None:
     settings: Settings = ws.state.settings
     hub: LiveHub = ws.state.live_hub
     account_id = ws.path_params["account_id"]
-    refused = await _refusal(ws, ACCOUNT_ROLES, account_id)
+    caller = await _caller_or_refusal(ws, ACCOUNT_ROLES, account_id)
     await ws.accept()
-    if refused is not None:
-        await _close(ws, refused, settings)
-        return
-    sub = hub.add(account_id)
-    if sub is None:
-        await _close(ws, CLOSE_TRY_LATER, settings, "this gateway holds its most sockets")
+    try:
+        if isinstance(caller, SocketRefused):
+            raise caller
+        sub = hub.add(account_id, caller.token_id)
+    except SocketRefused as refused:
+        await _close(ws, refused.code, settings, refused.reason)
         return
     try:
         try:
@@ -107,14 +117,14 @@ async def ops_live(ws: WebSocket) -> None:
     """Every account's live channel (the operations page)."""
     settings: Settings = ws.state.settings
     hub: LiveHub = ws.state.live_hub
-    refused = await _refusal(ws, OPS_ROLES, None)
+    caller = await _caller_or_refusal(ws, OPS_ROLES, None)
     await ws.accept()
-    if refused is not None:
-        await _close(ws, refused, settings)
-        return
-    sub = hub.add(None)
-    if sub is None:
-        await _close(ws, CLOSE_TRY_LATER, settings, "this gateway holds its most sockets")
+    try:
+        if isinstance(caller, SocketRefused):
+            raise caller
+        sub = hub.add(None)
+    except SocketRefused as refused:
+        await _close(ws, refused.code, settings, refused.reason)
         return
 
     async def snapshot(refresh: bool) -> bool:
@@ -152,17 +162,20 @@ class Timer:
     due: float = 0.0
 
 
-async def _refusal(ws: WebSocket, roles: frozenset[str], account_id: str | None) -> int | None:
-    """The close code refusing this socket, or None when it may subscribe."""
+async def _caller_or_refusal(
+    ws: WebSocket, roles: frozenset[str], account_id: str | None
+) -> Caller | SocketRefused:
+    """The caller when it may subscribe, else why the socket is refused."""
     try:
-        await authenticate(ws, ws.state.settings, ws.state.store, roles, account_id)
+        return await authenticate(ws, ws.state.settings, ws.state.store, roles, account_id)
     except Unauthorized:
-        return CLOSE_UNAUTHORIZED
+        return SocketRefused(CLOSE_UNAUTHORIZED, CLOSE_CODES[CLOSE_UNAUTHORIZED])
     except Forbidden:
-        return CLOSE_FORBIDDEN
+        return SocketRefused(CLOSE_FORBIDDEN, CLOSE_CODES[CLOSE_FORBIDDEN])
+    except TooManyAuthFailures as exc:
+        return SocketRefused(CLOSE_TOO_MANY, str(exc)[:120])
     except RedisError:
-        return CLOSE_TRY_LATER
-    return None
+        return SocketRefused(CLOSE_TRY_LATER, "the balance store did not answer")
 
 
 def _ops_row(view: AccountView, burn_micros_per_minute: int) -> dict[str, Any]:

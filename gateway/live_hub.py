@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from metering.burn import BurnRates, burn_rates
+from metering.ledger.customer_tokens import TOKEN_REVOKED_EVENT
 from metering.settings import Settings
 from metering.store import Store
 
@@ -37,6 +39,7 @@ CLOSE_UNKNOWN_ACCOUNT = 4404
 CLOSE_TOO_SLOW = 4408  # a send stayed stuck for live_send_timeout_s, or too far behind
 CLOSE_RESUBSCRIBE = 1012  # the hub lost Redis: reconnect for a fresh snapshot
 CLOSE_TRY_LATER = 1013  # socket limit of this process reached, or Redis unavailable
+CLOSE_TOO_MANY = 4429  # the token or its account holds its most sockets, or auth is blocked
 
 CLOSE_CODES: dict[int, str] = {
     CLOSE_UNAUTHORIZED: "unauthorized: missing or invalid token",
@@ -45,17 +48,49 @@ CLOSE_CODES: dict[int, str] = {
     CLOSE_TOO_SLOW: "too slow: the client did not read its updates",
     CLOSE_RESUBSCRIBE: "live feed interrupted: reconnect for a fresh snapshot",
     CLOSE_TRY_LATER: "try again later",
+    CLOSE_TOO_MANY: "too many: sockets for this token or account (close one), or failed "
+    "authentications from this address (retry later)",
 }
+
+
+class SocketRefused(Exception):
+    """A socket the hub will not hold, with the close code and reason to send."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclasses.dataclass(slots=True)
+class LiveSocketCounts:
+    """Sockets refused since the process started (for metrics)."""
+
+    refused_per_token: int = 0
+    refused_per_account: int = 0
+    refused_full: int = 0
 
 
 class Subscriber:
     """One socket's view of the feed: pending frames keyed by account, the
     latest per account winning, and a wake-up for its sender task."""
 
-    __slots__ = ("account_id", "pending", "wake", "floor_seq", "close_code", "pending_max")
+    __slots__ = (
+        "account_id",
+        "pending",
+        "wake",
+        "floor_seq",
+        "close_code",
+        "pending_max",
+        "token_id",
+    )
 
-    def __init__(self, account_id: str | None, pending_max: int) -> None:
+    def __init__(
+        self, account_id: str | None, pending_max: int, token_id: str | None = None
+    ) -> None:
         self.account_id = account_id  # None: the ops channel, every account
+        # The customer token's id (its SHA-256) the socket counts against; None: ops.
+        self.token_id = token_id
         # account -> (seq, payload): a pre-encoded frame for an account socket,
         # a row for the ops socket's next batch.
         self.pending: dict[str, tuple[int, Any]] = {}
@@ -119,6 +154,12 @@ class LiveHub:
         self.by_account: dict[str, set[Subscriber]] = {}
         self.ops: set[Subscriber] = set()
         self.count = 0
+        # Customer sockets: in all, by token and by account (ops sockets are not limited
+        # per token or account; they may use the room customers leave them).
+        self.customer_count = 0
+        self.by_token_count: dict[str, int] = {}
+        self.by_account_count: dict[str, int] = {}
+        self.refusals = LiveSocketCounts()
         self.messages = 0
         # Burn rates for ops sockets: read from Redis at most once per refresh
         # period, however many ops pages this process serves.
@@ -130,17 +171,48 @@ class LiveHub:
 
     # ---- subscribers -------------------------------------------------------
 
-    def add(self, account_id: str | None) -> Subscriber | None:
-        """Register a socket; None when this process holds live_sockets_max already."""
-        if self.count >= self.settings.live_sockets_max:
-            return None
-        sub = Subscriber(account_id, self.settings.live_pending_accounts_max)
+    def add(self, account_id: str | None, token_id: str | None = None) -> Subscriber:
+        """Register a socket watching `account_id` (None: every account, ops) for
+        the customer token `token_id` (None: ops). Raises SocketRefused past a limit:
+        the process's (customers stop live_ops_sockets_reserved short of it), the
+        token's, or its account's."""
+        s = self.settings
+        if token_id is not None:
+            assert account_id is not None, "a customer socket watches one account"
+            self._check_customer_limits(account_id, token_id)
+        elif self.count >= s.live_sockets_max:
+            self.refusals.refused_full += 1
+            raise SocketRefused(CLOSE_TRY_LATER, "this gateway holds its most sockets")
+        sub = Subscriber(account_id, s.live_pending_accounts_max, token_id)
         if account_id is None:
             self.ops.add(sub)
         else:
             self.by_account.setdefault(account_id, set()).add(sub)
+        if token_id is not None and account_id is not None:
+            self.customer_count += 1
+            self.by_token_count[token_id] = self.by_token_count.get(token_id, 0) + 1
+            self.by_account_count[account_id] = self.by_account_count.get(account_id, 0) + 1
         self.count += 1
         return sub
+
+    def _check_customer_limits(self, account_id: str, token_id: str) -> None:
+        s = self.settings
+        customers_max = s.live_sockets_max - s.live_ops_sockets_reserved
+        if self.customer_count >= customers_max or self.count >= s.live_sockets_max:
+            self.refusals.refused_full += 1
+            raise SocketRefused(CLOSE_TRY_LATER, "this gateway holds its most sockets")
+        if self.by_token_count.get(token_id, 0) >= s.live_sockets_per_token_max:
+            self.refusals.refused_per_token += 1
+            raise SocketRefused(
+                CLOSE_TOO_MANY,
+                f"this token holds {s.live_sockets_per_token_max} live sockets: close one",
+            )
+        if self.by_account_count.get(account_id, 0) >= s.live_sockets_per_account_max:
+            self.refusals.refused_per_account += 1
+            raise SocketRefused(
+                CLOSE_TOO_MANY,
+                f"this account holds {s.live_sockets_per_account_max} live sockets: close one",
+            )
 
     def remove(self, sub: Subscriber) -> None:
         if sub.account_id is None:
@@ -154,6 +226,16 @@ class LiveHub:
             self.count -= 1
             if not subs:
                 del self.by_account[sub.account_id]
+            if sub.token_id is not None:
+                self.customer_count -= 1
+                _decrement(self.by_token_count, sub.token_id)
+                _decrement(self.by_account_count, sub.account_id)
+
+    def close_token(self, account_id: str, token_id: str) -> None:
+        """Close the sockets of a revoked customer token (as unauthorized)."""
+        for sub in self.by_account.get(account_id, ()):
+            if sub.token_id == token_id:
+                sub.close(CLOSE_UNAUTHORIZED)
 
     def close_all(self, code: int) -> None:
         for subs in list(self.by_account.values()):
@@ -184,6 +266,9 @@ class LiveHub:
             log.warning("ignoring a malformed live message: %r", data[:200])
             return
         self.messages += 1
+        if not is_balance and change.get("event") == TOKEN_REVOKED_EVENT:
+            self.close_token(account_id, str(change.get("token", "")))
+            return
         subs = self.by_account.get(account_id)
         if subs:
             # Encoded once, however many dashboards watch the account.
@@ -255,3 +340,11 @@ class LiveHub:
                     await asyncio.wait_for(stop.wait(), self.settings.live_reconnect_delay_s)
         await self._disconnect()
         self.close_all(CLOSE_RESUBSCRIBE)
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)

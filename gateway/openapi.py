@@ -25,14 +25,19 @@ ERROR_TEXT = {
     413: "Body too large.",
     415: "unsupported_media_type: the body is not sent as Content-Type: application/json.",
     422: "A field is missing or invalid (the body names it).",
-    429: "The account's concurrent call limit.",
+    429: "concurrent_call_limit (the account's open calls), or too_many_auth_failures "
+    "(this address or token prefix failed too often: Retry-After says when to try again).",
     503: "Redis unavailable or ledger backlog full.",
 }
 
 
 def _error_codes(e: Endpoint) -> list[int]:
-    # Every JSON body may be refused as too large or not declared JSON.
-    return sorted(set(e.errors) | ({413, 415} if e.body is not None else set()))
+    # Every JSON body may be refused as too large or not declared JSON; a customer
+    # token, after too many failed authentications.
+    codes = set(e.errors) | ({413, 415} if e.body is not None else set())
+    if "customer" in e.roles:
+        codes.add(429)
+    return sorted(codes)
 
 
 def _operation(e: Endpoint, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:

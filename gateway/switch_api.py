@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, NamedTuple
 
+import msgspec
 from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,12 +14,15 @@ from starlette.responses import Response
 from gateway import answers
 from gateway.auth import SWITCH, authenticate
 from gateway.bodies import BodyT, RequestBody, read_body
+from gateway.errors import error_answer
 from gateway.responses import answer
 from metering import debits, reservations
+from metering.errors import InvalidRequest
 from metering.fields import INT64_MAX, AccountId, PhoneNumber, RequestId
 from metering.store import Store
 
 SWITCH_ONLY = frozenset({SWITCH})
+BATCH_PATH = "/v1/debit-batches"
 
 Account = Annotated[AccountId, Meta(description="The account to charge.")]
 Direction = Annotated[Literal["outbound", "inbound"], Meta(description="outbound or inbound")]
@@ -122,6 +127,28 @@ class ReleaseRequest(RequestBody):
     account_id: Account
 
 
+class MessageItem(MessageRequest, tag_field="type", tag="message"):
+    """A text message in a batch ("type": "message")."""
+
+
+class AttemptItem(AttemptRequest, tag_field="type", tag="attempt"):
+    """A ring-through attempt in a batch ("type": "attempt")."""
+
+
+class DebitBatchRequest(RequestBody):
+    """Texts and ring-through attempts to charge in one request: each item is
+    charged (or refused) on its own, with its own id and idempotency, exactly
+    as the single endpoint would, and answered in order."""
+
+    items: Annotated[
+        list[MessageItem | AttemptItem],
+        Meta(
+            min_length=1,
+            description="At most METERING_DEBIT_BATCH_ITEMS_MAX items (100 by default).",
+        ),
+    ]
+
+
 async def _switch_body(request: Request, body_type: type[BodyT]) -> BodyT:
     state = request.state
     await authenticate(request, state.settings, state.store, SWITCH_ONLY)
@@ -133,24 +160,24 @@ async def _switch_body(request: Request, body_type: type[BodyT]) -> BodyT:
 # both run these.
 
 
-async def charge_message(store: Store, b: MessageRequest, _: str) -> answers.Answer:
+async def charge_message(store: Store, b: MessageRequest, _: str) -> answers.MessageCharged:
     charge = await debits.message(store, b.account_id, b.message_id, b.direction, b.number)
-    return answers.MessageCharged.of(b.message_id, charge)
+    return answers.MessageCharged.of(charge, b.message_id)
 
 
-async def charge_attempt(store: Store, b: AttemptRequest, _: str) -> answers.Answer:
+async def charge_attempt(store: Store, b: AttemptRequest, _: str) -> answers.AttemptCharged:
     charge = await debits.ring_through_attempt(store, b.account_id, b.attempt_id)
-    return answers.AttemptCharged.of(b.attempt_id, charge)
+    return answers.AttemptCharged.of(charge, b.attempt_id)
 
 
 async def charge_purchase(store: Store, b: PurchaseRequest, _: str) -> answers.Answer:
     charge = await debits.number_purchase(store, b.account_id, b.purchase_id, b.number, b.renewal)
-    return answers.PurchaseCharged.of(b.purchase_id, b.number, charge)
+    return answers.PurchaseCharged.of(charge, b.purchase_id, b.number)
 
 
 async def charge_renewal(store: Store, b: RenewalRequest, _: str) -> answers.Answer:
     charge = await debits.number_renewal(store, b.account_id, b.renewal_id, b.number)
-    return answers.RenewalCharged.of(b.renewal_id, b.number, charge)
+    return answers.RenewalCharged.of(charge, b.renewal_id, b.number)
 
 
 async def open_call(store: Store, b: ReserveRequest, _: str) -> answers.Answer:
@@ -173,6 +200,32 @@ async def release_call(store: Store, b: ReleaseRequest, call_id: str) -> answers
     return answers.CallReleased.of(released)
 
 
+async def _charge_item(
+    store: Store, item: MessageItem | AttemptItem
+) -> answers.MessageResult | answers.AttemptResult:
+    """One batch item: its answer, or the error the single endpoint would give."""
+    try:
+        if isinstance(item, MessageItem):
+            return answers.MessageResult(200, await charge_message(store, item, ""))
+        return answers.AttemptResult(200, await charge_attempt(store, item, ""))
+    except Exception as exc:
+        status, body, _ = error_answer(exc, "POST", BATCH_PATH)
+        error = msgspec.convert(body, answers.Error)
+        if isinstance(item, MessageItem):
+            return answers.MessageResult(status, error=error)
+        return answers.AttemptResult(status, error=error)
+
+
+async def charge_batch(store: Store, b: DebitBatchRequest, _: str) -> answers.Answer:
+    """Every item started at once: their scripts go to Redis in one pipelined
+    write, in order (metering/pipelining.py), and the answers come back in order."""
+    limit = store.settings.debit_batch_items_max
+    if len(b.items) > limit:
+        raise InvalidRequest("items", f"items must be a list of 1 to {limit} items")
+    results = await asyncio.gather(*(_charge_item(store, item) for item in b.items))
+    return answers.DebitBatchCharged(results)
+
+
 class Action(NamedTuple):
     body: type[RequestBody]
     run: Callable[[Store, Any, str], Awaitable[answers.Answer]]
@@ -185,6 +238,7 @@ ACTIONS: dict[str, Action] = {
     "/v1/numbers/purchases": Action(PurchaseRequest, charge_purchase),
     "/v1/numbers/renewals": Action(RenewalRequest, charge_renewal),
     "/v1/calls": Action(ReserveRequest, open_call),
+    BATCH_PATH: Action(DebitBatchRequest, charge_batch),
 }
 CALL_ACTIONS: dict[str, Action] = {
     "extend": Action(ExtendRequest, extend_call),
@@ -210,6 +264,7 @@ post_ring_through_attempt = _handler(
 post_number_purchase = _handler("post_number_purchase", ACTIONS["/v1/numbers/purchases"])
 post_number_renewal = _handler("post_number_renewal", ACTIONS["/v1/numbers/renewals"])
 post_call = _handler("post_call", ACTIONS["/v1/calls"])
+post_debit_batch = _handler("post_debit_batch", ACTIONS[BATCH_PATH])
 post_call_extend = _handler("post_call_extend", CALL_ACTIONS["extend"])
 post_call_commit = _handler("post_call_commit", CALL_ACTIONS["commit"])
 post_call_release = _handler("post_call_release", CALL_ACTIONS["release"])

@@ -15,6 +15,8 @@ from metering.store import Store
 
 CONCURRENT_CALLS_MAX = 10_000
 TOKEN_LABEL_LENGTH_MAX = 100
+# Longer bearer tokens are refused unread (issued ones are 43 characters).
+TOKEN_LENGTH_MAX = 256
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -175,9 +177,13 @@ def token_digest(token: str) -> str:
 
 async def account_for_token(store: Store, token: str) -> str | None:
     """The account a customer token belongs to, or None."""
-    if not token or len(token) > 256:
+    if not token or len(token) > TOKEN_LENGTH_MAX:
         return None
-    digest = token_digest(token)
+    return await account_for_digest(store, token_digest(token))
+
+
+async def account_for_digest(store: Store, digest: str) -> str | None:
+    """The account of the customer token whose SHA-256 (hex) is `digest`, or None."""
     # The lookup is by SHA-256 digest, so its timing says nothing about the token.
     account_id: str | None = await store.redis.get(token_key(digest))
     return account_id

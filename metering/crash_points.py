@@ -25,8 +25,10 @@ CHARGE_RECORDED = "charge.recorded"
 CHARGE_CREDITED = "charge.credited"
 # A recharge request was read from its stream; no episode exists for it yet.
 REQUEST_READ = "recharge.request_read"
+# A card or recharge settings change is committed in Postgres; Redis lacks it.
+SETTINGS_COMMITTED = "settings.committed"
 
-POINTS = (CHARGED, CHARGE_RECORDED, CHARGE_CREDITED, REQUEST_READ)
+POINTS = (CHARGED, CHARGE_RECORDED, CHARGE_CREDITED, REQUEST_READ, SETTINGS_COMMITTED)
 
 
 def reached(settings: Settings, point: str) -> None:

@@ -85,44 +85,23 @@ def debit_call(
     )
 
 
-def charge_of(result: list[Any], account_id: str, item: str, request_id: str) -> Charge:
-    """debit.lua's answer as a Charge, or its refusal raised."""
+def charge_of(result: list[Any], args: list[Any]) -> Charge:
+    """debit.lua's answer to the call with `args` (debit_call's) as a Charge, or
+    its refusal raised."""
+    account_id, item, request_id = args[0], args[1], args[3]
     raise_refusal(result, account_id, f"{item} {request_id}")
     return Charge(
         item, int(result[2]), int(result[3]), int(result[4]), int(result[5]), result[1] == 1
     )
 
 
-async def debit(
-    store: Store,
-    account_id: str,
-    item: str,
-    kind: str,
-    request_id: str,
-    fingerprint: str,
-    detail: str = "",
-    number: str = "",
-    number_role: str = "",
-    renewal_mode: str = "",
-) -> Charge:
-    """Charge one billing item at the account's rate; idempotent by (kind, request id),
-    so a message id reused with the other direction is a conflict, not a second charge.
-    A number named in a role (lua/_lib.lua number_refusal) is checked and recorded in
-    the same script."""
-    keys, args = debit_call(
-        store,
-        account_id,
-        item,
-        kind,
-        request_id,
-        fingerprint,
-        detail,
-        number,
-        number_role,
-        renewal_mode,
-    )
-    result = await store.scripts.debit(store.redis, keys, args)
-    return charge_of(result, account_id, item, request_id)
+async def debit(store: Store, call: tuple[list[str], list[Any]]) -> Charge:
+    """Charge one billing item at the account's rate (`call` from debit_call);
+    idempotent by (kind, request id), so a message id reused with the other
+    direction is a conflict, not a second charge. A number named in a role
+    (lua/_lib.lua number_refusal) is checked and recorded in the same script."""
+    keys, args = call
+    return charge_of(await store.scripts.debit(store.redis, keys, args), args)
 
 
 async def message(
@@ -139,13 +118,16 @@ async def message(
         fingerprint = f"{direction};{number}"
     return await debit(
         store,
-        account_id,
-        f"sms_{direction}",
-        "message",
-        message_id,
-        fingerprint,
-        number=number or "",
-        number_role="use" if number else "",
+        debit_call(
+            store,
+            account_id,
+            f"sms_{direction}",
+            "message",
+            message_id,
+            fingerprint,
+            number=number or "",
+            number_role="use" if number else "",
+        ),
     )
 
 
@@ -153,7 +135,9 @@ async def ring_through_attempt(store: Store, account_id: str, attempt_id: str) -
     """One connection attempt of a workflow's ring-through."""
     fields.account_id(account_id)
     fields.request_id(attempt_id, "attempt_id")
-    return await debit(store, account_id, "ring_through_attempt", "attempt", attempt_id, "")
+    return await debit(
+        store, debit_call(store, account_id, "ring_through_attempt", "attempt", attempt_id, "")
+    )
 
 
 async def number_purchase(
@@ -169,15 +153,18 @@ async def number_purchase(
     fingerprint = number if renewal == "automatic" else f"{number};{renewal}"
     return await debit(
         store,
-        account_id,
-        "number_purchase",
-        "purchase",
-        purchase_id,
-        fingerprint,
-        number,
-        number=number,
-        number_role="purchase",
-        renewal_mode=renewal,
+        debit_call(
+            store,
+            account_id,
+            "number_purchase",
+            "purchase",
+            purchase_id,
+            fingerprint,
+            number,
+            number=number,
+            number_role="purchase",
+            renewal_mode=renewal,
+        ),
     )
 
 
@@ -192,12 +179,15 @@ async def number_renewal(
     fields.phone_number(number)
     return await debit(
         store,
-        account_id,
-        "number_renewal",
-        "renewal",
-        renewal_id,
-        number,
-        number,
-        number=number,
-        number_role="auto_renewal" if automatic else "renewal",
+        debit_call(
+            store,
+            account_id,
+            "number_renewal",
+            "renewal",
+            renewal_id,
+            number,
+            number,
+            number=number,
+            number_role="auto_renewal" if automatic else "renewal",
+        ),
     )

@@ -29,6 +29,10 @@ class UnknownAccount(MeteringError):
     code = "unknown_account"
 
 
+class UnknownToken(MeteringError):
+    code = "unknown_token"
+
+
 class AccountExists(MeteringError):
     code = "account_exists"
 
@@ -90,6 +94,13 @@ class Unavailable(MeteringError):
     """A dependency (Redis, Postgres, Stripe) did not answer."""
 
     code = "unavailable"
+
+
+class DatabaseNotMigrated(Unavailable):
+    """The Postgres database lacks tables this version needs: an operator must run
+    the migrations (the message names the command)."""
+
+    code = "database_not_migrated"
 
 
 def raise_refusal(result: list[Any], account_id: str, subject: str = "") -> None:

@@ -106,6 +106,8 @@ def _rule(info: inspect.Type) -> str:
     if isinstance(info, inspect.ListType):
         if info.max_length is not None:
             return f"a list of {info.min_length or 0} to {info.max_length} items"
+        if info.min_length:
+            return f"a list of at least {info.min_length} items"
         return "a list"
     if isinstance(info, inspect.StructType | inspect.DictType):
         return "an object"
@@ -248,20 +250,30 @@ def split_error(message: str) -> tuple[str, str]:
 
 
 def type_at(root: Any, path: str) -> inspect.Type | None:
-    """The declared type of the value at `path` inside `root`."""
+    """The declared type of the value at `path` inside `root` (through optional
+    values, lists, and tagged unions of objects: the first member with that field)."""
     info: inspect.Type | None = inspect.type_info(root)
     for name, index in _PATH_PART.findall("." + path if path and path[0] != "[" else path):
-        while isinstance(info, inspect.Metadata | inspect.UnionType):
-            if isinstance(info, inspect.Metadata):
-                info = info.type
-            else:
-                kinds = [t for t in info.types if not isinstance(t, inspect.NoneType)]
-                info = kinds[0] if len(kinds) == 1 else None
-        if name and isinstance(info, inspect.StructType):
-            info = next((f.type for f in info.fields if f.encode_name == name), None)
-        elif index and isinstance(info, inspect.ListType):
-            info = info.item_type
-        else:
+        while isinstance(info, inspect.Metadata):
+            info = info.type
+        if info is None:
+            return None
+        members = tuple(
+            m.type if isinstance(m, inspect.Metadata) else m
+            for m in (info.types if isinstance(info, inspect.UnionType) else (info,))
+        )
+        if index:
+            info = next((m.item_type for m in members if isinstance(m, inspect.ListType)), None)
+            continue
+        structs = [m for m in members if isinstance(m, inspect.StructType)]
+        if structs and name == structs[0].tag_field:
+            tags = ", ".join(str(m.tag) for m in structs)
+            return inspect.Metadata(inspect.StrType(), extra={"rule": f"one of: {tags}"})
+        info = next(
+            (f.type for m in structs for f in m.fields if f.encode_name == name),
+            None,
+        )
+        if info is None:
             return None
     return info
 

@@ -46,6 +46,8 @@ class Settings:
     switch_token: str = "dev-switch-token"
     ops_token: str = "dev-ops-token"
     request_body_bytes_max: int = 16_384
+    # Items of one POST /v1/debit-batches (texts and ring-through attempts).
+    debit_batch_items_max: int = 100
     log_level: str = "warning"
     # Strict-Transport-Security max-age on answers served over TLS (https, or
     # X-Forwarded-Proto https from a trusted proxy); 0 sends none.
@@ -65,6 +67,16 @@ class Settings:
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
     # forwarded_allow_ips: comma-separated addresses or networks, or *).
     http_forwarded_allow_ips: str = "127.0.0.1,::1"
+    # Failed authentication (gateway/auth_limits.py, per process): more failures
+    # than these within auth_failure_window_s, from one client address or with
+    # tokens sharing their first 8 characters, refuse that address or prefix
+    # (429, Retry-After) for auth_failure_block_s. Never the switch or ops token.
+    auth_failures_per_client_max: int = 20
+    auth_failures_per_token_prefix_max: int = 20
+    auth_failure_window_s: float = 60.0
+    auth_failure_block_s: float = 300.0
+    # Addresses and prefixes remembered at most (each table; the oldest go first).
+    auth_failure_tracked_max: int = 100_000
 
     # Sharding: fixed for the life of a deployment (changing it moves accounts).
     shard_count: int = 256
@@ -96,6 +108,12 @@ class Settings:
     # Live websockets (gateway/live_hub.py): each gateway process subscribes once
     # and fans out to at most live_sockets_max sockets of its own.
     live_sockets_max: int = 10_000
+    # Of live_sockets_max, kept for ops: customer sockets stop this many short.
+    live_ops_sockets_reserved: int = 100
+    # Sockets one customer token, and one account over all its tokens, may hold
+    # in one process (a dashboard is one socket per open tab).
+    live_sockets_per_token_max: int = 10
+    live_sockets_per_account_max: int = 50
     # Distinct accounts waiting to be sent to one socket (coalesced: latest per
     # account wins); an ops socket that falls further behind is closed.
     live_pending_accounts_max: int = 100_000
@@ -284,6 +302,7 @@ class Settings:
             "redis_pipeline_batch_max",
             "redis_pipeline_pending_max",
             "request_body_bytes_max",
+            "debit_batch_items_max",
             "idempotency_window_s",
             "ledger_backlog_max",
             "ledger_batch_rows_max",
@@ -301,6 +320,11 @@ class Settings:
             "activity_export_rows_max",
             "database_pool_max",
             "live_sockets_max",
+            "live_sockets_per_token_max",
+            "auth_failures_per_client_max",
+            "auth_failures_per_token_prefix_max",
+            "auth_failure_tracked_max",
+            "live_sockets_per_account_max",
             "live_pending_accounts_max",
             "live_frame_accounts_max",
             "live_ops_accounts_max",
@@ -314,6 +338,11 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"METERING_{name.upper()} must be at least 1")
+        if not 0 <= self.live_ops_sockets_reserved < self.live_sockets_max:
+            raise SettingsError(
+                "METERING_LIVE_OPS_SOCKETS_RESERVED must be at least 0 and below "
+                "METERING_LIVE_SOCKETS_MAX"
+            )
         if self.live_send_timeout_s <= 0 or self.live_ops_refresh_s <= 0:
             raise SettingsError(
                 "METERING_LIVE_SEND_TIMEOUT_S and METERING_LIVE_OPS_REFRESH_S must be positive"
@@ -330,7 +359,13 @@ class Settings:
                 "METERING_HTTP_HSTS_MAX_AGE_S and METERING_HTTP_CONNECTIONS_PER_CLIENT_MAX "
                 "must not be negative"
             )
-        for name in ("http_header_read_timeout_s", "http_body_read_timeout_s", "http_keep_alive_s"):
+        for name in (
+            "http_header_read_timeout_s",
+            "http_body_read_timeout_s",
+            "http_keep_alive_s",
+            "auth_failure_window_s",
+            "auth_failure_block_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"METERING_{name.upper()} must be positive")
         if self.call_validity_grace_s < 0:

@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated rules to look past (known open defects): ops_role, recharge_rules",
     )
+    parser.add_argument(
+        "--shrink-seconds",
+        type=float,
+        default=120.0,
+        help="on a failure, look this long for the shortest failing sequence (0: do not)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the result here as JSON")
     parser.add_argument(
         "--database-url",
@@ -57,7 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     waived = frozenset(w for w in args.waive.split(",") if w)
     if waived:
         print(f"[sim] waiving: {', '.join(sorted(waived))}", flush=True)
-    runner = Runner(seed, profile, args.database_url, log=_log, waived=waived)
+    runner = Runner(
+        seed,
+        profile,
+        args.database_url,
+        log=_log,
+        waived=waived,
+        shrink_budget_s=args.shrink_seconds,
+    )
     result = asyncio.run(runner.run())
     print(result.report(), flush=True)
     if args.json is not None:

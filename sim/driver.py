@@ -88,7 +88,8 @@ class Stats:
     contention_steps: int = 0
     duplicate_steps: int = 0
     lost_in_crash_window: int = 0
-    findings: list[str] = dataclasses.field(default_factory=list)
+    # Known-open checks (sim/known.py) and the first thing each found.
+    known_open: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -106,6 +107,7 @@ class Stats:
             "duplicate_steps": self.duplicate_steps,
             "statuses": dict(sorted(self.statuses.items())),
             "lost_in_crash_window": self.lost_in_crash_window,
+            "known_open": dict(self.known_open),
         }
 
 
@@ -635,16 +637,15 @@ class Driver:
         """n different debits of one item at once on one account: exactly as many
         succeed as the available balance pays for, in some serial order (their
         seqs), and the rest are refused with what was left."""
-        lane = self.lanes[idx]
-        worlds = lane.model.worlds
-        w = worlds[0]
-        if (
-            len(worlds) != 1
-            or not w.exists
-            or w.recharge_enabled
-            or w.recharge_pending
-            or any(c.state == "open" for c in w.calls.values())
-        ):
+        lane = next(
+            (
+                self.lanes[(idx + k) % len(self.lanes)]
+                for k in range(len(self.lanes))
+                if _quiet(self.lanes[(idx + k) % len(self.lanes)])
+            ),
+            None,
+        )
+        if lane is None:
             return
         self.stats.contention_steps += 1
         reqs = []
@@ -760,6 +761,19 @@ class Driver:
                 Outcome(200, {"received": True, "event_id": event_id}, None, "no new money")
             ]
         await self.check_answer(lane, op, a, expect, None, RETRIES_MAX)
+
+
+def _quiet(lane: Lane) -> bool:
+    """One known state, no open call and no recharge: nothing moves it meanwhile."""
+    worlds = lane.model.worlds
+    w = worlds[0]
+    return (
+        len(worlds) == 1
+        and w.exists
+        and not w.recharge_enabled
+        and not w.recharge_pending
+        and not any(c.state == "open" for c in w.calls.values())
+    )
 
 
 # ---- prediction helpers that need request details ----

@@ -176,6 +176,8 @@ class Remembered:
     body: dict[str, Any]
     at_lo_ms: int
     at_hi_ms: int
+    # Answered in a window a Redis crash lost: remembered, or not.
+    uncertain: bool = False
 
 
 @dataclasses.dataclass
@@ -229,6 +231,10 @@ class State:
     entries: list[Entry] = dataclasses.field(default_factory=list)
     # Which background events this world has fired (for the report).
     fired: tuple[str, ...] = ()
+    # A digest of which seqs hold answered entries: two worlds with the same state
+    # may differ in that (a commit in time, or an expiry and a late commit that
+    # corrected nothing), and only the ledger tells them apart.
+    answers_digest: int = 0
 
     def clone(self) -> State:
         new = copy.copy(self)
@@ -259,7 +265,7 @@ class State:
             tuple(sorted((k, v.status, v.credited) for k, v in self.payments.items())),
             len(self.requests),
             self.requests_digest,
-            self.fired,
+            self.answers_digest,
         )
 
     # -- the pieces every script shares --
@@ -271,6 +277,8 @@ class State:
 
     def add_entry(self, item: str, amount: int, request_id: str, source: str) -> None:
         self.seq += 1
+        if source in ("answer", "payment_answer"):
+            self.answers_digest ^= hash((self.seq, request_id))
         self.entries.append(Entry(self.seq, item, amount, self.balance, request_id, source))
 
     def maybe_request_recharge(self, at_ms: int) -> None:
@@ -371,6 +379,8 @@ class Predict:
         """Whether a remembered answer is still there at `when`: [True], [False] or both."""
         if r is None:
             return [False]
+        if r.uncertain:
+            return [True, False]
         w, s = self._window_ms(), self.limits.slack_ms
         if when.hi_ms < r.at_lo_ms + w - s:
             return [True]
@@ -886,8 +896,16 @@ class Predict:
             if prior.amount != amount:
                 return [Outcome(409, error("idempotency_conflict"), None)]
             if prior.status == "succeeded":
-                assert prior.body is not None
-                replay = {**prior.body, "balance_micros": ANY, "available_micros": ANY}
+                # Credited by a webhook or the repair when the first answer was
+                # lost: the replay is the payment, with the balance of the credit.
+                first = prior.body or {
+                    "account_id": st.account_id,
+                    "payment_id": payment_id,
+                    "amount_micros": amount,
+                    "status": "succeeded",
+                    "payment_intent_id": ANY,
+                }
+                replay = {**first, "balance_micros": ANY, "available_micros": ANY}
                 return [Outcome(200, replay, None, "replay")]
             if prior.status == "failed":
                 return [Outcome(402, error("payment_failed"), None)]
@@ -923,10 +941,14 @@ class Predict:
         prior = st.payments.get(payment_id)
         if prior is not None and (prior.status != "pending" or prior.amount != amount):
             return []
-        if st.card is None or st.card_declines:
+        if st.card is None:
             return []
         new = st.clone()
-        new.payments[payment_id] = Payment(amount, "pending")
+        if st.card_declines:
+            # Declined, and the failure recorded (by the request or the webhook).
+            new.payments[payment_id] = Payment(amount, "failed")
+        else:
+            new.payments[payment_id] = Payment(amount, "pending")
         return [new]
 
 
@@ -1061,7 +1083,7 @@ def expand(worlds: Iterable[State], now_ms: int, depth: int) -> list[State]:
                         seen[k] = fired
                         nxt.append(fired)
         frontier = nxt
-        if not frontier or len(seen) > WORLDS_MAX * 4:
+        if not frontier or len(seen) > WORLDS_MAX * 16:
             break
     return list(seen.values())
 
@@ -1094,8 +1116,9 @@ class Mismatch:
 class Account:
     """The worlds of one account (see the module docstring)."""
 
-    # Background events tried in a row before giving up on an observation.
-    EVENTS_DEPTH_MAX = 4
+    # Background events tried together before giving up on an observation (under
+    # load a sweep may expire many calls of one account at once).
+    EVENTS_DEPTH_MAX = 10
 
     def __init__(self, account_id: str) -> None:
         self.account_id = account_id
@@ -1110,10 +1133,16 @@ class Account:
     ) -> Mismatch | None:
         """Keep the worlds (with lazily fired events) in which the answer is possible."""
         tried: list[tuple[int, Any, str]] = []
-        for depth in range(self.EVENTS_DEPTH_MAX + 1):
+        # First the worlds as they are; failing that, every world up to
+        # EVENTS_DEPTH_MAX background events away (all of them: two histories can
+        # end in the same answer, e.g. a commit in time, or an expiry and a late
+        # commit correcting nothing). Worlds are told apart by their state, not
+        # by the order events fired in: the ledger audit matches the entries of
+        # events without their order.
+        for depth in (0, self.EVENTS_DEPTH_MAX):
             candidates = self.worlds if depth == 0 else expand(self.worlds, now_ms, depth)
             if depth > 0 and len(candidates) == len(self.worlds):
-                break  # no event is possible: expanding further finds nothing
+                break  # no event is possible: expanding finds nothing
             survivors: list[State] = []
             for w in candidates:
                 for o in predict(w):
@@ -1138,7 +1167,7 @@ class Account:
     ) -> Mismatch | None:
         """Keep the worlds consistent with a read of the real state; `learn` copies
         what the read told exactly (e.g. when a call expired) into them."""
-        for depth in range(self.EVENTS_DEPTH_MAX + 1):
+        for depth in (0, self.EVENTS_DEPTH_MAX):
             candidates = self.worlds if depth == 0 else expand(self.worlds, now_ms, depth)
             if depth > 0 and len(candidates) == len(self.worlds):
                 break

@@ -82,10 +82,10 @@ class Profile:
     fault_every: int = 6  # a fault about every this many batches (0: none)
     sweep_every: int = 8
     audit_every_s: float = 30.0
-    fuzz_every: int = 25
-    fuzz_cases: int = 40
-    contention_every: int = 15
-    steps: int = 5_000
+    fuzz_every: int = 40
+    fuzz_cases: int = 120
+    contention_every: int = 12
+    steps: int = 8_000
     minutes: float = 0.0  # when set, run this long instead of a step count
     faults: tuple[str, ...] = (
         "writer_kill",

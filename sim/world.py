@@ -97,6 +97,7 @@ def sim_settings(redis_url: str, database_url: str, **changes: Any) -> Settings:
         recharge_repair_grace_s=2.0,
         stream_claim_idle_ms=1_000,
         smtp_timeout_s=2.0,
+        http_body_read_timeout_s=2.0,
     )
     return base.replace(**changes) if changes else base
 
@@ -327,6 +328,9 @@ class World:
         if down_s:
             await asyncio.sleep(down_s)
         self.redis.proc = await asyncio.to_thread(self.redis._start)  # noqa: SLF001
+        if self.store is not None:
+            # Our own pooled connections died with the server.
+            await self.store.redis.connection_pool.disconnect()
 
     async def set_fsync(self, policy: str) -> None:
         assert self.store is not None
@@ -348,6 +352,24 @@ class World:
         w = self.workers[name]
         if w.proc is None or w.proc.poll() is not None:
             w.start()
+
+    def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`python -m metering <args>` to completion, as an operator would run it."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "metering", "--log-level", "warning", *args],
+            cwd=ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        with open(self.run_dir / "cli.log", "a") as log:
+            log.write(
+                f"$ metering {' '.join(args)} -> {proc.returncode}\n{proc.stdout}{proc.stderr}"
+            )
+        if proc.returncode != 0:
+            raise RuntimeError(f"metering {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+        return proc
 
     def logs_tail(self, lines: int = 20) -> str:
         out = []

@@ -46,6 +46,10 @@ def test_settings(**changes: Any) -> Settings:
         # Pub/sub channels are global to a Redis server (not per database): a
         # suite's own channel keeps other suites' balance changes out of its sockets.
         live_channel="m:live:test:" + TEST_REDIS_URL.rsplit("/", 1)[-1],
+        # Every test is one client address (127.0.0.1) and many try wrong tokens
+        # on purpose: the limiter has its own gateway in tests/test_auth_limits.py.
+        auth_failures_per_client_max=1_000_000,
+        auth_failures_per_token_prefix_max=1_000_000,
     )
     return base.replace(**changes) if changes else base
 

@@ -6,6 +6,8 @@ gateway process wired to all of them whose log is kept for inspection."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 import stripe
 from aiosmtpd.controller import Controller
@@ -76,6 +79,11 @@ def pay_settings(stripe_server: StripeServer, mailbox: Mailbox) -> Settings:
         recharge_backoff_max_s=1.0,
         recharge_transient_retries_max=3,
         recharge_poll_interval_s=0.05,
+        # Short windows, so what must hold "forever" is tried after they passed.
+        idempotency_window_s=1,
+        call_late_commit_window_s=1,
+        recharge_repair_grace_s=0.5,
+        recharge_repair_interval_s=0.2,
     )
 
 
@@ -169,3 +177,37 @@ async def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float 
             return
         await asyncio.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+async def put_recharge(
+    http: httpx.AsyncClient,
+    account_id: str,
+    auth: dict[str, str],
+    amount_micros: int,
+    threshold_micros: int,
+    email: str,
+    enabled: bool = True,
+) -> httpx.Response:
+    """Save automatic recharge settings as the customer's page does; the answer."""
+    return await http.put(
+        f"/v1/accounts/{account_id}/recharge",
+        headers=auth,
+        json={
+            "amount_micros": amount_micros,
+            "threshold_micros": threshold_micros,
+            "failure_email": email,
+            "enabled": enabled,
+        },
+    )
+
+
+async def post_signed_event(http: httpx.AsyncClient, event: dict[str, Any]) -> httpx.Response:
+    """A webhook delivery of `event`, signed now with the endpoint's secret."""
+    payload = orjson.dumps(event)
+    now = int(time.time())
+    mac = hmac.new(WEBHOOK_SECRET.encode(), b"%d." % now + payload, hashlib.sha256)
+    headers = {
+        "Content-Type": "application/json",
+        "Stripe-Signature": f"t={now},v1={mac.hexdigest()}",
+    }
+    return await http.post("/v1/stripe/webhook", content=payload, headers=headers)

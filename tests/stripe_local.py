@@ -15,7 +15,15 @@ Added on top of localstripe (which is imported, not copied):
   as a response lost on the way back; `POST /_config/fail_requests?count=N&status=S`
   makes the next N POSTs to /v1/payment_intents answer S (a 5xx) without running,
   as Stripe failing before it charged; `GET /_config/counts` says how many
-  PaymentIntents were really created.
+  PaymentIntents were really created (and how many answers are held).
+- Webhook timing under the test's control: `POST /_config/deliveries?paused=1`
+  keeps events from being sent (they are still created, listed by
+  `GET /v1/events`); `POST /_config/events/{id}/resend` sends one event to every
+  registered endpoint now, signed with the current time, as Stripe's own
+  redelivery does, and answers the endpoints' statuses.
+- `POST /_config/hold_intents?count=N` makes the next N POSTs to
+  /v1/payment_intents run (the card is charged) and then hold their answer until
+  `POST /_config/release_intents`: a caller stuck between charging and knowing.
 - No pickle of the whole store to /tmp after every write: several servers run
   side by side on one machine, each in memory only.
 - A card number typed with spaces ("4242 4242 4242 4242") into the card element
@@ -27,12 +35,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import json
 import socket
+import time
 from typing import Any
 
+import aiohttp
 from aiohttp import web
-from localstripe import resources, server
+from localstripe import resources, server, webhooks
 
 # Keep the store in memory (see the module docstring).
 resources.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
@@ -59,7 +71,21 @@ _controls: dict[str, int] = {
     "fail_requests": 0,
     "fail_status": 503,
     "payment_intents_created": 0,
+    "deliveries_paused": 0,
+    "hold_intents": 0,
+    "held": 0,
 }
+_release = asyncio.Event()
+_schedule_webhook = webhooks.schedule_webhook
+
+
+def _maybe_schedule_webhook(event: Any) -> None:
+    if not _controls["deliveries_paused"]:
+        _schedule_webhook(event)
+
+
+# localstripe's resources call the name they imported; route it through the pause.
+resources.schedule_webhook = _maybe_schedule_webhook
 
 
 @web.middleware
@@ -112,6 +138,13 @@ async def idempotency(request: web.Request, handler: Any) -> web.StreamResponse:
                 body_bytes,
                 response.content_type or "application/json",
             )
+        if creates_intent and _controls["hold_intents"] > 0:
+            _controls["hold_intents"] -= 1
+            _controls["held"] += 1
+            try:
+                await _release.wait()
+            finally:
+                _controls["held"] -= 1
         if creates_intent and _controls["lose_responses"] > 0:
             _controls["lose_responses"] -= 1
             return web.json_response(
@@ -145,7 +178,49 @@ async def fail_requests(request: web.Request) -> web.Response:
 
 
 async def counts(request: web.Request) -> web.Response:
-    return web.json_response({"payment_intents_created": _controls["payment_intents_created"]})
+    return web.json_response(
+        {
+            "payment_intents_created": _controls["payment_intents_created"],
+            "held": _controls["held"],
+        }
+    )
+
+
+async def deliveries(request: web.Request) -> web.Response:
+    _controls["deliveries_paused"] = int(request.query.get("paused", "1"))
+    return web.Response()
+
+
+async def resend_event(request: web.Request) -> web.Response:
+    event = resources.Event._api_retrieve(request.match_info["id"])
+    payload = json.dumps(event._export(), indent=2, sort_keys=True).encode()
+    timestamp = int(time.time())
+    statuses = []
+    async with aiohttp.ClientSession() as session:
+        for hook in webhooks._webhooks.values():
+            if hook.events is not None and event.type not in hook.events:
+                continue
+            mac = hmac.new(hook.secret.encode(), b"%d.%s" % (timestamp, payload), hashlib.sha256)
+            headers = {
+                "Content-Type": "application/json; charset=utf-8",
+                "Stripe-Signature": f"t={timestamp},v1={mac.hexdigest()}",
+            }
+            async with session.post(hook.url, data=payload, headers=headers) as r:
+                statuses.append({"status": r.status, "body": await r.text()})
+    return web.json_response({"deliveries": statuses})
+
+
+async def hold_intents(request: web.Request) -> web.Response:
+    global _release
+    _release = asyncio.Event()
+    _controls["hold_intents"] = int(request.query.get("count", "1"))
+    return web.Response()
+
+
+async def release_intents(request: web.Request) -> web.Response:
+    _controls["hold_intents"] = 0
+    _release.set()
+    return web.Response()
 
 
 def _install(app: web.Application) -> None:
@@ -154,6 +229,10 @@ def _install(app: web.Application) -> None:
     app.router.add_post("/_config/lose_responses", lose_responses)
     app.router.add_post("/_config/fail_requests", fail_requests)
     app.router.add_get("/_config/counts", counts)
+    app.router.add_post("/_config/deliveries", deliveries)
+    app.router.add_post("/_config/events/{id}/resend", resend_event)
+    app.router.add_post("/_config/hold_intents", hold_intents)
+    app.router.add_post("/_config/release_intents", release_intents)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ figures of a smoke run mean nothing, the real run is `python -m bench`)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ SMOKE_TIMEOUT_S = 240
 
 MEASURED_KEYS = {
     "python_evalsha",
+    "python_pipelined",
     "redis_benchmark",
     "bare",
     "authorize_hot_1",
@@ -82,4 +84,10 @@ def test_bench_smoke_measures_every_scenario_and_writes_json(tmp_path: Path) -> 
     assert {r["name"] for r in report["targets"]} and report["ratios"]
     assert report["machine"]["cores"] >= 1 and len(report["machine"]["load_average_end"]) == 3
     assert report["commit"] and report["date"]
-    assert "authorize / ceiling" in done.stdout
+    assert "authorize / bare debit" in done.stdout
+    # A batch row counts debits: every text of every answered batch charged
+    # (`./dev test` installs wrk; without it the batches are skipped, saying so).
+    for key in ("batch_1", "batch_2") if shutil.which("wrk") else ():
+        assert rows[key]["status"] == "ok" and rows[key]["errors"] == 0, rows[key]
+        row = rows[key]
+        assert row["batch"] == 100 and row["charged"] >= (row["requests"] - row["errors"]) * 100

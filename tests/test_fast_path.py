@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 
 from devkit.testing import RATE_CARD
 from gateway.app import create_app
+from gateway.auth_limits import AuthFailureLimiter
 from metering import accounts, credits
 from metering.rate_card import RateCard
 from metering.store import Store
@@ -42,7 +43,11 @@ async def asgi_call(
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         "client": ("127.0.0.1", 40000),
         "server": ("127.0.0.1", 80),
-        "state": {"store": store, "settings": store.settings},
+        "state": {
+            "store": store,
+            "settings": store.settings,
+            "auth_limiter": AuthFailureLimiter(store.settings),
+        },
         "app": starlette,  # as Starlette.__call__ sets it
     }
     chunks = [body[:5], body[5:]]  # the body in two messages, as a client may send it

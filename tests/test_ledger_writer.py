@@ -76,6 +76,15 @@ async def _pending(world: LedgerWorld) -> int:
     return total
 
 
+async def _until_writing(world: LedgerWorld) -> None:
+    """Until the writer just started commits a batch (it is then in its loop)."""
+    before = await world.conn.fetchval("SELECT count(*) FROM ledger_entries")
+    deadline = time.monotonic() + 30
+    while await world.conn.fetchval("SELECT count(*) FROM ledger_entries") == before:
+        assert time.monotonic() < deadline, "the writer did not start writing"
+        await asyncio.sleep(0.02)
+
+
 async def test_writer_killed_mid_batch_loses_nothing_and_doubles_nothing(
     world: LedgerWorld,
 ) -> None:
@@ -90,10 +99,12 @@ async def test_writer_killed_mid_batch_loses_nothing_and_doubles_nothing(
     # writer must XAUTOCLAIM once they are idle.
     for consumer in ("writer-0-of-1", "writer-0-of-1", "writer-0-of-1", "writer-other"):
         writer = world.start_writer("--consumer", consumer, **small_batches)
-        await asyncio.sleep(rng.uniform(0.4, 0.9))  # start-up, then a random point in batches
-        await traffic.run(accounts, 1_500, concurrency=50)
+        flowing = asyncio.create_task(traffic.run(accounts, 1_500, concurrency=50))
+        await _until_writing(world)  # a loaded machine starts Python slowly
+        await asyncio.sleep(rng.uniform(0.05, 0.3))  # a random point while batches flow
         kill(writer)
         pending_at_kill.append(await _pending(world))
+        await flowing
     # Entries read but not acknowledged when killed: the kills hit mid-batch.
     assert any(pending_at_kill), pending_at_kill
     assert await world.conn.fetchval("SELECT count(*) FROM ledger_entries") > 0

@@ -196,18 +196,32 @@ def usd_text(amount_micros: int) -> str:
     return f"{'-' if amount_micros < 0 else ''}{whole}.{frac:06d}"
 
 
+# OWASP's rule against CSV injection: a cell starting with one of these is read
+# by a spreadsheet as a formula (a leading tab or CR can smuggle one past it).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: str) -> str:
+    """A text cell that a spreadsheet shows as text, never evaluates: prefixed
+    with an apostrophe when it starts like a formula. Request ids come from the
+    switch (call ids from SIP Call-IDs, which outside callers choose)."""
+    return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
+
+
 def csv_row(entry: dict[str, Any]) -> list[Any]:
+    """One CSV row: integers and the decimals of usd_text are numbers (a debit's
+    leading minus included) and stay as they are; every text cell is neutralised."""
     return [
         entry["seq"],
         entry["at"],
-        entry["item"],
-        entry["label"],
+        spreadsheet_text(entry["item"]),
+        spreadsheet_text(entry["label"]),
         entry["amount_micros"],
         usd_text(entry["amount_micros"]),
         entry["balance_after_micros"],
         usd_text(entry["balance_after_micros"]),
-        entry["request_id"],
-        entry["detail"],
+        spreadsheet_text(entry["request_id"]),
+        spreadsheet_text(entry["detail"]),
     ]
 
 

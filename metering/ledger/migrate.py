@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from metering.errors import DatabaseNotMigrated, Unavailable
 from metering.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,51 @@ async def apply_migrations(conn: Any) -> list[str]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return applied_now
+
+
+MIGRATE_COMMAND = "python -m metering migrate"
+
+
+async def missing_migrations(conn: Any) -> list[str]:
+    """The migrations this version has that the database has not applied."""
+    names = [name for name, _ in migration_files()]
+    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        return names
+    done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+    return [name for name in names if name not in done]
+
+
+def not_migrated(missing: list[str]) -> DatabaseNotMigrated:
+    """The error for a database that lacks migrations, naming the command to run."""
+    listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return DatabaseNotMigrated(
+        f"the Postgres database lacks {len(missing)} migration(s) ({listed}); "
+        f"run `{MIGRATE_COMMAND}` (add --create-database for a new one), then start again"
+    )
+
+
+async def require_migrated(conn: Any) -> None:
+    """Raise DatabaseNotMigrated unless every migration is applied."""
+    missing = await missing_migrations(conn)
+    if missing:
+        raise not_migrated(missing)
+
+
+async def check_at_start(pool: Any, timeout_s: float) -> bool:
+    """A process's start-up check: True when the database answers and carries
+    every migration, False when it does not answer (the caller goes on without
+    it); raises DatabaseNotMigrated when it lacks migrations."""
+    from metering.ledger.database import acquire
+
+    try:
+        async with acquire(pool, timeout_s) as conn:
+            missing = await missing_migrations(conn)
+    except Unavailable as exc:
+        log.warning("Postgres did not answer at start (%s); going on without it", exc)
+        return False
+    if missing:
+        raise not_migrated(missing)
+    return True
 
 
 async def ensure_database(database_url: str) -> None:

@@ -3,7 +3,9 @@
 For every account in Postgres that Redis lacks: its hash (rate card, limits,
 recharge settings), balance = the ledger's last balance_after_micros, seq = the
 last seq, reserved = 0 (open calls died with Redis: their held money is simply
-available again), and its shard membership; then every customer token.
+available again), and its shard membership; then every customer token not
+revoked (and the key of every revoked one is deleted, in case this Redis came
+back from a copy older than the revocation).
 Accounts Redis still has are left alone, so a rebuild can never move a live
 balance. Run the writer to drain first if the old Redis is still readable.
 
@@ -30,6 +32,7 @@ from typing import Any
 
 from metering.credits import CHARGE_SOURCES, charge_credit_answer, charge_source_of
 from metering.keys import AccountKeys, token_key
+from metering.ledger import customer_tokens
 from metering.ledger.database import store_and_connection
 from metering.ledger.registry import PERSISTED_FIELDS, hash_fields
 from metering.settings import Settings
@@ -49,7 +52,6 @@ ORDER BY a.id
 NUMBERS_SQL = """
 SELECT account_id, number, status FROM numbers
 WHERE account_id = ANY($1::text[]) AND status IN ('active', 'suspended')"""
-TOKENS_SQL = "SELECT sha256, account_id FROM customer_tokens"
 # Credits of Stripe charges (request id = the PaymentIntent), by their source.
 CHARGE_CREDITS_SQL = f"""
 SELECT account_id, request_id, amount_micros, balance_after_micros, seq, detail
@@ -106,6 +108,7 @@ class RebuildReport:
     accounts_restored: int = 0
     accounts_kept: int = 0
     tokens_restored: int = 0
+    revoked_tokens_removed: int = 0
     charge_credits_restored: int = 0
     charges_owed: int = 0
     numbers_restored: int = 0
@@ -157,15 +160,28 @@ async def rebuild(store: Store, conn: Any) -> RebuildReport:
                 restored.append(row["id"])
             await pipe.execute()
     report.numbers_restored = await _restore_numbers(store, conn, restored)
-    tokens = await conn.fetch(TOKENS_SQL)
+    await _restore_tokens(store, conn, report)
+    await _restore_charge_credits(store, conn, report)
+    return report
+
+
+async def _restore_tokens(store: Store, conn: Any, report: RebuildReport) -> None:
+    """Every customer token not revoked; and the key of every revoked one goes,
+    in case this Redis came back from a copy older than the revocation."""
+    tokens = await conn.fetch(customer_tokens.LIVE_TOKENS_SQL)
     for start in range(0, len(tokens), PIPELINE_COMMANDS_MAX):
-        async with redis.pipeline(transaction=False) as pipe:
+        async with store.redis.pipeline(transaction=False) as pipe:
             for t in tokens[start : start + PIPELINE_COMMANDS_MAX]:
                 pipe.set(token_key(t["sha256"]), t["account_id"], nx=True)
             answers = await pipe.execute()
         report.tokens_restored += sum(1 for a in answers if a)
-    await _restore_charge_credits(store, conn, report)
-    return report
+    revoked = await conn.fetch(customer_tokens.REVOKED_TOKENS_SQL)
+    for start in range(0, len(revoked), PIPELINE_COMMANDS_MAX):
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for t in revoked[start : start + PIPELINE_COMMANDS_MAX]:
+                pipe.delete(token_key(t["sha256"]))
+            answers = await pipe.execute()
+        report.revoked_tokens_removed += sum(answers)
 
 
 async def _restore_charge_credits(store: Store, conn: Any, report: RebuildReport) -> None:
@@ -218,6 +234,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         f"rebuild: {report.accounts_restored} accounts restored, "
         f"{report.accounts_kept} already in Redis (kept), "
         f"{report.tokens_restored} customer tokens restored, "
+        f"{report.revoked_tokens_removed} revoked customer tokens removed, "
         f"{report.numbers_restored} phone numbers restored, "
         f"{report.charge_credits_restored} charge credits restored, "
         f"{report.charges_owed} charges owed a credit (the recharge worker credits them)"

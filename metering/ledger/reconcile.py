@@ -12,11 +12,20 @@ Read order, so that traffic running meanwhile is never mistaken for a loss:
 Redis accounts first, then the streams, then Postgres. An entry with a seq up to
 Redis's is either still in the stream when read, or was trimmed after its
 commit and is therefore in Postgres when Postgres is read.
+
+The writer keeps committing meanwhile, so Postgres may be *ahead* of the Redis
+reading of an account (seq s, balance b), and accounts may be created after it.
+Such an account is read from Redis again after Postgres: only if Redis is still
+behind Postgres (or still lacks the account) is it a difference; otherwise the
+Postgres row at seq s must say balance_after b. An entry missing from both the
+stream reading and the Postgres snapshot is looked up in Postgres once more
+(an entry committed out of order since) before it is reported missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -32,6 +41,9 @@ from metering.store import Store
 STREAM_PAGE = 10_000
 # Missing seqs listed per gap (the count is always given).
 SEQS_LISTED_MAX = 20
+# Pause before looking again for an account Postgres has and Redis lacks (account
+# creation writes Postgres first, Redis milliseconds later).
+CREATION_RECHECK_S = 0.2
 
 AGGREGATES_SQL = """
 SELECT account_id, count(*) AS entries, sum(amount_micros) AS sum_micros, max(seq) AS last_seq,
@@ -121,7 +133,9 @@ def _check_account(
     breaks: list[Any],
     stream: dict[tuple[str, int], LedgerEntry],
     report: ReconcileReport,
-) -> None:
+) -> list[int]:
+    """Append the account's differences; return the seqs found neither in
+    Postgres nor in the stream (reported by the caller once confirmed)."""
     diffs = report.differences
     last_seq = int(agg["last_seq"]) if agg else 0
     last_balance = int(agg["last_balance_micros"]) if agg else 0
@@ -175,19 +189,11 @@ def _check_account(
             )
         )
     if redis_state is None:
-        return
+        return missing
     redis_balance = redis_state[0]
     if redis_seq < last_seq:
-        diffs.append(
-            Difference(
-                account_id,
-                redis_seq + 1,
-                "balance",
-                f"Postgres has seqs up to {last_seq} but Redis is at seq "
-                f"{redis_seq} (a Redis that lost data without rebuild?)",
-            )
-        )
-        return
+        # Checked by the caller against a fresh Redis reading (see the docstring).
+        return missing
     balance = last_balance
     for s in range(last_seq + 1, redis_seq + 1):
         entry = need(s)
@@ -205,17 +211,6 @@ def _check_account(
                 )
             )
         balance = entry.balance_after_micros
-    for i, s in enumerate(missing):
-        if i == SEQS_LISTED_MAX:
-            diffs.append(
-                Difference(
-                    account_id, None, "missing_entry", f"... {len(missing)} missing entries in all"
-                )
-            )
-            break
-        diffs.append(
-            Difference(account_id, s, "missing_entry", "in neither Postgres nor the Redis stream")
-        )
     if not missing and balance != redis_balance:
         diffs.append(
             Difference(
@@ -225,6 +220,111 @@ def _check_account(
                 f"Redis balance {redis_balance} != ledger balance_after {balance}",
             )
         )
+    return missing
+
+
+def _report_missing(account_id: str, missing: list[int], report: ReconcileReport) -> None:
+    for i, s in enumerate(missing):
+        if i == SEQS_LISTED_MAX:
+            report.differences.append(
+                Difference(
+                    account_id, None, "missing_entry", f"... {len(missing)} missing entries in all"
+                )
+            )
+            return
+        report.differences.append(
+            Difference(account_id, s, "missing_entry", "in neither Postgres nor the Redis stream")
+        )
+
+
+async def _redis_again(store: Store, account_ids: list[str]) -> dict[str, tuple[int, int]]:
+    """A fresh (balance, seq) of some accounts, read after Postgres."""
+    if not account_ids:
+        return {}
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for account_id in account_ids:
+            pipe.hmget(store.account_keys(account_id).account, "balance", "seq")
+        answers = await pipe.execute()
+    return {
+        a: (int(balance), int(seq))
+        for a, (balance, seq) in zip(account_ids, answers, strict=True)
+        if balance is not None
+    }
+
+
+async def _behind_or_raced(
+    store: Store,
+    conn: Any,
+    suspects: dict[str, tuple[int, int] | None],
+    aggregates: dict[str, Any],
+    report: ReconcileReport,
+) -> None:
+    """Accounts whose Redis reading is older than Postgres (or absent): a
+    difference only if Redis is still behind (or still lacks the account) now."""
+    fresh = await _redis_again(store, sorted(suspects))
+    absent = sorted(set(suspects) - set(fresh))
+    if absent:
+        # An account being created right now is in Postgres a moment before Redis.
+        await asyncio.sleep(CREATION_RECHECK_S)
+        fresh.update(await _redis_again(store, absent))
+    raced: list[tuple[str, int, int]] = []
+    for account_id, reading in sorted(suspects.items()):
+        agg = aggregates.get(account_id)
+        last_seq = int(agg["last_seq"]) if agg else 0
+        now = fresh.get(account_id)
+        if now is None:
+            report.differences.append(
+                Difference(
+                    account_id, None, "account", "in Postgres but not in Redis (run rebuild)"
+                )
+            )
+        elif now[1] < last_seq:
+            report.differences.append(
+                Difference(
+                    account_id,
+                    now[1] + 1,
+                    "balance",
+                    f"Postgres has seqs up to {last_seq} but Redis is at seq "
+                    f"{now[1]} (a Redis that lost data without rebuild?)",
+                )
+            )
+        elif reading is not None:
+            raced.append((account_id, reading[1], reading[0]))
+    # Postgres moved on since Redis was read: its row at the seq Redis had then
+    # must hold the balance Redis had then.
+    with_rows = [(a, seq, b) for a, seq, b in raced if seq > 0]
+    rows = {}
+    if with_rows:
+        fetched = await conn.fetch(
+            ROWS_SQL, [a for a, _, _ in with_rows], [seq for _, seq, _ in with_rows]
+        )
+        rows = {(r["account_id"], r["seq"]): int(r["balance_after_micros"]) for r in fetched}
+    for account_id, seq, balance in raced:
+        ledger_balance = rows.get((account_id, seq), 0 if seq == 0 else None)
+        if ledger_balance is not None and ledger_balance != balance:
+            report.differences.append(
+                Difference(
+                    account_id,
+                    seq,
+                    "balance",
+                    f"Redis balance {balance} != ledger balance_after {ledger_balance}",
+                )
+            )
+
+
+async def _still_missing(conn: Any, missing: dict[str, list[int]], report: ReconcileReport) -> None:
+    """Report the missing seqs that Postgres still lacks now."""
+    pairs = [(a, s) for a, seqs in missing.items() for s in seqs]
+    if not pairs:
+        return
+    found = {
+        (r["account_id"], r["seq"])
+        for r in await conn.fetch(ROWS_SQL, [a for a, _ in pairs], [s for _, s in pairs])
+    }
+    for account_id, seqs in sorted(missing.items()):
+        left = [s for s in seqs if (account_id, s) not in found]
+        if left:
+            _report_missing(account_id, left, report)
 
 
 async def reconcile(store: Store, conn: Any) -> ReconcileReport:
@@ -242,27 +342,24 @@ async def reconcile(store: Store, conn: Any) -> ReconcileReport:
         durable_ids = {r["id"] for r in await conn.fetch("SELECT id FROM accounts")}
         conflicts = await conn.fetch("SELECT account_id, seq FROM ledger_conflicts ORDER BY 1, 2")
     report.postgres_entries = sum(int(a["entries"]) for a in aggregates.values())
+    suspects: dict[str, tuple[int, int] | None] = {}
+    missing: dict[str, list[int]] = {}
     for account_id in sorted(set(redis_accounts) | durable_ids | set(aggregates)):
         report.accounts_checked += 1
+        reading = redis_accounts.get(account_id)
+        agg = aggregates.get(account_id)
         if account_id not in durable_ids:
-            where = "Redis" if account_id in redis_accounts else "the ledger"
+            where = "Redis" if reading is not None else "the ledger"
             report.differences.append(
                 Difference(account_id, None, "account", f"in {where} but not in the accounts table")
             )
-        elif account_id not in redis_accounts:
-            report.differences.append(
-                Difference(
-                    account_id, None, "account", "in Postgres but not in Redis (run rebuild)"
-                )
-            )
-        _check_account(
-            account_id,
-            redis_accounts.get(account_id),
-            aggregates.get(account_id),
-            breaks.get(account_id, []),
-            stream,
-            report,
-        )
+        elif reading is None or (agg is not None and reading[1] < int(agg["last_seq"])):
+            suspects[account_id] = reading
+        lost = _check_account(account_id, reading, agg, breaks.get(account_id, []), stream, report)
+        if lost:
+            missing[account_id] = lost
+    await _behind_or_raced(store, conn, suspects, aggregates, report)
+    await _still_missing(conn, missing, report)
     # Entries both in the stream and in Postgres (committed, not yet trimmed):
     # they must be the same entry, field for field.
     overlap = [

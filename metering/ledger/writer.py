@@ -35,8 +35,10 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from metering.errors import DatabaseNotMigrated
 from metering.keys import ShardKeys
 from metering.ledger.database import DATABASE_DOWN, connect
+from metering.ledger.migrate import require_migrated
 from metering.ledger_entries import LedgerEntry
 from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.settings import Settings
@@ -363,6 +365,7 @@ class LedgerWriter:
             try:
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await connect(self.settings)
+                    await require_migrated(self._conn)
                     await self._conn.execute(STAGING_DDL)
                 result = await write_batch(self._conn, entries)
             except DATABASE_DOWN as exc:
@@ -437,6 +440,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     except WriterStalled as exc:
         log.error("%s", exc)
         return 3
+    except DatabaseNotMigrated as exc:
+        log.error("the ledger writer stops: %s", exc)
+        return 2
     finally:
         await store.redis.aclose()
     elapsed_s = time.monotonic() - began

@@ -21,13 +21,16 @@ import time
 from typing import Any
 
 from metering.account_state import publish_account_state
-from metering.keys import all_shards
+from metering.keys import ShardKeys
 from metering.payments import charges, settings_sync
 from metering.payments.recharge_intake import open_episode
 from metering.payments.recharge_marks import clear_pending_mark
 from metering.store import Store
 
 log = logging.getLogger(__name__)
+
+# Shards whose account sets one pipelined round trip reads.
+SHARDS_PER_ROUND_TRIP = 32
 
 SQL_EPISODES_OF_MARKS = """
     SELECT m.account_id, m.episode_us, e.status
@@ -52,30 +55,38 @@ class RechargeRepair:
     async def stranded_marks(self) -> int:
         """Read the marks of up to recharge_repair_accounts_max accounts and repair
         those older than the grace with no open episode."""
-        shards = all_shards(self.settings.shard_count)
+        shard_count = self.settings.shard_count
         grace_us = int(self.settings.recharge_repair_grace_s * 1_000_000)
         now_us = time.time_ns() // 1_000
         marks: list[tuple[str, int, str]] = []
-        looked = 0
-        for _ in range(len(shards)):
-            shard = shards[self._next_shard]
-            self._next_shard = (self._next_shard + 1) % len(shards)
-            ids = sorted(await self.store.redis.smembers(shard.accounts))
-            if ids:
-                async with self.store.redis.pipeline(transaction=False) as pipe:
-                    for account_id in ids:
-                        pipe.hmget(
-                            self.store.account_keys(account_id).account,
-                            "recharge_pending_since_us",
-                            "recharge_amount_micros",
-                        )
-                    answers = await pipe.execute()
-                for account_id, (since, amount) in zip(ids, answers, strict=True):
-                    if since and int(since) < now_us - grace_us:
-                        marks.append((account_id, int(since), amount or ""))
+        looked = shards_read = 0
+        while looked < self.settings.recharge_repair_accounts_max and shards_read < shard_count:
+            # A few shards' members per round trip, then their marks in one more.
+            chunk = [
+                ShardKeys((self._next_shard + i) % shard_count)
+                for i in range(min(SHARDS_PER_ROUND_TRIP, shard_count - shards_read))
+            ]
+            self._next_shard = (self._next_shard + len(chunk)) % shard_count
+            shards_read += len(chunk)
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                for shard in chunk:
+                    pipe.smembers(shard.accounts)
+                members = await pipe.execute()
+            ids = sorted(account_id for found in members for account_id in found)
+            if not ids:
+                continue
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                for account_id in ids:
+                    pipe.hmget(
+                        self.store.account_keys(account_id).account,
+                        "recharge_pending_since_us",
+                        "recharge_amount_micros",
+                    )
+                answers = await pipe.execute()
+            for account_id, (since, amount) in zip(ids, answers, strict=True):
+                if since and int(since) < now_us - grace_us:
+                    marks.append((account_id, int(since), amount or ""))
             looked += len(ids)
-            if looked >= self.settings.recharge_repair_accounts_max:
-                break
         return await self._repair(marks)
 
     async def _repair(self, marks: list[tuple[str, int, str]]) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from metering import crash_points
 from metering.account_state import publish_account_state
 from metering.errors import raise_refusal
 from metering.store import Store
@@ -73,6 +74,7 @@ async def push(store: Store, db: Any, account_id: str) -> bool:
     """Copy the account's committed card and recharge settings into Redis and tell
     open pages. Returns whether Redis took this copy (False: it held a newer one,
     or the account has no change recorded)."""
+    crash_points.reached(store.settings, crash_points.SETTINGS_COMMITTED)
     row = await db.fetchrow(SQL_STATE, account_id)
     if row is None:
         return False

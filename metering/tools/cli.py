@@ -42,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "metering.tools.accounts_cli",
         "list accounts, or create one (with a customer token)",
     ),
+    "tokens": (
+        "metering.tools.tokens_cli",
+        "an account's customer tokens: list, issue, revoke one or all",
+    ),
     "rebuild": (
         "metering.ledger.rebuild",
         "restore accounts, balances and tokens Redis lacks from Postgres",

@@ -1,0 +1,303 @@
+"""Automatic recharge under faults made by real process actions: a recharge worker
+that loses Postgres (a TCP proxy the test cuts) while it takes a request, a worker
+SIGKILLed after reading a request and at each point between charging the card and
+crediting it; and the bounded repair that lets no pending mark outlive its episode."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.exceptions import ResponseError
+
+from devkit.testing import RATE_CARD, ROOT, StripeServer, TcpProxy, settings_env
+from metering import crash_points
+from metering.payments.recharge_worker import RechargeWorker
+from metering.settings import Settings
+from metering.store import Store
+from tests.conftest import url_port, url_with_port
+from tests.fixtures_ledger import kill
+from tests.fixtures_payments import wait_until
+from tests.test_payments import balance_of
+from tests.test_recharge import send_messages, set_up_recharge
+
+USD = 1_000_000
+SMS_MICROS = RATE_CARD["sms_outbound_micros"]
+START = 10 * USD + SMS_MICROS  # the second text takes the balance below $10
+RECHARGED = 70 * USD - SMS_MICROS  # after one $60 recharge
+
+
+class WorkerProcess:
+    """`python -m metering recharge-worker` as its own process, its log kept."""
+
+    def __init__(self, settings: Settings, consumer: str) -> None:
+        self.log = Path(tempfile.mkstemp(prefix="recharge-worker-", suffix=".log")[1])
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "metering",
+                    "--log-level",
+                    "info",
+                    "recharge-worker",
+                    "--consumer",
+                    consumer,
+                ],
+                cwd=ROOT,
+                env=settings_env(settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def died_by_sigkill(self, timeout_s: float = 15) -> bool:
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return self.proc.returncode == -9
+
+    def stop(self) -> str:
+        kill(self.proc)  # type: ignore[arg-type]
+        text = self.log.read_text()
+        self.log.unlink(missing_ok=True)
+        return text
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    """Worker processes a test starts; each is stopped (only those) at the end."""
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+def worker_settings(pay_settings: Settings, **changes: Any) -> Settings:
+    return pay_settings.replace(
+        recharge_lease_s=1.0,
+        outage_backoff_max_s=0.3,
+        stream_claim_idle_ms=500,
+        **changes,
+    )
+
+
+async def recharge_credits(pay_db: Any, pay_store: Store, account_id: str) -> list[str]:
+    """The account's credits of automatic recharges (Redis stream or Postgres)."""
+    keys = pay_store.account_keys(account_id)
+    found = {
+        int(f["seq"]): f["request_id"]
+        for _id, f in await pay_store.redis.xrange(keys.shard.ledger)
+        if f["account_id"] == account_id and f["detail"].startswith("automatic_recharge")
+    }
+    rows = await pay_db.fetch(
+        "SELECT seq, request_id FROM ledger_entries WHERE account_id = $1 "
+        "AND item = 'funds_added' AND detail LIKE 'automatic_recharge%'",
+        account_id,
+    )
+    found.update({r["seq"]: r["request_id"] for r in rows})
+    return [found[seq] for seq in sorted(found)]
+
+
+async def leave_a_stale_mark(pay_db: Any, pay_store: Store, account_id: str) -> None:
+    """What a crash between ending an episode and clearing its mark leaves: an
+    ended episode whose mark (10 s old) still stops every later request."""
+    episode_us = time.time_ns() // 1_000 - 10_000_000
+    await pay_db.execute(
+        "INSERT INTO recharge_episodes (account_id, episode_us, amount_micros, status, "
+        "next_attempt_at_us) VALUES ($1, $2, $3, 'ended', 0)",
+        account_id,
+        episode_us,
+        60 * USD,
+    )
+    keys = pay_store.account_keys(account_id)
+    await pay_store.redis.hset(keys.account, "recharge_pending_since_us", episode_us)
+
+
+async def test_recharge_intake_rides_out_postgres_failing_while_it_takes_a_request(
+    pay_http: httpx.AsyncClient,
+    pay_db: Any,
+    pay_store: Store,
+    pay_settings: Settings,
+    workers: list[WorkerProcess],
+) -> None:
+    account_id, auth = await set_up_recharge(pay_http, "pm_card_visa", START, "pg@example.com")
+    proxy = TcpProxy("127.0.0.1", url_port(pay_settings.database_url))
+    proxy.start()
+    try:
+        via_proxy = url_with_port(pay_settings.database_url, proxy.port)
+        settings = worker_settings(pay_settings, database_url=via_proxy)
+        workers.append(WorkerProcess(settings, "faults-postgres"))
+        await asyncio.sleep(1.0)  # started, groups made
+        proxy.stop()  # Postgres is gone for the worker
+        await send_messages(pay_http, account_id, 2, "pg")
+        group = pay_settings.recharge_consumer_group
+        stream = pay_store.account_keys(account_id).shard.recharge
+
+        async def taken_but_not_recorded() -> bool:
+            try:
+                pending = await pay_store.redis.xpending_range(stream, group, "-", "+", 100)
+            except ResponseError:  # NOGROUP: the worker has not made its groups yet
+                return False
+            return any(p["consumer"] == "faults-postgres" for p in pending)
+
+        await wait_until(taken_but_not_recorded, timeout_s=10)
+        assert not await pay_db.fetchval(
+            "SELECT 1 FROM recharge_episodes WHERE account_id = $1", account_id
+        )
+        await asyncio.sleep(1.0)  # a few failed rounds
+        proxy.start()
+
+        async def recharged() -> bool:
+            return await balance_of(pay_http, account_id, auth) == RECHARGED
+
+        await wait_until(recharged, timeout_s=20)
+    finally:
+        proxy.close()
+    assert (await pay_http.get(f"/v1/accounts/{account_id}", headers=auth)).json()["recharge"][
+        "pending"
+    ] is False
+    assert len(await recharge_credits(pay_db, pay_store, account_id)) == 1
+
+
+async def test_a_worker_killed_after_taking_a_request_leaves_it_to_another(
+    pay_http: httpx.AsyncClient,
+    pay_db: Any,
+    pay_store: Store,
+    pay_settings: Settings,
+    workers: list[WorkerProcess],
+) -> None:
+    account_id, auth = await set_up_recharge(pay_http, "pm_card_visa", START, "took@example.com")
+    dying = WorkerProcess(
+        worker_settings(pay_settings, crash_point=crash_points.REQUEST_READ), "faults-took"
+    )
+    workers.append(dying)
+    await asyncio.sleep(1.0)
+    await send_messages(pay_http, account_id, 2, "took")
+    assert dying.died_by_sigkill(), dying.stop()
+    # The request is pending under the dead consumer; another one claims it.
+    workers.append(WorkerProcess(worker_settings(pay_settings), "faults-other"))
+
+    async def recharged() -> bool:
+        return await balance_of(pay_http, account_id, auth) == RECHARGED
+
+    await wait_until(recharged, timeout_s=20)
+    assert len(await recharge_credits(pay_db, pay_store, account_id)) == 1
+
+
+@pytest.mark.parametrize(
+    "point",
+    [crash_points.CHARGED, crash_points.CHARGE_RECORDED, crash_points.CHARGE_CREDITED],
+)
+async def test_a_worker_killed_between_charge_and_credit_credits_once(
+    point: str,
+    pay_http: httpx.AsyncClient,
+    pay_db: Any,
+    pay_store: Store,
+    pay_settings: Settings,
+    stripe_server: StripeServer,
+    workers: list[WorkerProcess],
+) -> None:
+    account_id, auth = await set_up_recharge(pay_http, "pm_card_visa", START, "kill@example.com")
+    intents_before = stripe_server.intents_created()
+    dying = WorkerProcess(worker_settings(pay_settings, crash_point=point), f"faults-{point}")
+    workers.append(dying)
+    await asyncio.sleep(1.0)
+    await send_messages(pay_http, account_id, 2, "kill")
+    assert dying.died_by_sigkill(), dying.stop()
+    assert stripe_server.intents_created() - intents_before == 1  # the card was charged
+    # The same worker comes back (same consumer name) after its lease ran out.
+    workers.append(WorkerProcess(worker_settings(pay_settings), f"faults-{point}"))
+
+    async def settled() -> bool:
+        return await pay_db.fetchval(
+            "SELECT count(*) FROM recharge_episodes WHERE account_id = $1 AND status = 'open'",
+            account_id,
+        ) == 0 and await pay_db.fetchval(
+            "SELECT bool_and(credited) FROM payments WHERE account_id = $1", account_id
+        )
+
+    await wait_until(settled, timeout_s=20)
+    await asyncio.sleep(1.5)  # webhooks, repairs and more rounds: nothing more
+    assert await balance_of(pay_http, account_id, auth) == RECHARGED
+    assert stripe_server.intents_created() - intents_before == 1
+    [credit] = await recharge_credits(pay_db, pay_store, account_id)
+    row = await pay_db.fetchrow(
+        "SELECT payment_intent_id, status, credited FROM payments WHERE account_id = $1",
+        account_id,
+    )
+    assert (row["payment_intent_id"], row["status"], row["credited"]) == (
+        credit,
+        "succeeded",
+        True,
+    )
+    view = (await pay_http.get(f"/v1/accounts/{account_id}", headers=auth)).json()
+    assert view["recharge"]["pending"] is False
+
+
+async def test_the_repair_opens_a_lost_episode_and_clears_a_stale_mark(
+    pay_http: httpx.AsyncClient,
+    pay_db: Any,
+    pay_store: Store,
+    worker: RechargeWorker,
+) -> None:
+    # A request lost before it became an episode: the mark stays, nothing asks again.
+    lost, lost_auth = await set_up_recharge(pay_http, "pm_card_visa", START, "lost@example.com")
+    await send_messages(pay_http, lost, 2, "lost")
+    keys = pay_store.account_keys(lost)
+    for entry_id, fields in await pay_store.redis.xrange(keys.shard.recharge):
+        if fields["account_id"] == lost:
+            await pay_store.redis.xdel(keys.shard.recharge, entry_id)
+    # An episode that ended while its mark stayed (a crash between the two writes).
+    stale, stale_auth = await set_up_recharge(pay_http, "pm_card_visa", START, "stale@example.com")
+    stale_keys = pay_store.account_keys(stale)
+    await leave_a_stale_mark(pay_db, pay_store, stale)
+
+    async def both_put_right() -> bool:
+        await worker.step()
+        lost_done = await balance_of(pay_http, lost, lost_auth) == RECHARGED
+        mark = await pay_store.redis.hget(stale_keys.account, "recharge_pending_since_us")
+        return lost_done and mark is None
+
+    await wait_until(both_put_right, timeout_s=15, interval_s=0.05)
+    # With the mark gone, the next fall below the threshold asks again, and is recharged.
+    await send_messages(pay_http, stale, 2, "stale")
+
+    async def stale_recharged() -> bool:
+        await worker.step()
+        return await balance_of(pay_http, stale, stale_auth) == RECHARGED
+
+    await wait_until(stale_recharged, timeout_s=15, interval_s=0.05)
+
+
+async def test_the_repair_reaches_every_account_within_its_bound(
+    pay_http: httpx.AsyncClient,
+    pay_db: Any,
+    pay_store: Store,
+    pay_settings: Settings,
+    stripe_client: Any,
+) -> None:
+    """One account read per pass at most (recharge_repair_accounts_max=1): a pass
+    still moves on by a chunk of shards, so a stale mark anywhere is found within
+    shard_count / 32 passes."""
+    from metering.payments.recharge_repair import SHARDS_PER_ROUND_TRIP
+
+    stale, _auth = await set_up_recharge(pay_http, "pm_card_visa", START, "bound@example.com")
+    keys = pay_store.account_keys(stale)
+    await leave_a_stale_mark(pay_db, pay_store, stale)
+    narrow = pay_settings.replace(recharge_repair_accounts_max=1)
+    w = RechargeWorker(pay_store, pay_db, stripe_client, narrow, consumer="tests-bound")
+    passes_max = -(-pay_settings.shard_count // SHARDS_PER_ROUND_TRIP)
+    for _ in range(passes_max):
+        await w.repair.stranded_marks()
+        if await pay_store.redis.hget(keys.account, "recharge_pending_since_us") is None:
+            return
+    raise AssertionError(f"the stale mark outlived {passes_max} repair passes")
