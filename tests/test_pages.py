@@ -8,6 +8,7 @@ are copied from there into docs/)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from devkit.testing import GatewayProcess
+from devkit.testing import ROOT, GatewayProcess
 from metering.ledger.migrate import migrate
 from metering.settings import Settings
 from tests.conftest import OPS, SWITCH, make_account
@@ -511,3 +512,15 @@ async def test_dashboard_with_10000_entries_opens_fast(page, ledger_gateway, set
     )
     assert count is not None and int(count.replace(",", "")) >= 9_000  # the range is 30 days
     assert ready_ms < 5_000 and more_ms < 1_000
+
+
+def test_the_readmes_screenshots_are_committed():
+    """The README shows docs/*.png, taken by these tests: after a change to the
+    pages, copy them from tests/artifacts/ (dashboard.png, dashboard-phone.png,
+    ops.png, ops-phone.png) and look at them."""
+    readme = (ROOT / "README.md").read_text()
+    shown = set(re.findall(r"docs/([\w-]+\.png)", readme))
+    assert {"dashboard.png", "dashboard-phone.png", "ops.png", "ops-phone.png"} <= shown
+    for name in shown:
+        image = ROOT / "docs" / name
+        assert image.exists() and image.stat().st_size > 10_000, name
