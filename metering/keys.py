@@ -22,6 +22,9 @@ unchanged on Redis Cluster.
     m:{s042}:events                  stream account events: low balance, payments (see events.py)
     m:{s042}:spend:<bucket>          hash   account id -> micros spent in the bucket (burn.py)
     m:token:<sha256 hex>             string account id of a customer token
+    m:ledger_checked                 string the run id of the Redis server whose data the
+                                            ledger check last brought in line with Postgres
+                                            (see restart_fence.py)
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from __future__ import annotations
 import zlib
 
 PREFIX = "m:"
+# Which Redis lifetime (server run id) the ledger check ran against.
+LEDGER_CHECKED_KEY = PREFIX + "ledger_checked"
 
 
 def shard_of(account_id: str, shard_count: int) -> int:

@@ -52,6 +52,7 @@ from redis.connection import parse_url
 from metering.errors import Unavailable
 
 if TYPE_CHECKING:
+    from metering.restart_fence import RestartFence
     from metering.scripts import LuaScript
     from metering.settings import Settings
 
@@ -255,8 +256,9 @@ class ScriptPipeline:
     docstring). `client` is the process's redis-py client to the same server(s):
     the cluster's slot table is read from it, and redirected calls go through it."""
 
-    def __init__(self, client: Any, settings: Settings) -> None:
+    def __init__(self, client: Any, settings: Settings, fence: RestartFence | None = None) -> None:
         self.client = client
+        self._fence = fence
         self._cluster = settings.redis_cluster
         self._timeout_s = settings.redis_timeout_s
         self._batch_max = settings.redis_pipeline_batch_max
@@ -375,6 +377,8 @@ class ScriptPipeline:
                     await connection.command(b"AUTH", self._password)
             if self._db:
                 await connection.command(b"SELECT", self._db)
+            if self._fence is not None:
+                await self._fence.admit(connection.command)
         except BaseException:
             connection.close()
             raise

@@ -211,3 +211,14 @@ async def post_signed_event(http: httpx.AsyncClient, event: dict[str, Any]) -> h
         "Stripe-Signature": f"t={now},v1={mac.hexdigest()}",
     }
     return await http.post("/v1/stripe/webhook", content=payload, headers=headers)
+
+
+def charges_of(stripe_server: StripeServer, account_id: str) -> int:
+    """PaymentIntents Stripe created for one account (declined ones included):
+    counted per account, so charges other tests' episodes make meanwhile do not
+    count."""
+    return sum(
+        1
+        for i in stripe_server.payment_intents(STRIPE_KEY)
+        if (i.get("metadata") or {}).get("account_id") == account_id
+    )

@@ -109,6 +109,12 @@ def _parse_instant(value: str, field: str, end_of_day: bool) -> int:
     return _to_us(moment)
 
 
+def parse_instant(value: str, field: str, end_of_day: bool) -> int:
+    """Microseconds since the epoch of a day (its first or, with end_of_day, its
+    last microsecond, UTC) or of an RFC 3339 instant; InvalidRequest naming field."""
+    return _parse_instant(value, field, end_of_day)
+
+
 def parse_query(account_id: str, params: Mapping[str, str], settings: Settings) -> ActivityQuery:
     """Validate the query string; each bad parameter is an InvalidRequest naming it."""
     for name in params:

@@ -51,6 +51,7 @@ from metering import crash_points
 from metering.account_state import publish_account_state
 from metering.events import emit_event, event_id
 from metering.ledger.database import DATABASE_DOWN, create_pool
+from metering.ledger.recovery import check_redis
 from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.payments import recharge_settings
 from metering.payments.charges import (
@@ -77,6 +78,7 @@ from metering.payments.stripe_client import (
     idempotency_key,
     to_cents,
 )
+from metering.restart_fence import RestartFence
 from metering.settings import Settings
 from metering.store import Store, open_store
 
@@ -528,12 +530,15 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    db = await create_pool(settings)
+    # Credits move money: none in a restarted Redis before the ledger check.
+    fence = RestartFence(lambda: check_redis(settings, db), settings.redis_timeout_s)
     # Started while Redis restarts: wait for it rather than exit.
     starting = Outage("recharge worker", log, settings.outage_backoff_max_s)
-    store = await until_it_answers(starting, stop, lambda: open_store(settings))
+    store = await until_it_answers(starting, stop, lambda: open_store(settings, fence))
     if store is None:
+        await db.close()
         return 0
-    db = await create_pool(settings)
     client = build_stripe_client(settings)
     worker = RechargeWorker(
         store, db, client, settings, consumer=args.consumer or default_consumer()
