@@ -40,20 +40,21 @@ from metering.credits import CHARGE_SOURCES, charge_credit_answer, charge_source
 from metering.keys import AccountKeys, token_key
 from metering.ledger import customer_tokens
 from metering.ledger.database import store_and_connection
-from metering.ledger.recovery import catch_up, mark_checked, redis_run_id
+from metering.ledger.recovery import (
+    LAST_ENTRY_COLUMNS,
+    LAST_ENTRY_JOIN,
+    catch_up,
+    mark_checked,
+    redis_run_id,
+)
 from metering.ledger.registry import PERSISTED_FIELDS, hash_fields
 from metering.settings import Settings
 from metering.store import Store
 
 # The accounts with their last ledger entry, walked by the primary key index.
 LOAD_SQL = f"""
-SELECT a.id, {", ".join("a." + n for n in PERSISTED_FIELDS)},
-       coalesce(l.seq, 0) AS last_seq, coalesce(l.balance_after_micros, 0) AS balance_micros
-FROM accounts a
-LEFT JOIN LATERAL (
-    SELECT seq, balance_after_micros FROM ledger_entries e
-    WHERE e.account_id = a.id ORDER BY seq DESC LIMIT 1
-) l ON true
+SELECT a.id, {", ".join("a." + n for n in PERSISTED_FIELDS)}, {LAST_ENTRY_COLUMNS}
+FROM accounts a {LAST_ENTRY_JOIN}
 ORDER BY a.id
 """
 NUMBERS_SQL = """

@@ -35,28 +35,33 @@ idempotency answers of the lost second.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
 
 from metering.errors import Unavailable
 from metering.keys import LEDGER_CHECKED_KEY, AccountKeys
-from metering.ledger.database import acquire
-from metering.restart_fence import run_id_of
+from metering.ledger.database import acquire, create_pool
+from metering.outages import Outage, until_it_answers
+from metering.restart_fence import RestartFence, run_id_of
 from metering.settings import Settings
 from metering.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
-# Every account's last ledger entry, walked by the primary key index.
-LAST_ENTRIES_SQL = """
-SELECT a.id, coalesce(l.seq, 0) AS last_seq, coalesce(l.balance_after_micros, 0) AS balance_micros
-FROM accounts a
+# Each account's last ledger entry (last_seq, balance_micros; 0 for none), walked
+# by the primary key index: the columns and join of a query over `accounts a`.
+LAST_ENTRY_COLUMNS = (
+    "coalesce(l.seq, 0) AS last_seq, coalesce(l.balance_after_micros, 0) AS balance_micros"
+)
+LAST_ENTRY_JOIN = """
 LEFT JOIN LATERAL (
     SELECT seq, balance_after_micros FROM ledger_entries e
     WHERE e.account_id = a.id ORDER BY seq DESC LIMIT 1
 ) l ON true
 """
+LAST_ENTRIES_SQL = f"SELECT a.id, {LAST_ENTRY_COLUMNS} FROM accounts a {LAST_ENTRY_JOIN}"
 # The entries of some calls after a seq: the closings Redis may have lost.
 CALL_CLOSINGS_SQL = """
 SELECT seq, request_id, amount_micros, balance_after_micros, at_us, detail
@@ -205,6 +210,23 @@ async def catch_up(store: Store, conn: Any) -> CatchUpReport:
                 answer[4],
             )
     return report
+
+
+async def open_money_store(
+    settings: Settings, worker: str, stop: asyncio.Event
+) -> tuple[Store, Any] | None:
+    """A worker's clients for moving money: a Postgres pool, and a store whose
+    connections wait for the ledger check (metering/restart_fence.py). A Redis
+    down at start is waited for; None when stop is set first. The caller closes
+    both."""
+    db = await create_pool(settings)
+    fence = RestartFence(lambda: check_redis(settings, db), settings.redis_timeout_s)
+    starting = Outage(worker, log, settings.outage_backoff_max_s)
+    store = await until_it_answers(starting, stop, lambda: open_store(settings, fence))
+    if store is None:
+        await db.close()
+        return None
+    return store, db
 
 
 async def redis_run_id(redis: Any) -> str:

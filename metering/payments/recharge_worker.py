@@ -37,7 +37,6 @@ import asyncio
 import dataclasses
 import datetime
 import logging
-import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -50,9 +49,9 @@ from redis.exceptions import ResponseError
 from metering import crash_points
 from metering.account_state import publish_account_state
 from metering.events import emit_event, event_id
-from metering.ledger.database import DATABASE_DOWN, create_pool
-from metering.ledger.recovery import check_redis
-from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
+from metering.ledger.database import DATABASE_DOWN
+from metering.ledger.recovery import open_money_store
+from metering.outages import REDIS_DOWN, Outage, pause
 from metering.payments import recharge_settings
 from metering.payments.charges import (
     AUTOMATIC_RECHARGE,
@@ -78,9 +77,9 @@ from metering.payments.stripe_client import (
     idempotency_key,
     to_cents,
 )
-from metering.restart_fence import RestartFence
+from metering.polling import stop_on_signals
 from metering.settings import Settings
-from metering.store import Store, open_store
+from metering.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -526,19 +525,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the worker until SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    db = await create_pool(settings)
+    stop = stop_on_signals()
     # Credits move money: none in a restarted Redis before the ledger check.
-    fence = RestartFence(lambda: check_redis(settings, db), settings.redis_timeout_s)
-    # Started while Redis restarts: wait for it rather than exit.
-    starting = Outage("recharge worker", log, settings.outage_backoff_max_s)
-    store = await until_it_answers(starting, stop, lambda: open_store(settings, fence))
-    if store is None:
-        await db.close()
+    opened = await open_money_store(settings, "recharge worker", stop)
+    if opened is None:
         return 0
+    store, db = opened
     client = build_stripe_client(settings)
     worker = RechargeWorker(
         store, db, client, settings, consumer=args.consumer or default_consumer()
