@@ -297,7 +297,7 @@ class State:
 
     def add_entry(self, item: str, amount: int, request_id: str, source: str) -> None:
         self.seq += 1
-        if source in ("answer", "payment_answer"):
+        if source == "answer":
             self.answers_digest ^= hash((self.seq, request_id))
         self.entries.append(Entry(self.seq, item, amount, self.balance, request_id, source))
 
