@@ -23,6 +23,9 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "timeout_keep_alive": settings.http_keep_alive_s,
         "forwarded_allow_ips": settings.http_forwarded_allow_ips,
         "log_level": settings.log_level,
+        # Logging is configured by metering.logs (JSON lines, secrets masked), in
+        # the supervisor and again in each worker process (app_from_env).
+        "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": 5,
         "ws_per_message_deflate": settings.live_deflate,

@@ -35,6 +35,9 @@ from typing import Any
 
 import uvicorn
 
+from metering import logs
+from metering.settings import Settings
+
 log = logging.getLogger("gateway.workers")
 
 STARTUP_GRACE_S = 10.0
@@ -42,13 +45,12 @@ STARTUP_FAILURES_MAX = 3
 STOP_TIMEOUT_S = 15.0
 WATCH_INTERVAL_S = 0.5
 APP = "gateway.app:app_from_env"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(level: str) -> None:
-    """uvicorn configures only its own loggers; the domain's (sweeper, ledger
-    writer task, payments) log through the root logger at the same level."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    """Every logger (uvicorn's, the domain's) through metering.logs' one handler:
+    JSON lines (or text), secrets masked, libraries quiet."""
+    logs.configure_logging(level, Settings.from_env())
 
 
 def supported() -> bool:

@@ -31,9 +31,12 @@ ITEM_LABELS: dict[str, str] = {
     "sms_outbound": "outgoing text message",
     "sms_inbound": "incoming text message",
     "funds_added": "adding funds",
+    # An operator's correction (`python -m metering adjust`), with its reason.
+    "adjustment_added": "balance adjustment (added)",
+    "adjustment_taken": "balance adjustment (taken)",
 }
 ITEMS = frozenset(ITEM_LABELS)
-CREDIT_ITEMS = frozenset({"funds_added"})
+CREDIT_ITEMS = frozenset({"funds_added", "adjustment_added"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -134,6 +134,8 @@ class Settings:
 
     # Activity API.
     activity_page_max: int = 500
+    # Days one usage summary (GET .../usage) may span.
+    usage_days_max: int = 366
 
     # Ledger writer.
     ledger_batch_rows_max: int = 2_000
@@ -260,6 +262,12 @@ class Settings:
     burn_bucket_s: int = 60
     live_ops_burn_refresh_s: float = 5.0
 
+    # Operations: logs, metrics, health, heartbeats, continuous reconcile.
+    # Logs are one JSON object per line (json) or plain lines (text); libraries
+    # (httpx, Stripe, asyncpg, asyncio, ...) log at log_libraries_level only.
+    log_format: str = "json"
+    log_libraries_level: str = "warning"
+
     # Tests of crash windows only: a process that reaches the named point
     # (metering/crash_points.py) kills itself with SIGKILL there. Empty: never.
     crash_point: str = ""
@@ -305,6 +313,7 @@ class Settings:
             "ledger_backlog_max",
             "ledger_batch_rows_max",
             "activity_page_max",
+            "usage_days_max",
             "workers",
             "call_extends_max",
             "reservation_sweep_batch_max",
@@ -410,6 +419,15 @@ class Settings:
             raise SettingsError("METERING_RECEIPT_LINK_KEY must not be empty")
         if not self.switch_token or not self.ops_token:
             raise SettingsError("METERING_SWITCH_TOKEN and METERING_OPS_TOKEN must not be empty")
+        self._check_operations()
+
+    def _check_operations(self) -> None:
+        levels = ("debug", "info", "warning", "error", "critical")
+        for name in ("log_level", "log_libraries_level"):
+            if getattr(self, name).lower() not in levels:
+                raise SettingsError(f"METERING_{name.upper()} must be one of {', '.join(levels)}")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError("METERING_LOG_FORMAT must be json or text")
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

@@ -129,14 +129,16 @@ async def test_accounts_command_creates_durably_and_lists(world: LedgerWorld) ->
     import json
 
     card = json.dumps(RATE_CARD)
-    made = world.cli("accounts", "create", "cli-1", "--rate-card", card, "--token", "dash")
+    made = world.cli(
+        "accounts", "create", "cli-1", "--rate-card", card, "--token", "dash", "--json"
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     body = json.loads(made.stdout)
     assert body["created"] is True and body["token"]
     assert await accounts.account_for_token(world.store, body["token"]) == "cli-1"
     assert await world.conn.fetchval("SELECT count(*) FROM accounts WHERE id = 'cli-1'") == 1
     bad = world.cli("accounts", "create", "cli-2", "--rate-card", "{}")
-    assert bad.returncode == 1 and "rate_card" in bad.stdout
+    assert bad.returncode == 4 and "rate_card" in bad.stderr
     listed = world.cli("accounts", "list")
     assert listed.returncode == 0 and listed.stdout.startswith("cli-1\tbalance $0.00")
 

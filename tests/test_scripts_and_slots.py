@@ -9,7 +9,7 @@ from typing import Any
 from redis.cluster import key_slot
 
 from devkit.testing import RATE_CARD, RedisServer
-from metering import accounts, credits, debits, phone_numbers, reservations, sweeper
+from metering import accounts, adjustments, credits, debits, phone_numbers, reservations, sweeper
 from metering.account_state import publish_account_state
 from metering.keys import AccountKeys
 from metering.payments import recharge_marks
@@ -41,6 +41,7 @@ async def test_every_script_call_uses_keys_of_one_slot(store: Store) -> None:
         account = new_account_id()
         await accounts.create_account(s, account, RateCard.parse(RATE_CARD))
         await credits.add_funds(s, account, "c1", 5_000_000, "ops_credit", "test")
+        await adjustments.adjust_balance(s, account, "a1", -1, "test")
         await debits.message(s, account, "m1", "outbound")
         await debits.ring_through_attempt(s, account, "t1")
         await debits.number_purchase(s, account, "p1", "+15550100")
@@ -59,6 +60,12 @@ async def test_every_script_call_uses_keys_of_one_slot(store: Store) -> None:
             [account, "k3", 60, s.settings.live_channel],
         )
         await recharge_marks.clear_pending_mark(s, account, 0)
+        # The ledger check's script (here: nothing behind, it changes nothing).
+        await s.scripts["fast_forward"](
+            recording,
+            [keys.account, keys.calls, keys.shard.expiry],
+            [account, 0, 0, 60, s.settings.live_channel, 0],
+        )
         await publish_account_state(s, account)
         await credits.add_charge_funds(s, account, "pi_slots", 1_000_000, "pay_now", "p")
         await s.scripts["sync_settings"](recording, [keys.account], [1, "recharge_enabled", "0"])

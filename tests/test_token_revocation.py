@@ -123,6 +123,6 @@ async def test_revoked_tokens_stay_revoked_through_a_rebuild(world: LedgerWorld)
         account_id,
     )
     assert sorted(r["label"] for r in rows) == ["dashboard", "phone", "stolen laptop"]
-    # An unknown token id says so and exits non-zero.
+    # An unknown token id says so and exits 4 (refused; README, exit codes).
     out = world.cli("tokens", "revoke", account_id, "f" * 16)
-    assert out.returncode == 1 and f"has no token {'f' * 16}" in out.stdout
+    assert out.returncode == 4 and f"has no token {'f' * 16}" in out.stderr

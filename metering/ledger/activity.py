@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from metering.entry_words import describe
 from metering.errors import InvalidRequest, UnknownAccount
 from metering.ledger.database import acquire
 from metering.ledger_entries import CREDIT_ITEMS, ITEM_LABELS
@@ -108,6 +109,12 @@ def _parse_instant(value: str, field: str, end_of_day: bool) -> int:
     return _to_us(moment)
 
 
+def parse_instant(value: str, field: str, end_of_day: bool) -> int:
+    """Microseconds since the epoch of a day (its first or, with end_of_day, its
+    last microsecond, UTC) or of an RFC 3339 instant; InvalidRequest naming field."""
+    return _parse_instant(value, field, end_of_day)
+
+
 def parse_query(account_id: str, params: Mapping[str, str], settings: Settings) -> ActivityQuery:
     """Validate the query string; each bad parameter is an InvalidRequest naming it."""
     for name in params:
@@ -148,6 +155,7 @@ def entry_dict(row: Mapping[str, Any]) -> dict[str, Any]:
         "seq": row["seq"],
         "item": row["item"],
         "label": ITEM_LABELS.get(row["item"], row["item"]),
+        "description": describe(row["item"], row["detail"]),
         "amount_micros": row["amount_micros"],
         "balance_after_micros": row["balance_after_micros"],
         "request_id": row["request_id"],

@@ -29,6 +29,8 @@ import asyncio
 import dataclasses
 from typing import Any
 
+import orjson
+
 from metering.accounts import account_ids_by_shard
 from metering.keys import all_shards
 from metering.ledger.database import store_and_connection
@@ -395,12 +397,27 @@ async def reconcile(store: Store, conn: Any) -> ReconcileReport:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No options: reconcile checks every account."""
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
+
+
+def report_dict(report: ReconcileReport) -> dict[str, Any]:
+    lag = report.lag
+    return {
+        "ok": report.ok,
+        "accounts_checked": report.accounts_checked,
+        "postgres_entries": report.postgres_entries,
+        "entries_not_in_postgres": report.entries_not_in_postgres,
+        "differences": [dataclasses.asdict(d) for d in report.differences],
+        "lag": lag.as_dict() if lag else None,
+    }
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     async with store_and_connection(settings) as (store, conn):
         report = await reconcile(store, conn)
+    if getattr(args, "json", False):
+        print(orjson.dumps(report_dict(report)).decode())
+        return 0 if report.ok else 1
     for d in report.differences:
         print(d.line())
     lag = report.lag

@@ -36,6 +36,9 @@ SQL_UPSERT_SETTINGS = """
     VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account_id) DO UPDATE SET enabled = $2, amount_micros = $3,
         threshold_micros = $4, failure_email = $5, updated_at = now()"""
+SQL_SELECT_SETTINGS = """
+    SELECT enabled, amount_micros, threshold_micros, failure_email
+    FROM recharge_settings WHERE account_id = $1"""
 SQL_TURN_OFF = """
     UPDATE recharge_settings SET enabled = false, updated_at = now() WHERE account_id = $1"""
 
@@ -144,3 +147,35 @@ async def turn_off(store: Store, db: Any, account_id: str) -> None:
         await conn.execute(SQL_TURN_OFF, account_id)
         await settings_sync.bump(conn, account_id)
     await settings_sync.push(store, db, account_id)
+
+
+async def saved_settings(db: Any, account_id: str) -> RechargeSettings | None:
+    """The durable settings of an account (None: never saved)."""
+    row = await db.fetchrow(SQL_SELECT_SETTINGS, account_id)
+    if row is None:
+        return None
+    return RechargeSettings(
+        row["enabled"], row["amount_micros"], row["threshold_micros"], row["failure_email"]
+    )
+
+
+def operator_refusal(current: RechargeSettings, wanted: RechargeSettings) -> str:
+    """Why an operator (not the card holder) may not make this change, or ''.
+
+    Charging a card is the card holder's act: an operator may turn automatic
+    recharge off, lower the amount or the threshold (smaller or later charges)
+    and change the failure email, never turn it on or make it charge more or sooner.
+    """
+    if wanted.enabled and not current.enabled:
+        return "only the customer may turn automatic recharge on (dashboard or API)"
+    if wanted.amount_micros > current.amount_micros:
+        return (
+            f"only the customer may raise the recharge amount (now "
+            f"{format_usd(current.amount_micros)})"
+        )
+    if wanted.threshold_micros > current.threshold_micros:
+        return (
+            f"only the customer may raise the recharge threshold (now "
+            f"{format_usd(current.threshold_micros)})"
+        )
+    return ""
