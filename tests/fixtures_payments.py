@@ -70,6 +70,7 @@ def mailbox() -> Iterator[Mailbox]:
 def pay_settings(stripe_server: StripeServer, mailbox: Mailbox) -> Settings:
     return test_settings(
         stripe_api_base=stripe_server.url,
+        stripe_js_url=stripe_server.url + "/js.stripe.com/v3/",
         stripe_api_key=STRIPE_KEY,
         stripe_webhook_secret=WEBHOOK_SECRET,
         smtp_port=mailbox.port,  # type: ignore[attr-defined]
