@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from metering.ledger.customer_tokens import TOKEN_REVOKED_EVENT
+from metering.metrics import METRICS
 from metering.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ class Subscriber:
         """Ask the sender to close the socket with `code`."""
         if self.close_code is None:
             self.close_code = code
+            if code == CLOSE_TOO_SLOW:
+                METRICS.live_slow_clients_dropped.inc()
         self.pending.clear()
         self.wake.set()
 

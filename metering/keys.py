@@ -21,6 +21,10 @@ unchanged on Redis Cluster.
                                             (see numbers/intake.py)
     m:{s042}:events                  stream account events: low balance, payments (see events.py)
     m:token:<sha256 hex>             string account id of a customer token
+    m:workers                        hash   "<kind>/<name>" -> JSON heartbeat of a worker
+                                            (see heartbeats.py)
+    m:reconcile:last                 string JSON summary of the continuous reconcile's
+                                            last complete pass
 """
 
 from __future__ import annotations
@@ -96,3 +100,12 @@ def split_expiry_member(member: str) -> tuple[str, str]:
 
 def token_key(token_sha256_hex: str) -> str:
     return f"{PREFIX}token:{token_sha256_hex}"
+
+
+def workers_key() -> str:
+    """The workers' heartbeats (metering/heartbeats.py); no hash tag: one key."""
+    return f"{PREFIX}workers"
+
+
+def reconcile_summary_key() -> str:
+    return f"{PREFIX}reconcile:last"

@@ -14,10 +14,13 @@ recording wrapper, a tool's), a script runs on that client, one call at a time.
 from __future__ import annotations
 
 import hashlib
+import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
+
+from metering.metrics import METRICS
 
 if TYPE_CHECKING:
     from metering.pipelining import ScriptPipeline
@@ -26,19 +29,25 @@ LIB_NAME = "_lib.lua"
 
 
 class LuaScript:
-    __slots__ = ("name", "source", "sha", "pipeline")
+    __slots__ = ("name", "source", "sha", "pipeline", "_label")
 
     def __init__(self, name: str, source: str) -> None:
         self.name = name
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self.pipeline: ScriptPipeline | None = None
+        self._label = (name,)
 
     async def __call__(self, redis: Any, keys: list[str], args: list[Any]) -> Any:
-        pipeline = self.pipeline
-        if pipeline is not None and redis is pipeline.client:
-            return await pipeline.run(self, keys, args)
-        return await self.call_one(redis, keys, args)
+        # The round trip as the caller sees it, failures included (metering/metrics.py).
+        started = time.perf_counter()
+        try:
+            pipeline = self.pipeline
+            if pipeline is not None and redis is pipeline.client:
+                return await pipeline.run(self, keys, args)
+            return await self.call_one(redis, keys, args)
+        finally:
+            METRICS.script_calls.observe(self._label, time.perf_counter() - started)
 
     async def call_one(self, redis: Any, keys: list[str], args: list[Any]) -> Any:
         """This call alone, on `redis` (a redis-py client)."""

@@ -500,3 +500,23 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         await db.close()
         await store.redis.aclose()
     return 0
+
+
+# The ops view of the queue: open episodes, those due now, the oldest due one.
+SQL_BACKLOG = """
+    SELECT count(*) AS open,
+        count(*) FILTER (WHERE next_attempt_at_us <= $1) AS due,
+        min(next_attempt_at_us) FILTER (WHERE next_attempt_at_us <= $1) AS oldest_due_us
+    FROM recharge_episodes WHERE status = 'open'"""
+
+
+async def recharge_backlog(db: Any, at_us: int) -> dict[str, Any]:
+    """Open recharge episodes, how many are due, and how long the oldest due one
+    has waited (a growing figure: no worker is attempting them)."""
+    row = await db.fetchrow(SQL_BACKLOG, at_us)
+    oldest = row["oldest_due_us"]
+    return {
+        "open_episodes": int(row["open"]),
+        "due_episodes": int(row["due"]),
+        "oldest_due_age_s": round((at_us - oldest) / 1e6, 3) if oldest is not None else None,
+    }
