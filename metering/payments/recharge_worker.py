@@ -51,6 +51,7 @@ from metering import crash_points
 from metering.account_state import publish_account_state
 from metering.events import emit_event, event_id
 from metering.ledger.database import DATABASE_DOWN, create_pool
+from metering.metrics import METRICS
 from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.payments import recharge_settings
 from metering.payments.charges import (
@@ -117,6 +118,14 @@ SQL_RECHARGE_STATE = """
     WHERE r.account_id = $1"""
 
 Mailer = Callable[[Settings, EmailMessage], Awaitable[None]]
+
+
+def attempt_outcome(outcome: ChargeOutcome) -> str:
+    """metering_recharge_attempts_total's outcome: succeeded, retrying (network,
+    Stripe 5xx, rate limit) or declined (the card, or no card)."""
+    if outcome.succeeded:
+        return "succeeded"
+    return "retrying" if outcome.retryable else "declined"
 
 
 def now_us() -> int:
@@ -298,6 +307,7 @@ class RechargeWorker:
                 crash_points.reached(self.settings, crash_points.CHARGED)
         attempt_no = ep.attempts + 1
         await self._record_attempt(ep, attempt_no, outcome)
+        METRICS.recharge_attempts.inc((attempt_outcome(outcome),))
         if outcome.succeeded:
             assert outcome.payment_intent_id is not None
             await self._credit(ep, outcome.payment_intent_id)
@@ -336,6 +346,7 @@ class RechargeWorker:
         outcome = ChargeOutcome(False, None, reason, False)
         attempt_no = ep.attempts + 1
         await self._record_attempt(ep, attempt_no, outcome)
+        METRICS.recharge_attempts.inc(("refused",))
         await recharge_settings.turn_off(self.store, self.db, ep.account_id)
         await self.db.execute(SQL_END_EPISODE, ep.account_id, ep.episode_us, "ended", reason)
         await self.store.redis.hset(
@@ -453,8 +464,11 @@ class RechargeWorker:
         try:
             await self.mailer(self.settings, message)
         except Exception as exc:  # SMTP down: unclaim, so the next failure sends it
+            METRICS.emails.inc(("recharge.failed", "failed"))
             log.warning("could not email %s about %s: %s", email, ep.account_id, exc)
             await self.db.execute(SQL_UNCLAIM_EMAIL, ep.account_id, ep.episode_us)
+            return
+        METRICS.emails.inc(("recharge.failed", "sent"))
 
     async def _end(self, ep: Episode, why: str) -> None:
         # Postgres first: a crash before the mark is cleared leaves an ended
