@@ -92,7 +92,7 @@ async def test_the_ledger_writer_counts_what_it_commits_by_item(world: LedgerWor
         credits = sum(1 for e in traffic.expected.values() if e.item == "funds_added")
         assert scraped[("metering_credits_total", (("item", "funds_added"),))] == credits
         assert scraped[("metering_ledger_writer_batch_rows_sum", ())] == rows
-        live = httpx.get(f"http://127.0.0.1:{port}/livez").json()
+        live = httpx.get(f"http://127.0.0.1:{port}/livez").json()  # noqa: ASYNC210
         assert live["kind"] == "ledger-writer" and live["pid"] == writer.pid
         beats = await read_heartbeats(world.store.redis, world.settings)
         assert [b.kind for b in beats] == ["ledger-writer"] and beats[0].pid == writer.pid
