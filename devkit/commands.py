@@ -8,7 +8,6 @@ import fcntl
 import glob
 import json
 import os
-import re
 import select
 import shutil
 import signal
@@ -163,14 +162,13 @@ def cmd_test(args: argparse.Namespace) -> int:
 def metering_subcommands() -> set[str]:
     """The `python -m metering` subcommands that exist on this branch."""
     out = subprocess.run(
-        [str(VENV_PY), "-m", "metering", "--help"],
+        [str(VENV_PY), "-c", "from metering.tools.cli import COMMANDS; print(*COMMANDS)"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         env=venv_env({}),
     ).stdout
-    match = re.search(r"\{([^}]*)\}", out)
-    return set(match.group(1).split(",")) if match else set()
+    return set(out.split())
 
 
 def hold_run_lock() -> object:

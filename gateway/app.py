@@ -78,12 +78,10 @@ class GatewayApp(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         # The switch's requests are answered by the fast path, inside the headers.
-        return RequestObserver(
-            SecurityHeaders(
-                SwitchFastPath(super().build_middleware_stack(), self.settings), self.settings
-            ),
-            self.settings,
+        app = SecurityHeaders(
+            SwitchFastPath(super().build_middleware_stack(), self.settings), self.settings
         )
+        return RequestObserver(app, self.settings) if self.settings.request_metrics else app
 
 
 def create_app(settings: Settings) -> Starlette:

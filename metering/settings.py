@@ -293,6 +293,10 @@ class Settings:
     # A client's X-Request-Id is kept (and returned) when it is at most this long
     # and made of safe characters; otherwise the gateway makes one.
     request_id_length_max: int = 64
+    # 0 leaves out what every request pays for observability: request ids, the
+    # request and script duration metrics (to measure their cost: python -m bench
+    # observability). /metrics, health and logs stay.
+    request_metrics: bool = True
 
     # Tests of crash windows only: a process that reaches the named point
     # (metering/crash_points.py) kills itself with SIGKILL there. Empty: never.

@@ -133,6 +133,7 @@ async def open_store(settings: Settings) -> Store:
     are pipelined automatically (metering/pipelining.py)."""
     redis = connect_redis(settings)
     scripts = Scripts()
+    scripts.use_timing(settings.request_metrics)
     try:
         await scripts.load(redis)
     except BaseException:
