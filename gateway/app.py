@@ -33,11 +33,13 @@ from gateway.security_headers import SecurityHeaders
 from metering.errors import DatabaseNotMigrated
 from metering.ledger.database import create_pool
 from metering.ledger.migrate import check_at_start
+from metering.ledger.recovery import check_redis
 from metering.ledger.writer import run_in_process as run_ledger_writer
 from metering.logs import configure_logging
 from metering.metrics_export import MultiprocessFiles
 from metering.operations.status import Readiness
 from metering.payments.stripe_client import build_stripe_client, close_stripe_client
+from metering.restart_fence import RestartFence
 from metering.settings import Settings
 from metering.store import Store, open_store
 from metering.sweeper import run_sweeper
@@ -91,18 +93,23 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[GatewayState]:
-        store = await open_store(settings)
         # Postgres pool: lazy (min_size=0), so the gateway starts without Postgres;
         # the authorize path never uses it.
         db = await create_pool(settings)
         try:
             # Postgres down: serve without it. Up but lacking migrations: refuse to
             # start, saying which command to run.
-            await check_at_start(db, settings.database_timeout_s)
-        except DatabaseNotMigrated as exc:
-            log.error("the gateway will not start: %s", exc)
+            postgres_up = await check_at_start(db, settings.database_timeout_s)
+            # Redis in line with the ledger before serving (it may have come back
+            # without its last second), and again whenever it restarts later.
+            if postgres_up:
+                await check_redis(settings, db)
+            fence = RestartFence(lambda: check_redis(settings, db), settings.redis_timeout_s)
+            store = await open_store(settings, fence)
+        except BaseException as exc:
+            if isinstance(exc, DatabaseNotMigrated):
+                log.error("the gateway will not start: %s", exc)
             await db.close()
-            await store.redis.aclose()
             raise
         stripe_client = build_stripe_client(settings)
         stop = asyncio.Event()

@@ -32,10 +32,11 @@ ERROR_TEXT = {
 
 
 def _error_codes(e: Endpoint) -> list[int]:
-    # Every JSON body may be refused as too large or not declared JSON; a customer
-    # token, after too many failed authentications.
+    # Every JSON body may be refused as too large or not declared JSON; any bearer
+    # token, after too many failed authentications (a token that is neither the
+    # switch's nor ops' is looked up as a customer's, whatever the endpoint).
     codes = set(e.errors) | ({413, 415} if e.body is not None else set())
-    if "customer" in e.roles:
+    if e.roles:
         codes.add(429)
     return sorted(codes)
 

@@ -20,11 +20,15 @@ unchanged on Redis Cluster.
     m:{s042}:numbers                 stream purchases and switch renewals for the number scheduler
                                             (see numbers/intake.py)
     m:{s042}:events                  stream account events: low balance, payments (see events.py)
+    m:{s042}:spend:<bucket>          hash   account id -> micros spent in the bucket (burn.py)
     m:token:<sha256 hex>             string account id of a customer token
     m:workers                        hash   "<kind>/<name>" -> JSON heartbeat of a worker
                                             (see heartbeats.py)
     m:reconcile:last                 string JSON summary of the continuous reconcile's
                                             last complete pass
+    m:ledger_checked                 string the run id of the Redis server whose data the
+                                            ledger check last brought in line with Postgres
+                                            (see restart_fence.py)
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from __future__ import annotations
 import zlib
 
 PREFIX = "m:"
+# Which Redis lifetime (server run id) the ledger check ran against.
+LEDGER_CHECKED_KEY = PREFIX + "ledger_checked"
 
 
 def shard_of(account_id: str, shard_count: int) -> int:
@@ -58,6 +64,10 @@ class ShardKeys:
         self.expiry = base + ":expiry"
         self.numbers = base + ":numbers"
         self.events = base + ":events"
+
+    def spend(self, bucket: int) -> str:
+        """The spend counters of one time bucket (metering/burn.py)."""
+        return f"{PREFIX}{self.tag}:spend:{bucket}"
 
 
 class AccountKeys:

@@ -12,6 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from metering.keys import AccountKeys
 from metering.pipelining import ScriptPipeline
+from metering.restart_fence import RestartFence
 from metering.scripts import LuaScript, Scripts
 from metering.settings import Settings
 
@@ -37,22 +38,23 @@ CLUSTER_CONCURRENCY = 16
 async def run_each(
     store: Store, script: LuaScript, calls: list[tuple[list[str], list[Any]]]
 ) -> list[Any]:
-    """Run one script once per (keys, args), answers in order. Through the
-    store's pipeline, in rounds of at most one write each (grouped by node on a
-    cluster); without it, one redis-py pipeline on a single server, bounded
+    """Run one script once per (keys, args), answers in order (the first error
+    raised). Through the store's pipeline, all written at once (grouped by node
+    on a cluster); without it, one redis-py pipeline on a single server, bounded
     concurrent calls on a cluster. A NOSCRIPT (a restarted Redis) sends that
     call through the script's reloading path."""
     if not calls:
         return []
     redis = store.redis
     if script.pipeline is not None and redis is script.pipeline.client:
-        out: list[Any] = []
-        step = store.settings.redis_pipeline_batch_max
+        answers: list[Any] = []
+        step = store.settings.redis_pipeline_batch_max  # one write per round
         for start in range(0, len(calls), step):
-            out += await asyncio.gather(
-                *(script(redis, keys, args) for keys, args in calls[start : start + step])
-            )
-        return out
+            answers += await script.run_many(redis, calls[start : start + step])
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return answers
     if store.settings.redis_cluster:
         limit = asyncio.Semaphore(CLUSTER_CONCURRENCY)
 
@@ -106,8 +108,10 @@ async def drop_idle_connections(redis: Any) -> None:
         await redis.connection_pool.disconnect(inuse_connections=False)
 
 
-def connect_redis(settings: Settings) -> Any:
-    """One client for the process, bounded in connections and time."""
+def connect_redis(settings: Settings, fence: RestartFence | None = None) -> Any:
+    """One client for the process, bounded in connections and time. With a fence,
+    every new connection passes it first (metering/restart_fence.py; a single
+    server only)."""
     if settings.redis_cluster:
         return _RedisCluster.from_url(
             settings.redis_url,
@@ -123,15 +127,19 @@ def connect_redis(settings: Settings) -> Any:
         timeout=settings.redis_timeout_s,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
+        **({"redis_connect_func": fence.on_connect} if fence is not None else {}),
     )
     return _Redis(connection_pool=pool)
 
 
-async def open_store(settings: Settings) -> Store:
+async def open_store(settings: Settings, fence: RestartFence | None = None) -> Store:
     """Connect and load the scripts; the caller closes `store.redis` (or the store).
     With `redis_pipeline` on (the default), script calls made with `store.redis`
-    are pipelined automatically (metering/pipelining.py)."""
-    redis = connect_redis(settings)
+    are pipelined automatically (metering/pipelining.py). A process that moves
+    money passes its restart fence (ignored on a cluster)."""
+    if settings.redis_cluster:
+        fence = None
+    redis = connect_redis(settings, fence)
     scripts = Scripts()
     scripts.use_timing(settings.request_metrics)
     try:
@@ -140,6 +148,6 @@ async def open_store(settings: Settings) -> Store:
         await redis.aclose()
         raise
     if settings.redis_pipeline and ScriptPipeline.supports(settings.redis_url):
-        redis.script_pipeline = ScriptPipeline(redis, settings)
+        redis.script_pipeline = ScriptPipeline(redis, settings, fence)
         scripts.use_pipeline(redis.script_pipeline)
     return Store(redis=redis, scripts=scripts, settings=settings)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from typing import Any
 
+from metering.burn import spend_key, spend_ttl_s
 from metering.keys import AccountKeys, all_shards, split_expiry_member
 from metering.metrics import METRICS
-from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
+from metering.outages import REDIS_DOWN, Outage, pause
 from metering.store import Store, run_each
 
 EXPIRED = ("expired",)
@@ -41,12 +41,14 @@ async def expire_due_reservations(store: Store) -> int:
                         keys.shard.ledger,
                         keys.shard.recharge,
                         keys.shard.events,
+                        spend_key(s, keys.shard),
                     ],
                     [
                         account_id,
                         call_id,
                         s.idempotency_window_s,
                         s.live_channel,
+                        spend_ttl_s(s),
                     ],
                 )
             )
@@ -76,29 +78,3 @@ async def run_sweeper(store: Store, stop: asyncio.Event) -> None:
             if expired:
                 log.info("expired %d forgotten call reservations", expired)
         await pause(stop, interval_s)
-
-
-def add_arguments(parser: object) -> None:
-    """`python -m metering sweep` takes no options; intervals come from settings."""
-
-
-async def run(args: object, settings: object) -> int:
-    from metering.settings import Settings
-    from metering.store import open_store
-
-    assert isinstance(settings, Settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # Started while Redis restarts: wait for it rather than exit.
-    outage = Outage("sweeper", log, settings.outage_backoff_max_s)
-    store = await until_it_answers(outage, stop, lambda: open_store(settings))
-    if store is None:
-        return 0
-    log.info("sweeper started: every %.1f s", settings.reservation_sweep_interval_s)
-    try:
-        await run_sweeper(store, stop)
-    finally:
-        await store.redis.aclose()
-    return 0

@@ -38,6 +38,10 @@ DRAIN_TIMEOUT_S = 30.0
 QUIET_TIMEOUT_S = 30.0
 
 
+class RedisUnreadable(Exception):
+    """The snapshot could not read Redis (a Redis fault is in force)."""
+
+
 class Auditor:
     def __init__(self, driver: Driver) -> None:
         self.d = driver
@@ -51,7 +55,24 @@ class Auditor:
 
     # ---- after every batch ----
 
-    async def snapshot(self, lanes: list[Lane], after_sweep_ms: int = 0) -> None:
+    async def snapshot(
+        self, lanes: list[Lane], after_sweep_ms: int = 0, must: bool = False
+    ) -> None:
+        """Read the accounts atomically and check them; a read that fails while a
+        Redis fault explains it is skipped, unless `must` (then retried)."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while True:
+            try:
+                await self._snapshot(lanes, after_sweep_ms)
+                return
+            except RedisUnreadable:
+                if not must or time.monotonic() > deadline:
+                    if must:
+                        raise SimFailure("audit", "Redis stayed unreadable for the audit") from None
+                    return
+                await asyncio.sleep(0.2)
+
+    async def _snapshot(self, lanes: list[Lane], after_sweep_ms: int) -> None:
         if not lanes:
             return
         store = self.world.store
@@ -78,7 +99,7 @@ class Auditor:
                 answers = await pipe.execute()
         except Exception as exc:  # Redis down in a fault: nothing to read now
             if self.d.faults.recent("redis"):
-                return
+                raise RedisUnreadable() from exc
             raise SimFailure("audit", f"the snapshot read failed: {exc!r}") from exc
         self.d.stats.snapshots += 1
         at = now_ms()
@@ -204,7 +225,7 @@ class Auditor:
         lanes = [lane for lane in d.lanes if lane.model.one().exists or lane.touched]
         if final:
             await self._quiesce(lanes)
-        await self.snapshot(lanes)
+        await self.snapshot(lanes, must=True)
         seqs = {lane.account_id: lane.model.one().seq for lane in lanes}
         await self._drain(seqs)
         await self._check_ledger(lanes, seqs)
@@ -219,7 +240,7 @@ class Auditor:
 
     async def deep_lanes(self, lanes: list[Lane]) -> None:
         """The ledger part of the deep audit, for some accounts only (shrink trials)."""
-        await self.snapshot(lanes)
+        await self.snapshot(lanes, must=True)
         seqs = {lane.account_id: lane.model.one().seq for lane in lanes}
         await self._drain(seqs)
         await self._check_ledger(lanes, seqs)
@@ -525,7 +546,8 @@ def _entries_problem(w: State, rows: list[Any], verified: int) -> str | None:
     entries = w.entries
     if len(entries) < len(rows):
         return f"Postgres has {len(rows)} entries, this world {len(entries)}"
-    pinned_sources = ("answer", "payment_answer", "recovered")
+    # A pay-now answer carries no seq: its credit is matched like an event's.
+    pinned_sources = ("answer", "recovered")
     free_rows = []
     for r in rows[verified:]:
         e = entries[r["seq"] - 1]
@@ -566,7 +588,7 @@ def _is_event_row(e: Any, r: Any) -> bool:
         return bool(rid == e.request_id and detail.startswith(e.source))
     if e.source == "recharge":
         return "automatic_recharge" in detail
-    if e.source == "payment":
+    if e.source in ("payment", "payment_answer"):
         return "pay_now" in detail or str(rid).startswith("pi_")
     return True
 

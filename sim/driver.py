@@ -282,6 +282,24 @@ class Driver:
         self._record(lane, op, a)
         await self.check_answer(lane, op, a, predict, unknown, attempt)
 
+    @staticmethod
+    def _lagging(
+        predict: Callable[[State, Window], list[Outcome]], when: Window
+    ) -> Callable[[State], list[State]]:
+        """A card or settings change whose answer was lost may have committed in
+        Postgres without reaching Redis (the repair copies it later)."""
+
+        def worlds(w: State) -> list[State]:
+            out = []
+            for o in predict(w, when):
+                if 200 <= o.status < 300 and o.next is not None:
+                    lag = model.lagging_copy(w, o.next)
+                    if lag is not None:
+                        out.append(lag)
+            return out
+
+        return worlds
+
     def _waived_op(self, lane: Lane, op: Op) -> bool:
         """With credit_once waived, skip what would credit a Stripe charge again."""
         if "credit_once" not in self.limits.waived:
@@ -313,6 +331,8 @@ class Driver:
                     f"{op} got {a.status or a.error} with no fault in force that explains it",
                 )
             self.stats.unknown_outcomes += 1
+            if unknown is None and op.kind in ("card", "uncard", "recharge"):
+                unknown = self._lagging(predict, a.when)
             lane.model.fork_unknown(lambda w: predict(w, a.when), unknown)
             if attempt < RETRIES_MAX:
                 lane.retries.append((op, attempt + 1))
@@ -533,72 +553,9 @@ class Driver:
         raise AssertionError(op.kind)
 
     def _bad_request(self, lane: Lane, op: Op) -> tuple[Any, ...] | None:
+        """A request the README says to refuse, and the exact refusal."""
         (variant,) = op.args
         acct = lane.account_id
-        same = lambda status, code, **d: (  # noqa: E731
-            lambda w, when: [Outcome(status, error(code, **d), None, variant)]
-        )
-        if variant == "unknown_account":
-            body = {"account_id": f"{acct}-nosuch", "message_id": "x1", "direction": "outbound"}
-            return "POST", "/v1/messages", SWITCH_TOKEN, body, same(404, "unknown_account"), None
-        if variant == "wrong_role":
-            body = {"account_id": acct, "message_id": "x2", "direction": "outbound"}
-            return "POST", "/v1/messages", OPS_TOKEN, body, same(403, "forbidden"), None
-        if variant == "no_token":
-            body = {"account_id": acct, "attempt_id": "x3"}
-            return "POST", "/v1/ring-through-attempts", None, body, same(401, "unauthorized"), None
-        if variant == "bad_token":
-            body = {"account_id": acct, "attempt_id": "x4"}
-            return (
-                "POST",
-                "/v1/ring-through-attempts",
-                "not-a-token",
-                body,
-                same(401, "unauthorized"),
-                None,
-            )
-        if variant == "other_customer":
-            other = self.lanes[(lane.plan.index + 1) % len(self.lanes)]
-            if lane.token is None:
-                return None
-            return (
-                "GET",
-                f"/v1/accounts/{other.account_id}",
-                lane.token,
-                None,
-                same(403, "forbidden"),
-                None,
-            )
-        if variant == "negative_credit":
-            body = {"credit_id": "neg1", "amount_micros": -5, "reason": "x"}
-            return (
-                "POST",
-                f"/v1/accounts/{acct}/credits",
-                OPS_TOKEN,
-                body,
-                same(422, "invalid_request", field="amount_micros"),
-                None,
-            )
-        if variant == "bad_request_id":
-            body = {"account_id": acct, "message_id": "bad|id", "direction": "outbound"}
-            return (
-                "POST",
-                "/v1/messages",
-                SWITCH_TOKEN,
-                body,
-                same(422, "invalid_request", field="message_id"),
-                None,
-            )
-        if variant == "zero_duration":
-            body = {"account_id": acct, "duration_seconds": 0}
-            return (
-                "POST",
-                "/v1/calls/zz1/commit",
-                SWITCH_TOKEN,
-                body,
-                same(422, "invalid_request", field="duration_seconds"),
-                None,
-            )
         if variant == "unknown_call":
             body = {"account_id": acct, "duration_seconds": 5}
             return (
@@ -606,30 +563,22 @@ class Driver:
                 "/v1/calls/nosuchcall/commit",
                 SWITCH_TOKEN,
                 body,
-                (lambda w, when: self.predict.commit(w, "nosuchcall", 5, when)),
+                lambda w, when: self.predict.commit(w, "nosuchcall", 5, when),
                 None,
             )
-        if variant == "bad_direction":
-            body = {"account_id": acct, "call_id": "zz2", "direction": "sideways"}
-            return (
-                "POST",
-                "/v1/calls",
-                SWITCH_TOKEN,
-                body,
-                same(422, "invalid_request", field="direction"),
-                None,
-            )
-        if variant == "huge_duration":
-            body = {"account_id": acct, "duration_seconds": 10**9}
-            return (
-                "POST",
-                "/v1/calls/zz3/commit",
-                SWITCH_TOKEN,
-                body,
-                same(422, "invalid_request", field="duration_seconds"),
-                None,
-            )
-        raise AssertionError(variant)
+        if variant == "other_customer":
+            if lane.token is None:
+                return None
+            other = self.lanes[(lane.plan.index + 1) % len(self.lanes)]
+            method, path, token, body = "GET", f"/v1/accounts/{other.account_id}", lane.token, None
+            status, code, details = 403, "forbidden", {}
+        else:
+            method, path, token, body, status, code, details = BAD_REQUESTS[variant](acct)
+
+        def refused(w: State, when: Window) -> list[Outcome]:
+            return [Outcome(status, error(code, **details), None, variant)]
+
+        return method, path, token, body, refused, None
 
     # ---- concurrency on one account ----
 
@@ -761,6 +710,96 @@ class Driver:
                 Outcome(200, {"received": True, "event_id": event_id}, None, "no new money")
             ]
         await self.check_answer(lane, op, a, expect, None, RETRIES_MAX)
+
+
+def _message(acct: str, message_id: str) -> dict[str, Any]:
+    return {"account_id": acct, "message_id": message_id, "direction": "outbound"}
+
+
+# variant -> account id -> (method, path, token, body, status, error code, details)
+BAD_REQUESTS: dict[str, Callable[[str], tuple[Any, ...]]] = {
+    "unknown_account": lambda a: (
+        "POST",
+        "/v1/messages",
+        SWITCH_TOKEN,
+        _message(f"{a}-nosuch", "x1"),
+        404,
+        "unknown_account",
+        {},
+    ),
+    "wrong_role": lambda a: (
+        "POST",
+        "/v1/messages",
+        OPS_TOKEN,
+        _message(a, "x2"),
+        403,
+        "forbidden",
+        {},
+    ),
+    "no_token": lambda a: (
+        "POST",
+        "/v1/ring-through-attempts",
+        None,
+        {"account_id": a, "attempt_id": "x3"},
+        401,
+        "unauthorized",
+        {},
+    ),
+    "bad_token": lambda a: (
+        "POST",
+        "/v1/ring-through-attempts",
+        "not-a-token",
+        {"account_id": a, "attempt_id": "x4"},
+        401,
+        "unauthorized",
+        {},
+    ),
+    "negative_credit": lambda a: (
+        "POST",
+        f"/v1/accounts/{a}/credits",
+        OPS_TOKEN,
+        {"credit_id": "neg1", "amount_micros": -5, "reason": "x"},
+        422,
+        "invalid_request",
+        {"field": "amount_micros"},
+    ),
+    "bad_request_id": lambda a: (
+        "POST",
+        "/v1/messages",
+        SWITCH_TOKEN,
+        _message(a, "bad|id"),
+        422,
+        "invalid_request",
+        {"field": "message_id"},
+    ),
+    "zero_duration": lambda a: (
+        "POST",
+        "/v1/calls/zz1/commit",
+        SWITCH_TOKEN,
+        {"account_id": a, "duration_seconds": 0},
+        422,
+        "invalid_request",
+        {"field": "duration_seconds"},
+    ),
+    "bad_direction": lambda a: (
+        "POST",
+        "/v1/calls",
+        SWITCH_TOKEN,
+        {"account_id": a, "call_id": "zz2", "direction": "sideways"},
+        422,
+        "invalid_request",
+        {"field": "direction"},
+    ),
+    "huge_duration": lambda a: (
+        "POST",
+        "/v1/calls/zz3/commit",
+        SWITCH_TOKEN,
+        {"account_id": a, "duration_seconds": 10**9},
+        422,
+        "invalid_request",
+        {"field": "duration_seconds"},
+    ),
+}
 
 
 def _quiet(lane: Lane) -> bool:

@@ -21,6 +21,7 @@ from sim.world import poll_until
 # Areas a fault touches (driver.Faults.recent checks them).
 AREAS = {
     "writer_kill": ("writer",),
+    "writer_kill_in_outage": ("writer", "writer_pg"),
     "redis_restart": ("redis", "writer", "worker"),
     "redis_loss": ("redis", "writer", "worker"),
     "gateway_kill": ("gateway",),
@@ -81,6 +82,19 @@ async def pg_outage(d: Driver, hit: asyncio.Event, target: str, down_s: float) -
     hit.set()
     await asyncio.sleep(down_s)
     await asyncio.to_thread(proxy.start)
+
+
+async def writer_kill_in_outage(d: Driver, hit: asyncio.Event, down_s: float) -> None:
+    """Postgres cut for the writer while it holds a batch it read, then the writer
+    SIGKILLed in its retries: what it read but never committed must come back."""
+    proxy = d.world.proxies["writer_pg"]
+    w = d.world.workers["writer"]
+    await asyncio.to_thread(proxy.stop)
+    hit.set()
+    await asyncio.sleep(down_s)
+    w.kill()
+    await asyncio.to_thread(proxy.start)
+    w.start()
 
 
 async def redis_restart(d: Driver, hit: asyncio.Event, down_s: float) -> None:
@@ -181,6 +195,7 @@ async def redis_loss(d: Driver, hit: asyncio.Event, recovery: str) -> None:
 
 FAULTS: dict[str, Any] = {
     "writer_kill": writer_kill,
+    "writer_kill_in_outage": writer_kill_in_outage,
     "pg_outage": pg_outage,
     "redis_restart": redis_restart,
     "gateway_kill": gateway_kill,

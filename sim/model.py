@@ -229,6 +229,10 @@ class State:
     # Recharges credited since the last crossing (at most one per crossing).
     recharges_credited: int = 0
     entries: list[Entry] = dataclasses.field(default_factory=list)
+    # The card and recharge settings are Postgres-first: when a change committed
+    # there but its copy to Redis failed (the repair copies it later), Postgres's
+    # values wait here while the fields above still show Redis's.
+    pg_pending: dict[str, Any] | None = None
     # Which background events this world has fired (for the report).
     fired: tuple[str, ...] = ()
     # A digest of which seqs hold answered entries: two worlds with the same state
@@ -258,7 +262,14 @@ class State:
             self.balance,
             self.reserved,
             self.seq,
-            tuple(sorted((c.call_id, c.state, c.held, c.granted_s) for c in self.calls.values())),
+            # When a call closed decides when its record goes (the window): two
+            # worlds where a lost commit applied at different tries stay apart.
+            tuple(
+                sorted(
+                    (c.call_id, c.state, c.held, c.granted_s, c.closed_lo_ms)
+                    for c in self.calls.values()
+                )
+            ),
             self.recharge_pending,
             self.recharge_enabled,
             self.card is not None,
@@ -266,18 +277,27 @@ class State:
             len(self.requests),
             self.requests_digest,
             self.answers_digest,
+            repr(sorted(self.pg_pending.items())) if self.pg_pending else "",
         )
+
+    def pg(self, name: str) -> Any:
+        """A card or recharge field as Postgres holds it."""
+        if self.pg_pending is not None and name in self.pg_pending:
+            return self.pg_pending[name]
+        return getattr(self, name)
 
     # -- the pieces every script shares --
 
     def remember(self, key: tuple[str, str], rem: Remembered) -> None:
-        if key not in self.requests:
-            self.requests_digest ^= hash(key)
+        old = self.requests.get(key)
+        if old is not None:
+            self.requests_digest ^= hash((key, old.at_lo_ms))
+        self.requests_digest ^= hash((key, rem.at_lo_ms))
         self.requests[key] = rem
 
     def add_entry(self, item: str, amount: int, request_id: str, source: str) -> None:
         self.seq += 1
-        if source in ("answer", "payment_answer"):
+        if source == "answer":
             self.answers_digest ^= hash((self.seq, request_id))
         self.entries.append(Entry(self.seq, item, amount, self.balance, request_id, source))
 
@@ -294,6 +314,14 @@ class State:
             self.recharge_pending_amount = self.recharge_amount or 0
             self.recharge_pending_since_ms = at_ms
             self.recharge_end_allowed = False
+            self.note_recharge_conditions()
+
+    def apply_pg_pending(self) -> None:
+        """Redis now holds Postgres's card and recharge settings (a copy was made)."""
+        if self.pg_pending is not None:
+            for name, value in self.pg_pending.items():
+                setattr(self, name, value)
+            self.pg_pending = None
             self.note_recharge_conditions()
 
     def note_recharge_conditions(self) -> None:
@@ -838,9 +866,10 @@ class Predict:
             return [Outcome(422, error("invalid_request", field=bad), None, "refused")]
         if not st.exists:
             return [Outcome(404, error("unknown_account"), None)]
-        if enabled and st.card is None:
+        if enabled and st.pg("card") is None:
             return [Outcome(422, error("invalid_request", field="enabled"), None, "no card")]
         new = st.clone()
+        new.apply_pg_pending()
         new.recharge_enabled = bool(enabled)
         new.recharge_amount, new.recharge_threshold = amount, threshold
         new.recharge_email = email
@@ -859,6 +888,7 @@ class Predict:
         if not st.exists:
             return [Outcome(404, error("unknown_account"), None)]
         new = st.clone()
+        new.apply_pg_pending()
         expect = {"account_id": st.account_id, **(card_answer or {"brand": ANY, "last4": ANY})}
         new.card = None  # set by bind from the real answer
         new.card_declines = pm == "pm_card_chargeCustomerFail"
@@ -873,7 +903,8 @@ class Predict:
         if not st.exists:
             return [Outcome(404, error("unknown_account"), None)]
         new = st.clone()
-        had = st.card is not None
+        had = st.pg("card") is not None
+        new.pg_pending = None
         new.card = None
         new.card_declines = False
         new.recharge_enabled = False
@@ -909,9 +940,9 @@ class Predict:
                 return [Outcome(200, replay, None, "replay")]
             if prior.status == "failed":
                 return [Outcome(402, error("payment_failed"), None)]
-        if st.card is None:
+        if st.pg("card") is None:
             return [Outcome(409, error("no_card_on_file"), None)]
-        if st.card_declines:
+        if st.pg("card_declines"):
             new = st.clone()
             new.payments[payment_id] = Payment(amount, "failed")
             return [Outcome(402, error("card_declined"), new, "declined")]
@@ -941,10 +972,10 @@ class Predict:
         prior = st.payments.get(payment_id)
         if prior is not None and (prior.status != "pending" or prior.amount != amount):
             return []
-        if st.card is None:
+        if st.pg("card") is None:
             return []
         new = st.clone()
-        if st.card_declines:
+        if st.pg("card_declines"):
             # Declined, and the failure recorded (by the request or the webhook).
             new.payments[payment_id] = Payment(amount, "failed")
         else:
@@ -1014,6 +1045,8 @@ def possible_events(st: State, now_ms: int) -> list[Event]:
     for pid, p in st.payments.items():
         if p.status == "pending" and not p.credited:
             out.append(Event("payment_credit", pid))
+    if st.pg_pending is not None:
+        out.append(Event("settings_copied", ""))
     return out
 
 
@@ -1063,7 +1096,37 @@ def fire(st: State, ev: Event, now_ms: int) -> State | None:
         p.status = "succeeded"
         new.note_crossing()
         return new
+    if ev.kind == "settings_copied":
+        if new.pg_pending is None:
+            return None
+        new.apply_pg_pending()
+        return new
     raise AssertionError(ev.kind)
+
+
+SETTINGS_FIELDS = (
+    "card",
+    "card_declines",
+    "recharge_enabled",
+    "recharge_amount",
+    "recharge_threshold",
+    "recharge_email",
+)
+
+
+def lagging_copy(old: State, applied: State) -> State | None:
+    """`applied` with Redis still showing `old`'s card and recharge settings: the
+    change committed in Postgres, its copy to Redis failed."""
+    changed = {
+        n: getattr(applied, n) for n in SETTINGS_FIELDS if getattr(applied, n) != getattr(old, n)
+    }
+    if not changed:
+        return None
+    lag = applied.clone()
+    for name in changed:
+        setattr(lag, name, getattr(old, name))
+    lag.pg_pending = changed
+    return lag
 
 
 def expand(worlds: Iterable[State], now_ms: int, depth: int) -> list[State]:

@@ -89,6 +89,7 @@ class Profile:
     minutes: float = 0.0  # when set, run this long instead of a step count
     faults: tuple[str, ...] = (
         "writer_kill",
+        "writer_kill_in_outage",
         "pg_outage",
         "redis_restart",
         "redis_loss",
@@ -456,6 +457,8 @@ class Plan:
         params: dict[str, Any] = {}
         if kind == "writer_kill":
             params["down_s"] = rng.choice([0.0, 0.3, 1.5])
+        elif kind == "writer_kill_in_outage":
+            params["down_s"] = rng.choice([0.5, 1.0])
         elif kind == "pg_outage":
             params["target"] = rng.choice(["gateway_pg", "writer_pg", "worker_pg"])
             params["down_s"] = rng.choice([0.3, 1.0, 3.0])

@@ -70,6 +70,7 @@ def mailbox() -> Iterator[Mailbox]:
 def pay_settings(stripe_server: StripeServer, mailbox: Mailbox) -> Settings:
     return test_settings(
         stripe_api_base=stripe_server.url,
+        stripe_js_url=stripe_server.url + "/js.stripe.com/v3/",
         stripe_api_key=STRIPE_KEY,
         stripe_webhook_secret=WEBHOOK_SECRET,
         smtp_port=mailbox.port,  # type: ignore[attr-defined]
@@ -210,3 +211,14 @@ async def post_signed_event(http: httpx.AsyncClient, event: dict[str, Any]) -> h
         "Stripe-Signature": f"t={now},v1={mac.hexdigest()}",
     }
     return await http.post("/v1/stripe/webhook", content=payload, headers=headers)
+
+
+def charges_of(stripe_server: StripeServer, account_id: str) -> int:
+    """PaymentIntents Stripe created for one account (declined ones included):
+    counted per account, so charges other tests' episodes make meanwhile do not
+    count."""
+    return sum(
+        1
+        for i in stripe_server.payment_intents(STRIPE_KEY)
+        if (i.get("metadata") or {}).get("account_id") == account_id
+    )

@@ -8,32 +8,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
-from devkit.testing import GatewayProcess
+from devkit.testing import PER_SECOND_RATE_CARD, GatewayProcess
 from metering import accounts, credits, debits, reservations
 from metering.errors import CallClosed, LedgerBacklogFull
 from metering.ledger import registry
 from metering.rate_card import RateCard
 from metering.store import Store
 from metering.sweeper import expire_due_reservations
-from tests.conftest import OPS, SWITCH
+from tests.conftest import OPS, SWITCH, make_account
 from tests.fixtures_ledger import LedgerWorld, ledger_world
 
-# One second costs 1,000 micros, billed per second.
-PER_SECOND = {
-    "call_outbound_per_minute_micros": 60_000,
-    "call_inbound_per_minute_micros": 60_000,
-    "call_increment_seconds": 1,
-    "call_minimum_seconds": 1,
-    "sms_outbound_micros": 1,
-    "sms_inbound_micros": 1,
-    "ring_through_attempt_micros": 1,
-    "number_purchase_micros": 1,
-    "number_renewal_micros": 1,
-}
+PER_SECOND = PER_SECOND_RATE_CARD  # a second costs 1,000 micros
 FUNDS = 1_000_000
 GRANT_S = 2
 DURATION_MAX_S = 4
@@ -56,18 +46,18 @@ async def calls_world() -> AsyncIterator[tuple[LedgerWorld, GatewayProcess]]:
             gateway.stop()
 
 
-async def funded_account(http: httpx.AsyncClient, name: str) -> str:
+async def funded_account(http: httpx.AsyncClient) -> str:
+    return await make_account(http, FUNDS, PER_SECOND)
+
+
+async def open_call(http: httpx.AsyncClient, account_id: str, call_id: str) -> dict[str, Any]:
     r = await http.post(
-        "/v1/accounts", headers=OPS, json={"account_id": name, "rate_card": PER_SECOND}
-    )
-    assert r.status_code == 201, r.text
-    r = await http.post(
-        f"/v1/accounts/{name}/credits",
-        headers=OPS,
-        json={"credit_id": "funds", "amount_micros": FUNDS, "reason": "test"},
+        "/v1/calls",
+        headers=SWITCH,
+        json={"account_id": account_id, "call_id": call_id, "direction": "outbound"},
     )
     assert r.status_code == 200, r.text
-    return name
+    return dict(r.json())
 
 
 async def until_expired(http: httpx.AsyncClient, account_id: str) -> None:
@@ -86,13 +76,8 @@ async def test_late_commit_corrects_an_expired_call_to_its_real_duration_once(
 ) -> None:
     world, gateway = calls_world
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
-        a = await funded_account(http, "late-commit")
-        r = await http.post(
-            "/v1/calls",
-            headers=SWITCH,
-            json={"account_id": a, "call_id": "c1", "direction": "outbound"},
-        )
-        assert r.status_code == 200 and r.json()["granted_seconds"] == GRANT_S, r.text
+        a = await funded_account(http)
+        assert (await open_call(http, a, "c1"))["granted_seconds"] == GRANT_S
         await until_expired(http, a)
         view = (await http.get(f"/v1/accounts/{a}", headers=OPS)).json()
         assert view["balance_micros"] == FUNDS - 2_000  # the whole grant, by policy
@@ -117,12 +102,7 @@ async def test_late_commit_corrects_an_expired_call_to_its_real_duration_once(
         assert other.status_code == 409 and other.json()["error"] == "idempotency_conflict"
 
         # A late release (the call never connected) refunds the whole expiry.
-        r = await http.post(
-            "/v1/calls",
-            headers=SWITCH,
-            json={"account_id": a, "call_id": "c2", "direction": "outbound"},
-        )
-        assert r.status_code == 200, r.text
+        await open_call(http, a, "c2")
         await until_expired(http, a)
         r = await http.post("/v1/calls/c2/release", headers=SWITCH, json={"account_id": a})
         assert r.status_code == 200, r.text
@@ -152,7 +132,7 @@ async def test_late_commit_corrects_an_expired_call_to_its_real_duration_once(
         (r["item"], r["amount_micros"], r["request_id"], r["detail"].split()[0]) for r in rows
     ]
     assert entries == [
-        ("funds_added", FUNDS, "funds", entries[0][3]),
+        ("funds_added", FUNDS, "initial", entries[0][3]),
         ("call_outbound", -2_000, "c1", "expired"),
         ("call_outbound", 1_000, "c1", "late_commit"),
         ("call_outbound", -2_000, "c2", "expired"),
@@ -168,13 +148,8 @@ async def test_extend_at_the_duration_cap_answers_call_duration_limit_not_insuff
 ) -> None:
     _, gateway = calls_world
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
-        a = await funded_account(http, "at-the-cap")
-        r = await http.post(
-            "/v1/calls",
-            headers=SWITCH,
-            json={"account_id": a, "call_id": "long", "direction": "outbound"},
-        )
-        assert r.status_code == 200, r.text
+        a = await funded_account(http)
+        await open_call(http, a, "long")
         r = await http.post("/v1/calls/long/extend", headers=SWITCH, json={"account_id": a})
         assert r.status_code == 200 and r.json()["total_granted_seconds"] == DURATION_MAX_S, r.text
         r = await http.post("/v1/calls/long/extend", headers=SWITCH, json={"account_id": a})

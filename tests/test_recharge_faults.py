@@ -25,7 +25,7 @@ from metering.settings import Settings
 from metering.store import Store
 from tests.conftest import url_port, url_with_port
 from tests.fixtures_ledger import kill
-from tests.fixtures_payments import wait_until
+from tests.fixtures_payments import charges_of, wait_until
 from tests.test_payments import balance_of
 from tests.test_recharge import send_messages, set_up_recharge
 
@@ -207,13 +207,12 @@ async def test_a_worker_killed_between_charge_and_credit_credits_once(
     workers: list[WorkerProcess],
 ) -> None:
     account_id, auth = await set_up_recharge(pay_http, "pm_card_visa", START, "kill@example.com")
-    intents_before = stripe_server.intents_created()
     dying = WorkerProcess(worker_settings(pay_settings, crash_point=point), f"faults-{point}")
     workers.append(dying)
     await asyncio.sleep(1.0)
     await send_messages(pay_http, account_id, 2, "kill")
     assert dying.died_by_sigkill(), dying.stop()
-    assert stripe_server.intents_created() - intents_before == 1  # the card was charged
+    assert charges_of(stripe_server, account_id) == 1  # the card was charged
     # The same worker comes back (same consumer name) after its lease ran out.
     workers.append(WorkerProcess(worker_settings(pay_settings), f"faults-{point}"))
 
@@ -228,7 +227,7 @@ async def test_a_worker_killed_between_charge_and_credit_credits_once(
     await wait_until(settled, timeout_s=20)
     await asyncio.sleep(1.5)  # webhooks, repairs and more rounds: nothing more
     assert await balance_of(pay_http, account_id, auth) == RECHARGED
-    assert stripe_server.intents_created() - intents_before == 1
+    assert charges_of(stripe_server, account_id) == 1
     [credit] = await recharge_credits(pay_db, pay_store, account_id)
     row = await pay_db.fetchrow(
         "SELECT payment_intent_id, status, credited FROM payments WHERE account_id = $1",

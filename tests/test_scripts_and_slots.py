@@ -60,6 +60,12 @@ async def test_every_script_call_uses_keys_of_one_slot(store: Store) -> None:
             [account, "k3", 60, s.settings.live_channel],
         )
         await recharge_marks.clear_pending_mark(s, account, 0)
+        # The ledger check's script (here: nothing behind, it changes nothing).
+        await s.scripts["fast_forward"](
+            recording,
+            [keys.account, keys.calls, keys.shard.expiry],
+            [account, 0, 0, 60, s.settings.live_channel, 0],
+        )
         await publish_account_state(s, account)
         await credits.add_charge_funds(s, account, "pi_slots", 1_000_000, "pay_now", "p")
         await s.scripts["sync_settings"](recording, [keys.account], [1, "recharge_enabled", "0"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from devkit.testing import ROOT
+from devkit.testing import PER_SECOND_RATE_CARD, ROOT
 from metering import accounts, reservations
 from tests.fixtures_ledger import LedgerWorld, Traffic, assert_postgres_matches, kill, ledger_world
 
@@ -76,19 +76,6 @@ async def test_standalone_ledger_writer_rides_out_a_redis_restart_and_says_so() 
         assert_postgres_matches(traffic.expected, await world.postgres_entries())
 
 
-RATE_CARD_PER_SECOND = {
-    "call_outbound_per_minute_micros": 60_000,
-    "call_inbound_per_minute_micros": 60_000,
-    "call_increment_seconds": 1,
-    "call_minimum_seconds": 1,
-    "sms_outbound_micros": 1,
-    "sms_inbound_micros": 1,
-    "ring_through_attempt_micros": 1,
-    "number_purchase_micros": 1,
-    "number_renewal_micros": 1,
-}
-
-
 async def test_standalone_sweeper_rides_out_a_redis_restart_and_says_so() -> None:
     from metering import credits
     from metering.ledger import registry
@@ -103,7 +90,7 @@ async def test_standalone_sweeper_rides_out_a_redis_restart_and_says_so() -> Non
     ) as world:
         account_id = "sweep-restart"
         await registry.create_account(
-            world.store, world.pool, account_id, RateCard.parse(RATE_CARD_PER_SECOND)
+            world.store, world.pool, account_id, RateCard.parse(PER_SECOND_RATE_CARD)
         )
         await credits.add_funds(world.store, account_id, "funds", 10_000_000, "ops_credit")
         sweeper = subprocess.Popen(

@@ -6,8 +6,12 @@ last seq, reserved = 0 (open calls died with Redis: their held money is simply
 available again), and its shard membership; then every customer token not
 revoked (and the key of every revoked one is deleted, in case this Redis came
 back from a copy older than the revocation).
-Accounts Redis still has are left alone, so a rebuild can never move a live
-balance. Run the writer to drain first if the old Redis is still readable.
+Accounts Redis still has keep their live state unless Redis is *behind* the
+ledger (a Redis that came back from an append-only file missing its last
+second): those are fast-forwarded to the ledger (metering/ledger/recovery.py),
+so their next change continues the ledger's seq. Last, this Redis lifetime is
+marked checked (the gateways' restart fence then lets money move in it). Run
+the writer to drain first if the old Redis is still readable.
 
 Money from Stripe charges stays credited once, forever: the record of each
 charge's credit is put back from the ledger (whose entry carries the
@@ -36,19 +40,21 @@ from metering.credits import CHARGE_SOURCES, charge_credit_answer, charge_source
 from metering.keys import AccountKeys, token_key
 from metering.ledger import customer_tokens
 from metering.ledger.database import store_and_connection
+from metering.ledger.recovery import (
+    LAST_ENTRY_COLUMNS,
+    LAST_ENTRY_JOIN,
+    catch_up,
+    mark_checked,
+    redis_run_id,
+)
 from metering.ledger.registry import PERSISTED_FIELDS, hash_fields
 from metering.settings import Settings
 from metering.store import Store
 
 # The accounts with their last ledger entry, walked by the primary key index.
 LOAD_SQL = f"""
-SELECT a.id, {", ".join("a." + n for n in PERSISTED_FIELDS)},
-       coalesce(l.seq, 0) AS last_seq, coalesce(l.balance_after_micros, 0) AS balance_micros
-FROM accounts a
-LEFT JOIN LATERAL (
-    SELECT seq, balance_after_micros FROM ledger_entries e
-    WHERE e.account_id = a.id ORDER BY seq DESC LIMIT 1
-) l ON true
+SELECT a.id, {", ".join("a." + n for n in PERSISTED_FIELDS)}, {LAST_ENTRY_COLUMNS}
+FROM accounts a {LAST_ENTRY_JOIN}
 ORDER BY a.id
 """
 NUMBERS_SQL = """
@@ -114,6 +120,8 @@ class RebuildReport:
     charge_credits_restored: int = 0
     charges_owed: int = 0
     numbers_restored: int = 0
+    accounts_fast_forwarded: int = 0
+    calls_settled: int = 0
 
 
 async def _side_fields(conn: Any) -> dict[str, dict[str, str]]:
@@ -162,8 +170,14 @@ async def rebuild(store: Store, conn: Any) -> RebuildReport:
                 restored.append(row["id"])
             await pipe.execute()
     report.numbers_restored = await _restore_numbers(store, conn, restored)
+    run_id = "" if store.settings.redis_cluster else await redis_run_id(store.redis)
+    caught_up = await catch_up(store, conn)
+    report.accounts_fast_forwarded = caught_up.accounts_fast_forwarded
+    report.calls_settled = caught_up.calls_settled
     await _restore_tokens(store, conn, report)
     await _restore_charge_credits(store, conn, report)
+    if run_id:
+        await mark_checked(store.redis, run_id)
     return report
 
 
@@ -237,7 +251,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(
         f"rebuild: {report.accounts_restored} accounts restored, "
-        f"{report.accounts_kept} already in Redis (kept), "
+        f"{report.accounts_kept} already in Redis (kept; "
+        f"{report.accounts_fast_forwarded} of them fast-forwarded to the ledger, "
+        f"{report.calls_settled} open calls settled as the ledger closed them), "
         f"{report.tokens_restored} customer tokens restored, "
         f"{report.revoked_tokens_removed} revoked customer tokens removed, "
         f"{report.numbers_restored} phone numbers restored, "

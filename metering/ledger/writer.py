@@ -28,7 +28,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Iterable
@@ -43,6 +42,7 @@ from metering.ledger.migrate import require_migrated
 from metering.ledger_entries import CREDIT_ITEMS, LedgerEntry
 from metering.metrics import METRICS
 from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
+from metering.polling import stop_on_signals
 from metering.settings import Settings
 from metering.shard_streams import claim_idle, ensure_groups
 from metering.store import Store, open_store, run_each
@@ -450,10 +450,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     """`python -m metering ledger-writer`."""
     shards = owned_shards(settings.shard_count, args.writer_index, args.writer_count)
     consumer = args.consumer or f"writer-{args.writer_index}-of-{args.writer_count}"
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     # Started while Redis restarts: wait for it rather than exit.
     starting = Outage(f"ledger writer {consumer}", log, settings.outage_backoff_max_s)
     store = await until_it_answers(starting, stop, lambda: open_store(settings))

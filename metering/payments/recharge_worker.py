@@ -37,7 +37,6 @@ import asyncio
 import dataclasses
 import datetime
 import logging
-import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -50,9 +49,10 @@ from redis.exceptions import ResponseError
 from metering import crash_points
 from metering.account_state import publish_account_state
 from metering.events import emit_event, event_id
-from metering.ledger.database import DATABASE_DOWN, create_pool
+from metering.ledger.database import DATABASE_DOWN
+from metering.ledger.recovery import open_money_store
 from metering.metrics import METRICS
-from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
+from metering.outages import REDIS_DOWN, Outage, pause
 from metering.payments import recharge_settings
 from metering.payments.charges import (
     AUTOMATIC_RECHARGE,
@@ -61,7 +61,12 @@ from metering.payments.charges import (
     recharge_payment_id,
 )
 from metering.payments.decline_words import failure_words
-from metering.payments.notifications import recharge_failure_message, send_email
+from metering.payments.notifications import (
+    recharge_failure_message,
+    recharge_receipt_message,
+    send_email,
+)
+from metering.payments.receipts import attempt_reference, card_words, cards_of, receipt_url
 from metering.payments.recharge_intake import RechargeIntake
 from metering.payments.recharge_marks import clear_pending_mark
 from metering.payments.recharge_repair import RechargeRepair
@@ -73,8 +78,9 @@ from metering.payments.stripe_client import (
     idempotency_key,
     to_cents,
 )
+from metering.polling import stop_on_signals
 from metering.settings import Settings
-from metering.store import Store, open_store
+from metering.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +108,10 @@ SQL_END_EPISODE = """
 SQL_CLAIM_EMAIL = """
     UPDATE recharge_episodes SET emailed_at = now()
     WHERE account_id = $1 AND episode_us = $2 AND emailed_at IS NULL RETURNING episode_us"""
+SQL_CLAIM_RECEIPT_EMAIL = """
+    UPDATE recharge_episodes SET receipt_emailed_at = now()
+    WHERE account_id = $1 AND episode_us = $2 AND receipt_emailed_at IS NULL
+    RETURNING episode_us"""
 SQL_UNCLAIM_EMAIL = """
     UPDATE recharge_episodes SET emailed_at = NULL WHERE account_id = $1 AND episode_us = $2"""
 SQL_EPISODE_AMOUNT = """
@@ -312,6 +322,7 @@ class RechargeWorker:
             assert outcome.payment_intent_id is not None
             await self._credit(ep, outcome.payment_intent_id)
             log.info("recharged %s with %d micros", ep.account_id, ep.amount_micros)
+            await self._email_receipt(ep, email, outcome.payment_intent_id)
             return outcome
         await self._failed(ep, attempt_no, outcome, email)
         return outcome
@@ -357,7 +368,7 @@ class RechargeWorker:
         log.warning("recharge of %s refused: %s", ep.account_id, reason)
         next_attempt = "none (automatic recharge is off)"
         await self._failure_event(ep, attempt_no, reason, next_attempt)
-        await self._email_once(ep, email, reason, next_attempt)
+        await self._email_once(ep, email, reason, next_attempt, attempt_no)
 
     async def _failed(
         self, ep: Episode, attempt_no: int, outcome: ChargeOutcome, email: str
@@ -437,7 +448,7 @@ class RechargeWorker:
             await publish_account_state(self.store, ep.account_id)
         log.warning("recharge of %s failed: %s", ep.account_id, outcome.reason)
         await self._failure_event(ep, attempt_no, outcome.reason, next_attempt)
-        await self._email_once(ep, email, outcome.reason, next_attempt)
+        await self._email_once(ep, email, outcome.reason, next_attempt, attempt_no)
 
     async def _failure_event(
         self, ep: Episode, attempt_no: int, reason: str, next_attempt: str
@@ -455,11 +466,23 @@ class RechargeWorker:
             },
         )
 
-    async def _email_once(self, ep: Episode, email: str, reason: str, next_attempt: str) -> None:
+    async def _email_once(
+        self, ep: Episode, email: str, reason: str, next_attempt: str, attempt_no: int
+    ) -> None:
         if not email or not await self.db.fetchval(SQL_CLAIM_EMAIL, ep.account_id, ep.episode_us):
             return
+        # The attempt's record opens from the email without a token.
+        link = receipt_url(
+            self.settings, ep.account_id, attempt=attempt_reference(ep.episode_us, attempt_no)
+        )
         message = recharge_failure_message(
-            self.settings, email, ep.account_id, ep.amount_micros, reason, next_attempt
+            self.settings,
+            email,
+            ep.account_id,
+            ep.amount_micros,
+            failure_words(reason),
+            next_attempt,
+            link,
         )
         try:
             await self.mailer(self.settings, message)
@@ -469,6 +492,33 @@ class RechargeWorker:
             await self.db.execute(SQL_UNCLAIM_EMAIL, ep.account_id, ep.episode_us)
             return
         METRICS.emails.inc(("recharge.failed", "sent"))
+
+    async def _email_receipt(self, ep: Episode, email: str, payment_intent_id: str) -> None:
+        """The receipt of a recharge, emailed once per episode (best effort: the
+        receipt itself stays on the billing page)."""
+        if not email or not await self.db.fetchval(
+            SQL_CLAIM_RECEIPT_EMAIL, ep.account_id, ep.episode_us
+        ):
+            return
+        cards = await cards_of(self.db, self.stripe, [payment_intent_id])
+        link = receipt_url(
+            self.settings, ep.account_id, payment_id=recharge_payment_id(ep.episode_us)
+        )
+        message = recharge_receipt_message(
+            self.settings,
+            email,
+            ep.account_id,
+            ep.amount_micros,
+            card_words(cards.get(payment_intent_id)),
+            link,
+        )
+        try:
+            await self.mailer(self.settings, message)
+        except Exception as exc:
+            METRICS.emails.inc(("recharge.receipt", "failed"))
+            log.warning("could not email the receipt of %s to %s: %s", ep.account_id, email, exc)
+            return
+        METRICS.emails.inc(("recharge.receipt", "sent"))
 
     async def _end(self, ep: Episode, why: str) -> None:
         # Postgres first: a crash before the mark is cleared leaves an ended
@@ -492,16 +542,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the worker until SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # Started while Redis restarts: wait for it rather than exit.
-    starting = Outage("recharge worker", log, settings.outage_backoff_max_s)
-    store = await until_it_answers(starting, stop, lambda: open_store(settings))
-    if store is None:
+    stop = stop_on_signals()
+    # Credits move money: none in a restarted Redis before the ledger check.
+    opened = await open_money_store(settings, "recharge worker", stop)
+    if opened is None:
         return 0
-    db = await create_pool(settings)
+    store, db = opened
     client = build_stripe_client(settings)
     worker = RechargeWorker(
         store, db, client, settings, consumer=args.consumer or default_consumer()

@@ -49,7 +49,7 @@ log = logging.getLogger("metering.cli")
 # name -> (module, help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("metering.ledger.migrate", "apply the Postgres migrations (safe to run twice)"),
-    "sweep": ("metering.sweeper", "run the reservation sweeper on its own"),
+    "sweep": ("metering.tools.sweep", "run the reservation sweeper on its own"),
     "recharge-worker": (
         "metering.payments.recharge_worker",
         "charge cards for automatic recharges, credit them, email failures",
