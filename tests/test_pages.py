@@ -18,6 +18,7 @@ import pytest
 
 from devkit.testing import ROOT, GatewayProcess
 from metering.ledger.migrate import migrate
+from metering.ledger.writer import COLUMNS as LEDGER_COLUMNS
 from metering.settings import Settings
 from tests.conftest import OPS, SWITCH, make_account
 from tests.fixtures_pages import (
@@ -483,16 +484,7 @@ async def test_dashboard_with_10000_entries_opens_fast(page, ledger_gateway, set
         await conn.copy_records_to_table(
             "ledger_entries",
             records=rows,
-            columns=[
-                "account_id",
-                "seq",
-                "item",
-                "amount_micros",
-                "balance_after_micros",
-                "request_id",
-                "at_us",
-                "detail",
-            ],
+            columns=list(LEDGER_COLUMNS),
         )
     finally:
         await conn.close()
