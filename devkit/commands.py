@@ -271,6 +271,11 @@ def run_environment(children: Children) -> dict[str, str]:
     extra.setdefault(
         "METERING_WEBHOOK_PRIVATE_TARGETS", os.environ.get("METERING_WEBHOOK_PRIVATE_TARGETS", "1")
     )
+    # Receipt links in emails point at this gateway.
+    extra.setdefault(
+        "METERING_PUBLIC_URL",
+        os.environ.get("METERING_PUBLIC_URL") or f"http://127.0.0.1:{extra['METERING_PORT']}",
+    )
     env = venv_env(extra)
     if not os.environ.get("METERING_STRIPE_API_BASE"):
         stripe = local_stripe_command()
@@ -286,6 +291,8 @@ def run_environment(children: Children) -> dict[str, str]:
                 stdin=subprocess.DEVNULL,
             )
             env["METERING_STRIPE_API_BASE"] = f"http://127.0.0.1:{port}"
+            # The dashboard's card entry loads the local Stripe's copy of Stripe.js.
+            env.setdefault("METERING_STRIPE_JS_URL", f"http://127.0.0.1:{port}/js.stripe.com/v3/")
             wait_port(port, "local stripe")
             say(f"local stripe: {env['METERING_STRIPE_API_BASE']}")
         else:

@@ -10,7 +10,8 @@ import dataclasses
 from typing import Any
 
 from metering import fields
-from metering.errors import raise_refusal
+from metering.burn import spend_key, spend_ttl_s
+from metering.errors import MeteringError, raise_refusal
 from metering.rate_card import ONE_SHOT_PRICE_FIELD
 from metering.store import Store
 
@@ -39,6 +40,9 @@ class Charge:
         }
 
 
+DebitCall = tuple[list[str], list[Any]]
+
+
 def debit_call(
     store: Store,
     account_id: str,
@@ -50,7 +54,7 @@ def debit_call(
     number: str = "",
     number_role: str = "",
     renewal_mode: str = "",
-) -> tuple[list[str], list[Any]]:
+) -> DebitCall:
     """The KEYS and ARGV of debit.lua for one charge (lua/debit.lua's header);
     the bench's bare route and redis-benchmark send exactly these."""
     keys = store.account_keys(account_id)
@@ -64,6 +68,7 @@ def debit_call(
             keys.numbers,
             keys.shard.numbers,
             keys.shard.events,
+            spend_key(settings, keys.shard),
         ],
         [
             account_id,
@@ -78,6 +83,7 @@ def debit_call(
             number,
             number_role,
             renewal_mode,
+            spend_ttl_s(settings),
         ],
     )
 
@@ -92,7 +98,7 @@ def charge_of(result: list[Any], args: list[Any]) -> Charge:
     )
 
 
-async def debit(store: Store, call: tuple[list[str], list[Any]]) -> Charge:
+async def debit(store: Store, call: DebitCall) -> Charge:
     """Charge one billing item at the account's rate (`call` from debit_call);
     idempotent by (kind, request id), so a message id reused with the other
     direction is a conflict, not a second charge. A number named in a role
@@ -101,11 +107,10 @@ async def debit(store: Store, call: tuple[list[str], list[Any]]) -> Charge:
     return charge_of(await store.scripts.debit(store.redis, keys, args), args)
 
 
-async def message(
+def message_call(
     store: Store, account_id: str, message_id: str, direction: str, number: str | None = None
-) -> Charge:
-    """An outgoing or incoming text message; naming the account's number (sent from
-    or to) refuses it while that number is suspended."""
+) -> DebitCall:
+    """The script call of an outgoing or incoming text message (checked)."""
     fields.account_id(account_id)
     fields.request_id(message_id, "message_id")
     fields.choice(direction, "direction", DIRECTIONS)
@@ -113,28 +118,58 @@ async def message(
     if number is not None:
         fields.phone_number(number)
         fingerprint = f"{direction};{number}"
-    return await debit(
+    return debit_call(
         store,
-        debit_call(
-            store,
-            account_id,
-            f"sms_{direction}",
-            "message",
-            message_id,
-            fingerprint,
-            number=number or "",
-            number_role="use" if number else "",
-        ),
+        account_id,
+        f"sms_{direction}",
+        "message",
+        message_id,
+        fingerprint,
+        number=number or "",
+        number_role="use" if number else "",
     )
+
+
+def attempt_call(store: Store, account_id: str, attempt_id: str) -> DebitCall:
+    """The script call of one ring-through connection attempt (checked)."""
+    fields.account_id(account_id)
+    fields.request_id(attempt_id, "attempt_id")
+    return debit_call(store, account_id, "ring_through_attempt", "attempt", attempt_id, "")
+
+
+async def message(
+    store: Store, account_id: str, message_id: str, direction: str, number: str | None = None
+) -> Charge:
+    """An outgoing or incoming text message; naming the account's number (sent from
+    or to) refuses it while that number is suspended."""
+    return await debit(store, message_call(store, account_id, message_id, direction, number))
 
 
 async def ring_through_attempt(store: Store, account_id: str, attempt_id: str) -> Charge:
     """One connection attempt of a workflow's ring-through."""
-    fields.account_id(account_id)
-    fields.request_id(attempt_id, "attempt_id")
-    return await debit(
-        store, debit_call(store, account_id, "ring_through_attempt", "attempt", attempt_id, "")
-    )
+    return await debit(store, attempt_call(store, account_id, attempt_id))
+
+
+async def debit_many(store: Store, calls: list[DebitCall | Exception]) -> list[Charge | Exception]:
+    """Several charges (each call from message_call or attempt_call, or the
+    exception that building it raised), written to Redis at once and applied in
+    order; each its Charge or its own error (a refusal, a timeout), in order."""
+    ready = [c for c in calls if not isinstance(c, Exception)]
+    answers = iter(await store.scripts.debit.run_many(store.redis, ready))
+    out: list[Charge | Exception] = []
+    for call in calls:
+        if isinstance(call, Exception):
+            out.append(call)
+            continue
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            out.append(answer)
+            continue
+        try:
+            out.append(charge_of(answer, call[1]))
+        except MeteringError as refusal:
+            out.append(refusal)
+    return out
 
 
 async def number_purchase(

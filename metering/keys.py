@@ -20,6 +20,7 @@ unchanged on Redis Cluster.
     m:{s042}:numbers                 stream purchases and switch renewals for the number scheduler
                                             (see numbers/intake.py)
     m:{s042}:events                  stream account events: low balance, payments (see events.py)
+    m:{s042}:spend:<bucket>          hash   account id -> micros spent in the bucket (burn.py)
     m:token:<sha256 hex>             string account id of a customer token
     m:ledger_checked                 string the run id of the Redis server whose data the
                                             ledger check last brought in line with Postgres
@@ -59,6 +60,10 @@ class ShardKeys:
         self.expiry = base + ":expiry"
         self.numbers = base + ":numbers"
         self.events = base + ":events"
+
+    def spend(self, bucket: int) -> str:
+        """The spend counters of one time bucket (metering/burn.py)."""
+        return f"{PREFIX}{self.tag}:spend:{bucket}"
 
 
 class AccountKeys:

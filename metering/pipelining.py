@@ -94,9 +94,7 @@ def pack_command(args: tuple[Any, ...] | list[Any]) -> bytes:
                 f"invalid script argument {arg!r} of type {kind.__name__}: "
                 "use str, bytes, int or float"
             )
-        append(b"$%d\r\n" % len(data))
-        append(data)
-        append(b"\r\n")
+        append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
 
 
@@ -303,6 +301,44 @@ class ScriptPipeline:
         if type(reply) is ErrorReply:
             return await self._after_error(redis_error(reply), connection, script, keys, args)
         return reply
+
+    async def run_many(
+        self, script: LuaScript, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Every call written at once, in order (one write per node, in batches of
+        `redis_pipeline_batch_max`), without a task per call; the answers in
+        order, each an answer or the exception of that call alone."""
+        if self._cluster and any(not keys for keys, _ in calls):
+            return await asyncio.gather(
+                *(script.call_one(self.client, k, a) for k, a in calls), return_exceptions=True
+            )
+        sent: list[tuple[RespConnection, asyncio.Future[Any]] | BaseException] = []
+        for keys, args in calls:
+            try:
+                address = self._address(keys)
+                connection = self._connections.get(address)
+                if connection is None or connection.closed:
+                    connection = await self._connect(address)
+                packed = pack_command((b"EVALSHA", script.sha, len(keys), *keys, *args))
+                sent.append((connection, connection.call(packed)))
+            except Exception as exc:  # this call's own failure (e.g. the queue bound)
+                sent.append(exc)
+        answers: list[Any] = []
+        for (keys, args), pending in zip(calls, sent, strict=True):
+            if isinstance(pending, BaseException):
+                answers.append(pending)
+                continue
+            connection, future = pending
+            try:
+                reply = await future
+                if type(reply) is ErrorReply:
+                    reply = await self._after_error(
+                        redis_error(reply), connection, script, keys, args
+                    )
+                answers.append(reply)
+            except Exception as exc:
+                answers.append(exc)
+        return answers
 
     async def _after_error(
         self,

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from metering import fields
+from metering.burn import spend_key, spend_ttl_s
 from metering.debits import DIRECTIONS
 from metering.errors import InvalidRequest, raise_refusal
 from metering.store import Store
@@ -188,7 +189,13 @@ async def commit(store: Store, account_id: str, call_id: str, duration_seconds: 
     s = store.settings
     r = await store.scripts.commit(
         store.redis,
-        [*keys.call_keys(call_id), keys.shard.ledger, keys.shard.recharge, keys.shard.events],
+        [
+            *keys.call_keys(call_id),
+            keys.shard.ledger,
+            keys.shard.recharge,
+            keys.shard.events,
+            spend_key(s, keys.shard),
+        ],
         [
             account_id,
             call_id,
@@ -196,6 +203,7 @@ async def commit(store: Store, account_id: str, call_id: str, duration_seconds: 
             s.idempotency_window_s,
             s.call_late_commit_window_s,
             s.live_channel,
+            spend_ttl_s(s),
         ],
     )
     raise_refusal(r, account_id, call_id)
@@ -221,8 +229,15 @@ async def release(store: Store, account_id: str, call_id: str) -> Release:
     s = store.settings
     r = await store.scripts.release(
         store.redis,
-        [*keys.call_keys(call_id), keys.shard.ledger, keys.shard.events],
-        [account_id, call_id, s.idempotency_window_s, s.live_channel, s.call_late_commit_window_s],
+        [*keys.call_keys(call_id), keys.shard.ledger, keys.shard.events, spend_key(s, keys.shard)],
+        [
+            account_id,
+            call_id,
+            s.idempotency_window_s,
+            s.live_channel,
+            s.call_late_commit_window_s,
+            spend_ttl_s(s),
+        ],
     )
     raise_refusal(r, account_id, call_id)
     return Release(call_id, int(r[2]), int(r[3]), int(r[4]), r[1] == 1, _correction(r, 5))

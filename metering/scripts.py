@@ -13,6 +13,7 @@ recording wrapper, a tool's), a script runs on that client, one call at a time.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,19 @@ class LuaScript:
         if pipeline is not None and redis is pipeline.client:
             return await pipeline.run(self, keys, args)
         return await self.call_one(redis, keys, args)
+
+    async def run_many(self, redis: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """This script once per (keys, args), all written at once; the answers in
+        order, each an answer or that call's exception (nothing is raised)."""
+        pipeline = self.pipeline
+        if pipeline is not None and redis is pipeline.client:
+            return await pipeline.run_many(self, calls)
+        return list(
+            await asyncio.gather(
+                *(self.call_one(redis, keys, args) for keys, args in calls),
+                return_exceptions=True,
+            )
+        )
 
     async def call_one(self, redis: Any, keys: list[str], args: list[Any]) -> Any:
         """This call alone, on `redis` (a redis-py client)."""

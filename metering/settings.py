@@ -134,6 +134,8 @@ class Settings:
 
     # Activity API.
     activity_page_max: int = 500
+    # Days one usage summary (GET .../usage) may span.
+    usage_days_max: int = 366
 
     # Ledger writer.
     ledger_batch_rows_max: int = 2_000
@@ -311,6 +313,7 @@ class Settings:
             "ledger_backlog_max",
             "ledger_batch_rows_max",
             "activity_page_max",
+            "usage_days_max",
             "workers",
             "call_extends_max",
             "reservation_sweep_batch_max",

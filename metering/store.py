@@ -38,22 +38,23 @@ CLUSTER_CONCURRENCY = 16
 async def run_each(
     store: Store, script: LuaScript, calls: list[tuple[list[str], list[Any]]]
 ) -> list[Any]:
-    """Run one script once per (keys, args), answers in order. Through the
-    store's pipeline, in rounds of at most one write each (grouped by node on a
-    cluster); without it, one redis-py pipeline on a single server, bounded
+    """Run one script once per (keys, args), answers in order (the first error
+    raised). Through the store's pipeline, all written at once (grouped by node
+    on a cluster); without it, one redis-py pipeline on a single server, bounded
     concurrent calls on a cluster. A NOSCRIPT (a restarted Redis) sends that
     call through the script's reloading path."""
     if not calls:
         return []
     redis = store.redis
     if script.pipeline is not None and redis is script.pipeline.client:
-        out: list[Any] = []
-        step = store.settings.redis_pipeline_batch_max
+        answers: list[Any] = []
+        step = store.settings.redis_pipeline_batch_max  # one write per round
         for start in range(0, len(calls), step):
-            out += await asyncio.gather(
-                *(script(redis, keys, args) for keys, args in calls[start : start + step])
-            )
-        return out
+            answers += await script.run_many(redis, calls[start : start + step])
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return answers
     if store.settings.redis_cluster:
         limit = asyncio.Semaphore(CLUSTER_CONCURRENCY)
 

@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+from metering.burn import spend_key, spend_ttl_s
 from metering.keys import AccountKeys, all_shards, split_expiry_member
 from metering.outages import REDIS_DOWN, Outage, pause
 from metering.store import Store, run_each
@@ -38,12 +39,14 @@ async def expire_due_reservations(store: Store) -> int:
                         keys.shard.ledger,
                         keys.shard.recharge,
                         keys.shard.events,
+                        spend_key(s, keys.shard),
                     ],
                     [
                         account_id,
                         call_id,
                         s.idempotency_window_s,
                         s.live_channel,
+                        spend_ttl_s(s),
                     ],
                 )
             )

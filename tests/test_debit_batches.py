@@ -5,6 +5,7 @@ change nothing."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -99,6 +100,20 @@ async def test_a_bad_item_or_too_many_refuse_the_batch_and_change_nothing(
         "/v1/debit-batches", headers=SWITCH, json={"items": [{"type": "sms", "account_id": "a"}]}
     )
     assert r.status_code == 422 and "message, attempt" in r.json()["message"], r.text
+    # A key twice in one item, in a body past the regex pre-check's size: the
+    # exact check still refuses it (400 duplicate_key), whatever the other items.
+    items = [attempt(account, f"d{i}") for i in range(40)]
+    raw = b'{"items":[' + b",".join(json.dumps(i).encode() for i in items)
+    raw += b',{"type":"attempt","account_id":"%s","attempt_id":"x","attempt_id":"y"}]}' % (
+        account.encode()
+    )
+    assert len(raw) > 2_048
+    r = await http.post(
+        "/v1/debit-batches",
+        headers={**SWITCH, "content-type": "application/json"},
+        content=raw,
+    )
+    assert r.status_code == 400 and r.json()["error"] == "duplicate_key", r.text
     limit = store.settings.debit_batch_items_max
     many = [attempt(account, f"t{i}") for i in range(limit + 1)]
     r = await http.post("/v1/debit-batches", headers=SWITCH, json={"items": many})

@@ -309,3 +309,30 @@ async def test_the_pipeline_can_be_switched_off(server: RedisServer) -> None:
         assert charge.seq == 2
     finally:
         await store.aclose()
+
+
+async def test_a_list_of_calls_is_written_at_once_each_with_its_own_outcome(
+    server: RedisServer,
+) -> None:
+    """run_many (the batches' path): one write, no task per call; a failing call
+    and calls past the queue bound get their own error, the others their answer."""
+    store = await _store(server, redis_pipeline_pending_max=12)
+    try:
+        account = await _funded(store, 100 * SMS_MICROS)
+        calls: list[Any] = [
+            debits.message_call(store, account, f"m-{i}", "outbound") for i in range(15)
+        ]
+        keys, args = calls[1]
+        calls[1] = (keys, [*args[:6], "many", *args[7:]])  # fails inside Redis
+        writes = _connection(store).writes
+        answers = await store.scripts.debit.run_many(store.redis, calls)
+        assert _connection(store).writes - writes == 1
+        assert isinstance(answers[1], redis_errors.ResponseError)
+        assert all(isinstance(a, Unavailable) for a in answers[12:])  # past the bound
+        seqs = [a[5] for i, a in enumerate(answers[:12]) if i != 1]
+        assert seqs == list(range(2, 13))  # in order, one seq each
+        charges = await debits.debit_many(store, [calls[0], ValueError("bad item"), calls[2]])
+        assert [c.replayed for c in charges if not isinstance(c, Exception)] == [True, True]
+        assert isinstance(charges[1], ValueError)
+    finally:
+        await store.aclose()

@@ -15,6 +15,7 @@ committed what came after T to Postgres, then starting Redis on it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,17 @@ def aof_tail(world: LedgerWorld) -> Path:
     return path
 
 
+async def written_length(world: LedgerWorld) -> int:
+    """The file's length once everything answered so far is written to it (Redis
+    may hold writes back for a moment while a slow fsync runs)."""
+    for _ in range(200):
+        info = await world.store.redis.info("persistence")
+        if int(info["aof_buffer_length"]) == 0 and int(info["aof_pending_bio_fsync"]) == 0:
+            return aof_tail(world).stat().st_size
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"Redis did not write its append-only buffer: {info}")
+
+
 @dataclasses.dataclass
 class Loss:
     busy: str  # debited after T
@@ -66,7 +78,7 @@ async def lose_the_last_second(world: LedgerWorld, before_crash: Any = None) -> 
     kept = await reservations.reserve(store, calls, "kept", "outbound")
     await reservations.reserve(store, calls, "ends-later", "outbound")
 
-    cut_at = aof_tail(world).stat().st_size  # T: what a host crash would keep
+    cut_at = await written_length(world)  # T: what a host crash would keep
     for n in range(5):
         await debits.message(store, busy, f"lost-{n}", "outbound")
     committed = await reservations.commit(store, calls, "ends-later", 42)

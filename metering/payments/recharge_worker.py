@@ -60,7 +60,12 @@ from metering.payments.charges import (
     recharge_payment_id,
 )
 from metering.payments.decline_words import failure_words
-from metering.payments.notifications import recharge_failure_message, send_email
+from metering.payments.notifications import (
+    recharge_failure_message,
+    recharge_receipt_message,
+    send_email,
+)
+from metering.payments.receipts import attempt_reference, card_words, cards_of, receipt_url
 from metering.payments.recharge_intake import RechargeIntake
 from metering.payments.recharge_marks import clear_pending_mark
 from metering.payments.recharge_repair import RechargeRepair
@@ -102,6 +107,10 @@ SQL_END_EPISODE = """
 SQL_CLAIM_EMAIL = """
     UPDATE recharge_episodes SET emailed_at = now()
     WHERE account_id = $1 AND episode_us = $2 AND emailed_at IS NULL RETURNING episode_us"""
+SQL_CLAIM_RECEIPT_EMAIL = """
+    UPDATE recharge_episodes SET receipt_emailed_at = now()
+    WHERE account_id = $1 AND episode_us = $2 AND receipt_emailed_at IS NULL
+    RETURNING episode_us"""
 SQL_UNCLAIM_EMAIL = """
     UPDATE recharge_episodes SET emailed_at = NULL WHERE account_id = $1 AND episode_us = $2"""
 SQL_EPISODE_AMOUNT = """
@@ -303,6 +312,7 @@ class RechargeWorker:
             assert outcome.payment_intent_id is not None
             await self._credit(ep, outcome.payment_intent_id)
             log.info("recharged %s with %d micros", ep.account_id, ep.amount_micros)
+            await self._email_receipt(ep, email, outcome.payment_intent_id)
             return outcome
         await self._failed(ep, attempt_no, outcome, email)
         return outcome
@@ -347,7 +357,7 @@ class RechargeWorker:
         log.warning("recharge of %s refused: %s", ep.account_id, reason)
         next_attempt = "none (automatic recharge is off)"
         await self._failure_event(ep, attempt_no, reason, next_attempt)
-        await self._email_once(ep, email, reason, next_attempt)
+        await self._email_once(ep, email, reason, next_attempt, attempt_no)
 
     async def _failed(
         self, ep: Episode, attempt_no: int, outcome: ChargeOutcome, email: str
@@ -427,7 +437,7 @@ class RechargeWorker:
             await publish_account_state(self.store, ep.account_id)
         log.warning("recharge of %s failed: %s", ep.account_id, outcome.reason)
         await self._failure_event(ep, attempt_no, outcome.reason, next_attempt)
-        await self._email_once(ep, email, outcome.reason, next_attempt)
+        await self._email_once(ep, email, outcome.reason, next_attempt, attempt_no)
 
     async def _failure_event(
         self, ep: Episode, attempt_no: int, reason: str, next_attempt: str
@@ -445,17 +455,53 @@ class RechargeWorker:
             },
         )
 
-    async def _email_once(self, ep: Episode, email: str, reason: str, next_attempt: str) -> None:
+    async def _email_once(
+        self, ep: Episode, email: str, reason: str, next_attempt: str, attempt_no: int
+    ) -> None:
         if not email or not await self.db.fetchval(SQL_CLAIM_EMAIL, ep.account_id, ep.episode_us):
             return
+        # The attempt's record opens from the email without a token.
+        link = receipt_url(
+            self.settings, ep.account_id, attempt=attempt_reference(ep.episode_us, attempt_no)
+        )
         message = recharge_failure_message(
-            self.settings, email, ep.account_id, ep.amount_micros, reason, next_attempt
+            self.settings,
+            email,
+            ep.account_id,
+            ep.amount_micros,
+            failure_words(reason),
+            next_attempt,
+            link,
         )
         try:
             await self.mailer(self.settings, message)
         except Exception as exc:  # SMTP down: unclaim, so the next failure sends it
             log.warning("could not email %s about %s: %s", email, ep.account_id, exc)
             await self.db.execute(SQL_UNCLAIM_EMAIL, ep.account_id, ep.episode_us)
+
+    async def _email_receipt(self, ep: Episode, email: str, payment_intent_id: str) -> None:
+        """The receipt of a recharge, emailed once per episode (best effort: the
+        receipt itself stays on the billing page)."""
+        if not email or not await self.db.fetchval(
+            SQL_CLAIM_RECEIPT_EMAIL, ep.account_id, ep.episode_us
+        ):
+            return
+        cards = await cards_of(self.db, self.stripe, [payment_intent_id])
+        link = receipt_url(
+            self.settings, ep.account_id, payment_id=recharge_payment_id(ep.episode_us)
+        )
+        message = recharge_receipt_message(
+            self.settings,
+            email,
+            ep.account_id,
+            ep.amount_micros,
+            card_words(cards.get(payment_intent_id)),
+            link,
+        )
+        try:
+            await self.mailer(self.settings, message)
+        except Exception as exc:
+            log.warning("could not email the receipt of %s to %s: %s", ep.account_id, email, exc)
 
     async def _end(self, ep: Episode, why: str) -> None:
         # Postgres first: a crash before the mark is cleared leaves an ended
