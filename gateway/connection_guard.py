@@ -48,7 +48,7 @@ def _answer(status: bytes, code: str, message: str, extra: bytes = b"") -> bytes
     return (
         b"HTTP/1.1 "
         + status
-        + b"\r\ncontent-type: application/json\r\n"
+        + b"\r\ncontent-type: application/json\r\nx-content-type-options: nosniff\r\n"
         + extra
         + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
         + body

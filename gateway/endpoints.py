@@ -17,6 +17,7 @@ from gateway import (
     answers,
     notify_api,
     numbers_api,
+    ops_api,
     pages,
     payments_api,
     switch_api,
@@ -219,10 +220,47 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint(
         "GET",
+        "/v1/accounts/{account_id}/usage",
+        activity_api.get_usage,
+        ("customer", "ops"),
+        "Usage at a glance for whole days in the customer's time zone: count and amount per "
+        "billing item, spend per day by item, and each day's closing balance.",
+        errors=(401, 403, 404, 422, 503),
+        query=(
+            ("from", "First day, YYYY-MM-DD in time_zone (inclusive)."),
+            (
+                "to",
+                "Last day, YYYY-MM-DD in time_zone (inclusive); at most "
+                "METERING_USAGE_DAYS_MAX days.",
+            ),
+            ("time_zone", "IANA time zone of the days, e.g. Europe/Berlin (default UTC)."),
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/ops/burn-rates",
+        activity_api.get_burn_rates,
+        ("ops",),
+        "Each account's spend per minute over the last METERING_BURN_WINDOW_S, counted by "
+        "the charging scripts (accounts that spent nothing are left out).",
+        errors=(401, 403),
+    ),
+    Endpoint(
+        "GET",
         "/v1/ops/ledger-lag",
         activity_api.get_ledger_lag,
         ("ops",),
         "Ledger entries not yet in Postgres and the age of the oldest, by shard.",
+        errors=(401, 403),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/ops/status",
+        ops_api.get_ops_status,
+        ("ops",),
+        "For operators: versions (service, Redis, Postgres, schema), ledger lag, worker "
+        "heartbeats, recharge backlog, the continuous reconcile's last pass; a part whose "
+        "server does not answer says unavailable.",
         errors=(401, 403),
     ),
     # ---- payments ----
@@ -248,9 +286,34 @@ ENDPOINTS: list[Endpoint] = [
         "/v1/accounts/{account_id}/card",
         payments_api.put_card,
         ("customer",),
-        "Register or replace the card on file from a Stripe payment method id.",
+        "Register or replace the card on file: a confirmed SetupIntent, or a payment method id.",
         payments_api.CardRequest,
         errors=(400, 401, 402, 403, 404, 422, 503),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/accounts/{account_id}/card/setup-intents",
+        payments_api.post_card_setup,
+        ("customer",),
+        "Start registering a card: a Stripe SetupIntent (off-session use) whose client_secret "
+        "the browser confirms with Stripe.js (confirmCardSetup); then PUT .../card.",
+        success=201,
+        errors=(401, 403, 404, 503),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/accounts/{account_id}/receipt",
+        payments_api.get_receipt,
+        ("customer", "ops"),
+        "A payment's receipt (pay now or automatic recharge), or a failed recharge attempt's "
+        "record: amount, card, when, balance after, payment id. A receipt link's signature "
+        "stands in for the token.",
+        errors=(401, 403, 404, 422, 503),
+        query=(
+            ("payment", "The payment id (pay now's payment_id, or recharge:<episode>)."),
+            ("attempt", "Or a recharge attempt: <episode>-<attempt number>."),
+            ("signature", "The signature of a receipt link (then no token is needed)."),
+        ),
     ),
     Endpoint(
         "DELETE",

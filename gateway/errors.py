@@ -36,6 +36,7 @@ STATUS: dict[type[Exception], int] = {
     errors.UnknownAccount: 404,
     errors.UnknownToken: 404,
     errors.UnknownCall: 404,
+    errors.UnknownReceipt: 404,
     errors.UnknownNumber: 404,
     errors.NumberSuspended: 402,
     UnknownWebhook: 404,
@@ -52,6 +53,7 @@ STATUS: dict[type[Exception], int] = {
     TooManyAuthFailures: 429,
     # payments
     errors.CardDeclined: 402,
+    errors.AuthenticationRequired: 402,
     errors.PaymentFailed: 402,
     errors.NoCardOnFile: 409,
     errors.ChargeMismatch: 409,

@@ -16,16 +16,22 @@ Frames (JSON text, money in integer micros):
     ops channel      {"type": "snapshot", "accounts": [<row>...], "first": bool,
                       "last": bool, "refresh": bool}   (chunked; repeated every
                       live_ops_refresh_s with refresh=true)
-                     {"type": "updates", "updates": [<change + spent_micros>...]}
+                     {"type": "updates", "updates": [<change>...]}
 
-`spent_micros` counts the debits this gateway process has seen for the account
-since it started; differences over time give the burn rate.
+                     {"type": "burn", "window_s", "at_us", "total_micros_per_minute",
+                      "rates": {<account_id>: <micros per minute>}}   (every
+                      live_ops_burn_refresh_s; metering/burn.py)
+
+Ops rows carry `burn_micros_per_minute`, the account's spend per minute over the
+last burn_window_s as the server counts it (metering/burn.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -102,7 +108,7 @@ async def account_live(ws: WebSocket) -> None:
             return
         sub.set_floor(account_id, account.seq)
         if await _send(ws, sub, {"type": "snapshot", "account": account.as_dict()}, settings):
-            await _pump(ws, sub, settings, None)
+            await _pump(ws, sub, settings, [])
     finally:
         hub.remove(sub)
 
@@ -124,15 +130,36 @@ async def ops_live(ws: WebSocket) -> None:
     async def snapshot(refresh: bool) -> bool:
         try:
             views = await accounts.list_accounts(ws.state.store, settings.live_ops_accounts_max)
+            burn = await hub.burn_rates(ws.state.store)
         except RedisError:
             return True  # keep the socket; the next refresh tries again
-        return await _send_ops_snapshot(ws, sub, hub, views, refresh, settings)
+        return await _send_ops_snapshot(ws, sub, views, burn.rates, refresh, settings)
+
+    async def burn_frame() -> bool:
+        try:
+            burn = await hub.burn_rates(ws.state.store)
+        except RedisError:
+            return True
+        return await _send(ws, sub, {"type": "burn", **burn.as_dict()}, settings)
 
     try:
         if await snapshot(False):
-            await _pump(ws, sub, settings, snapshot)
+            timers = [
+                Timer(settings.live_ops_refresh_s, lambda: snapshot(True)),
+                Timer(settings.live_ops_burn_refresh_s, burn_frame),
+            ]
+            await _pump(ws, sub, settings, timers)
     finally:
         hub.remove(sub)
+
+
+@dataclasses.dataclass(slots=True)
+class Timer:
+    """Something an ops socket sends every period_s, between the live updates."""
+
+    period_s: float
+    run: Callable[[], Awaitable[bool]]  # False: the socket is done
+    due: float = 0.0
 
 
 async def _caller_or_refusal(
@@ -151,7 +178,7 @@ async def _caller_or_refusal(
         return SocketRefused(CLOSE_TRY_LATER, "the balance store did not answer")
 
 
-def _ops_row(view: AccountView, spent_micros: int) -> dict[str, Any]:
+def _ops_row(view: AccountView, burn_micros_per_minute: int) -> dict[str, Any]:
     return {
         "account_id": view.account_id,
         "balance_micros": view.balance_micros,
@@ -160,15 +187,15 @@ def _ops_row(view: AccountView, spent_micros: int) -> dict[str, Any]:
         "seq": view.seq,
         "open_calls": view.open_calls,
         "recharge": view.recharge,
-        "spent_micros": spent_micros,
+        "burn_micros_per_minute": burn_micros_per_minute,
     }
 
 
 async def _send_ops_snapshot(
     ws: WebSocket,
     sub: Subscriber,
-    hub: LiveHub,
     views: list[AccountView],
+    burn: dict[str, int],
     refresh: bool,
     settings: Settings,
 ) -> bool:
@@ -178,7 +205,7 @@ async def _send_ops_snapshot(
         rows = []
         for view in part:
             sub.set_floor(view.account_id, view.seq)
-            rows.append(_ops_row(view, hub.spent_micros.get(view.account_id, 0)))
+            rows.append(_ops_row(view, burn.get(view.account_id, 0)))
         frame = {
             "type": "snapshot",
             "accounts": rows,
@@ -191,7 +218,7 @@ async def _send_ops_snapshot(
     return True
 
 
-async def _pump(ws: WebSocket, sub: Subscriber, settings: Settings, refresh: Any) -> None:
+async def _pump(ws: WebSocket, sub: Subscriber, settings: Settings, timers: list[Timer]) -> None:
     """Send pending frames until the client leaves or the socket must close.
     A reader task notices the client leaving; the sender never blocks the hub."""
 
@@ -204,16 +231,28 @@ async def _pump(ws: WebSocket, sub: Subscriber, settings: Settings, refresh: Any
         sub.close(CLIENT_GONE)
 
     reader = asyncio.create_task(read_until_gone())
+    loop = asyncio.get_running_loop()
+    for timer in timers:
+        timer.due = loop.time() + timer.period_s
     try:
         while True:
-            if refresh is None:
+            if not timers:
                 await sub.wake.wait()
             else:
-                try:
-                    await asyncio.wait_for(sub.wake.wait(), settings.live_ops_refresh_s)
-                except TimeoutError:
-                    if not await refresh(True):
+                # Timers fire on time even while updates keep the socket busy.
+                now = loop.time()
+                due = [t for t in timers if t.due <= now]
+                for timer in due:
+                    timer.due = now + timer.period_s
+                if due:
+                    if not all([await timer.run() for timer in due]):
                         break
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        sub.wake.wait(), min(t.due for t in timers) - loop.time()
+                    )
+                if not sub.wake.is_set():
                     continue
             if sub.close_code is not None:
                 break

@@ -18,14 +18,18 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from metering.burn import BurnRates, burn_rates
 from metering.ledger.customer_tokens import TOKEN_REVOKED_EVENT
+from metering.metrics import METRICS
 from metering.settings import Settings
+from metering.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +143,8 @@ class Subscriber:
         """Ask the sender to close the socket with `code`."""
         if self.close_code is None:
             self.close_code = code
+            if code == CLOSE_TOO_SLOW:
+                METRICS.live_slow_clients_dropped.inc()
         self.pending.clear()
         self.wake.set()
 
@@ -157,10 +163,11 @@ class LiveHub:
         self.by_token_count: dict[str, int] = {}
         self.by_account_count: dict[str, int] = {}
         self.refusals = LiveSocketCounts()
-        # Debits seen per account since this process subscribed: ops pages turn
-        # differences of this counter into a burn rate, which coalescing cannot skew.
-        self.spent_micros: dict[str, int] = {}
         self.messages = 0
+        # Burn rates for ops sockets: read from Redis at most once per refresh
+        # period, however many ops pages this process serves.
+        self._burn: BurnRates | None = None
+        self._burn_lock = asyncio.Lock()
         self.subscribed = asyncio.Event()
         self._redis: Redis | None = None
         self._pubsub: Any = None
@@ -265,19 +272,24 @@ class LiveHub:
         if not is_balance and change.get("event") == TOKEN_REVOKED_EVENT:
             self.close_token(account_id, str(change.get("token", "")))
             return
-        amount = change.get("amount_micros")
-        if isinstance(amount, int) and amount < 0:
-            self.spent_micros[account_id] = self.spent_micros.get(account_id, 0) - amount
         subs = self.by_account.get(account_id)
         if subs:
             # Encoded once, however many dashboards watch the account.
             text = orjson.dumps({"type": "update", **change}).decode()
             for sub in subs:
                 sub.offer(account_id, seq, text, key)
-        if self.ops:
-            row = {**change, "spent_micros": self.spent_micros.get(account_id, 0)}
-            for sub in self.ops:
-                sub.offer(account_id, seq, row, key)
+        for sub in self.ops:
+            sub.offer(account_id, seq, change, key)
+
+    async def burn_rates(self, store: Store) -> BurnRates:
+        """Every account's burn rate (metering/burn.py), shared by this process's
+        ops sockets: fresh within half a refresh period."""
+        async with self._burn_lock:
+            now_us = time.time_ns() // 1_000
+            fresh_us = int(self.settings.live_ops_burn_refresh_s * 500_000)
+            if self._burn is None or now_us - self._burn.at_us > fresh_us:
+                self._burn = await burn_rates(store, now_us)
+            return self._burn
 
     async def _connect(self) -> None:
         s = self.settings

@@ -13,12 +13,14 @@ from starlette.staticfiles import StaticFiles
 
 from gateway.auth import CUSTOMER, OPS, SWITCH, authenticate
 from gateway.responses import JSONResponse
+from metering.entry_words import ITEM_NAMES
 from metering.ledger_entries import CREDIT_ITEMS, ITEM_LABELS
 from metering.settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 ANY_ROLE = frozenset({CUSTOMER, OPS, SWITCH})
-PAGES = ("dashboard", "ops")
+# docs: the API reference (Swagger UI over /openapi.json, static/docs.html).
+PAGES = ("dashboard", "ops", "receipt", "docs")
 
 
 async def get_billing_items(request: Request) -> Response:
@@ -26,7 +28,12 @@ async def get_billing_items(request: Request) -> Response:
     state = request.state
     await authenticate(request, state.settings, state.store, ANY_ROLE)
     items = [
-        {"item": item, "label": label, "direction": "credit" if item in CREDIT_ITEMS else "debit"}
+        {
+            "item": item,
+            "label": label,
+            "name": ITEM_NAMES.get(item, label),
+            "direction": "credit" if item in CREDIT_ITEMS else "debit",
+        }
         for item, label in ITEM_LABELS.items()
     ]
     return JSONResponse({"items": items})
@@ -41,9 +48,14 @@ def page_headers(settings: Settings) -> dict[str, str]:
 
 def render_page(name: str, settings: Settings) -> str:
     """The page's HTML with the settings it names filled in ({{stripe_js_url}},
-    {{stripe_publishable_key}}), escaped."""
+    {{stripe_publishable_key}}, the pay-now bounds), escaped."""
     text = (STATIC_DIR / f"{name}.html").read_text()
-    for key in ("stripe_js_url", "stripe_publishable_key"):
+    for key in (
+        "stripe_js_url",
+        "stripe_publishable_key",
+        "payment_micros_min",
+        "payment_micros_max",
+    ):
         text = text.replace("{{" + key + "}}", html.escape(str(getattr(settings, key))))
     return text
 

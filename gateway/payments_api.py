@@ -15,12 +15,13 @@ from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth import CUSTOMER, authenticate
-from gateway.bodies import BodyTooLarge, RequestBody, read_body
+from gateway.auth import CUSTOMER, OPS, Unauthorized, authenticate
+from gateway.bodies import BodyTooLarge, RequestBody, as_mapping, read_body
 from gateway.responses import JSONResponse
+from metering.errors import InvalidRequest, UnknownReceipt
 from metering.fields import Email, RequestId
 from metering.money import CREDIT_MICROS_MAX, format_usd
-from metering.payments import cards, pay_now, recharge_settings, webhooks
+from metering.payments import card_setup, cards, pay_now, receipts, recharge_settings, webhooks
 from metering.payments.recharge_settings import (
     RECHARGE_AMOUNT_MICROS_ABOVE,
     RECHARGE_THRESHOLD_MICROS_MAX,
@@ -28,6 +29,8 @@ from metering.payments.recharge_settings import (
 )
 
 CUSTOMER_ONLY = frozenset({CUSTOMER})
+# Reading a receipt changes nothing: ops may, as they read the account.
+CUSTOMER_OR_OPS = frozenset({CUSTOMER, OPS})
 ABOVE, LEAST = RECHARGE_AMOUNT_MICROS_ABOVE, RECHARGE_THRESHOLD_MICROS_MIN
 
 
@@ -75,16 +78,31 @@ class PaymentRequest(RequestBody):
 
 
 class CardRequest(RequestBody):
-    """A card to register from Stripe's elements."""
+    """A card to register: a SetupIntent the browser confirmed with Stripe.js (the
+    dashboard), or a payment method id created with Stripe.js (API clients)."""
 
-    payment_method_id: Annotated[
-        str,
-        Meta(
-            max_length=255,
-            description="A Stripe payment method id (pm_...) created in the browser by "
-            "Stripe's elements.",
-        ),
-    ]
+    setup_intent_id: (
+        Annotated[
+            str,
+            Meta(
+                max_length=255,
+                description="A SetupIntent (seti_...) from POST .../card/setup-intents that "
+                "the browser confirmed with Stripe.js; its card becomes the card on file.",
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    payment_method_id: (
+        Annotated[
+            str,
+            Meta(
+                max_length=255,
+                description="Or a Stripe payment method id (pm_...) created in the browser "
+                "by Stripe's elements.",
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
 
 
 async def put_recharge(request: Request) -> Response:
@@ -112,7 +130,37 @@ async def post_payment(request: Request) -> Response:
         b.payment_id,
         b.amount_micros,
     )
-    return JSONResponse({"account_id": account_id, **payment.as_dict()})
+    link = receipts.receipt_path(state.settings, account_id, payment_id=payment.payment_id)
+    return JSONResponse({"account_id": account_id, **payment.as_dict(), "receipt_url": link})
+
+
+RECEIPT_QUERY = ("payment", "attempt", "signature")
+
+
+async def get_receipt(request: Request) -> Response:
+    """A receipt: with the customer's (or ops) token, or with the signature of a
+    receipt link (emails carry no token). Reading it changes nothing."""
+    state = request.state
+    account_id = request.path_params["account_id"]
+    params = request.query_params
+    for name in params:
+        if name not in RECEIPT_QUERY:
+            raise InvalidRequest(name, f"unknown parameter {name!r}; expected: payment, attempt")
+    if params.get("payment"):
+        reference = "payment=" + params["payment"]
+    else:
+        reference = "attempt=" + params.get("attempt", "")
+    if "signature" in params:
+        if not receipts.signature_ok(state.settings, account_id, reference, params["signature"]):
+            raise Unauthorized("this receipt link is not valid")
+    else:
+        await authenticate(request, state.settings, state.store, CUSTOMER_OR_OPS, account_id)
+    receipt = await receipts.find_receipt(
+        state.db, state.stripe, state.settings, account_id, params
+    )
+    if receipt is None:
+        raise UnknownReceipt(f"account {account_id} has no such payment")
+    return JSONResponse(receipt.as_dict())
 
 
 async def put_card(request: Request) -> Response:
@@ -120,10 +168,18 @@ async def put_card(request: Request) -> Response:
     account_id = request.path_params["account_id"]
     await authenticate(request, state.settings, state.store, CUSTOMER_ONLY, account_id)
     b = await read_body(request, CardRequest, state.settings.request_body_bytes_max)
-    card = await cards.set_card(
-        state.store, state.db, state.stripe, account_id, b.payment_method_id
+    card = await card_setup.register_card(
+        state.store, state.db, state.stripe, account_id, as_mapping(b)
     )
     return JSONResponse({"account_id": account_id, **card.as_dict()})
+
+
+async def post_card_setup(request: Request) -> Response:
+    state = request.state
+    account_id = request.path_params["account_id"]
+    await authenticate(request, state.settings, state.store, CUSTOMER_ONLY, account_id)
+    setup = await card_setup.start_card_setup(state.store, state.db, state.stripe, account_id)
+    return JSONResponse({"account_id": account_id, **setup.as_dict()}, 201)
 
 
 async def delete_card(request: Request) -> Response:

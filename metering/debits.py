@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 from metering import fields
+from metering.burn import spend_key, spend_ttl_s
 from metering.errors import MeteringError, raise_refusal
 from metering.rate_card import ONE_SHOT_PRICE_FIELD
 from metering.store import Store
@@ -67,6 +68,7 @@ def debit_call(
             keys.numbers,
             keys.shard.numbers,
             keys.shard.events,
+            spend_key(settings, keys.shard),
         ],
         [
             account_id,
@@ -81,6 +83,7 @@ def debit_call(
             number,
             number_role,
             renewal_mode,
+            spend_ttl_s(settings),
         ],
     )
 

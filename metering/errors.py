@@ -174,6 +174,14 @@ class CardDeclined(MeteringError):
     code = "card_declined"
 
 
+class AuthenticationRequired(MeteringError):
+    """The bank asks the customer to confirm the payment (3-D Secure). Nothing is
+    charged yet: the browser confirms it with Stripe.js (confirmCardPayment and
+    the client_secret in the answer), then sends the same payment again."""
+
+    code = "authentication_required"
+
+
 class NoCardOnFile(MeteringError):
     code = "no_card_on_file"
 
@@ -182,6 +190,12 @@ class PaymentFailed(MeteringError):
     """A payment id already used for a payment that failed: use a new id to try again."""
 
     code = "payment_failed"
+
+
+class UnknownReceipt(MeteringError):
+    """No such payment or recharge attempt on this account."""
+
+    code = "unknown_receipt"
 
 
 class WebhookRejected(MeteringError):

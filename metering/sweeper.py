@@ -10,10 +10,13 @@ import logging
 import time
 from typing import Any
 
+from metering.burn import spend_key, spend_ttl_s
 from metering.keys import AccountKeys, all_shards, split_expiry_member
+from metering.metrics import METRICS
 from metering.outages import REDIS_DOWN, Outage, pause
 from metering.store import Store, run_each
 
+EXPIRED = ("expired",)
 log = logging.getLogger(__name__)
 
 
@@ -38,17 +41,22 @@ async def expire_due_reservations(store: Store) -> int:
                         keys.shard.ledger,
                         keys.shard.recharge,
                         keys.shard.events,
+                        spend_key(s, keys.shard),
                     ],
                     [
                         account_id,
                         call_id,
                         s.idempotency_window_s,
                         s.live_channel,
+                        spend_ttl_s(s),
                     ],
                 )
             )
     answers = await run_each(store, store.scripts.expire_call, calls)
-    return sum(1 for answer in answers if answer[0] == "expired")
+    expired = sum(1 for answer in answers if answer[0] == "expired")
+    if expired:
+        METRICS.reservations.inc(EXPIRED, expired)
+    return expired
 
 
 async def run_sweeper(store: Store, stop: asyncio.Event) -> None:

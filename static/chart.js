@@ -2,6 +2,19 @@
 // one line, two axes and a few thousand points.
 "use strict";
 
+// The canvas sized for the screen's pixel ratio and cleared: [context, width, height].
+function prepareCanvas(c) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = c.clientWidth, height = c.clientHeight;
+  if (c.width !== width * ratio) { c.width = width * ratio; c.height = height * ratio; }
+  const g = c.getContext("2d");
+  g.setTransform(ratio, 0, 0, ratio, 0, 0);
+  g.clearRect(0, 0, width, height);
+  g.font = "12px system-ui, sans-serif";
+  g.fillStyle = "#667";
+  return [g, width, height];
+}
+
 class BalanceChart {
   constructor(canvas, pointsMax) {
     this.canvas = canvas;
@@ -33,16 +46,8 @@ class BalanceChart {
   }
 
   draw() {
-    const c = this.canvas;
-    const ratio = window.devicePixelRatio || 1;
-    const width = c.clientWidth, height = c.clientHeight;
-    if (c.width !== width * ratio) { c.width = width * ratio; c.height = height * ratio; }
-    const g = c.getContext("2d");
-    g.setTransform(ratio, 0, 0, ratio, 0, 0);
-    g.clearRect(0, 0, width, height);
+    const [g, width, height] = prepareCanvas(this.canvas);
     const pad = { left: 84, right: 12, top: 10, bottom: 24 };
-    g.font = "12px system-ui, sans-serif";
-    g.fillStyle = "#667";
     if (this.points.length === 0) {
       g.fillText("Waiting for the balance…", pad.left, height / 2);
       return;
@@ -67,8 +72,10 @@ class BalanceChart {
       g.fillText(formatMicros(Math.round(v / 10000) * 10000), 4, yy + 4);
     }
     g.stroke();
-    g.fillText(new Date(t0).toLocaleTimeString(), pad.left, height - 6);
-    const nowText = new Date(t1).toLocaleTimeString();
+    // Dates when the chart spans days, times within a day.
+    const label = (t) => (t1 - t0 > 36 * 3600 * 1000 ? DAY_ONLY : TIME_ONLY).format(new Date(t));
+    g.fillText(label(t0), pad.left, height - 6);
+    const nowText = label(t1);
     g.fillText(nowText, width - pad.right - g.measureText(nowText).width, height - 6);
     // the balance as a step line: it holds its value until the next change
     g.strokeStyle = "#2a6df4";
@@ -81,5 +88,60 @@ class BalanceChart {
     }
     g.lineTo(x(t1), y(prev));
     g.stroke();
+  }
+}
+
+// Spend per day, stacked by billing item: one bar per day of the range.
+class SpendChart {
+  constructor(canvas, colors) {
+    this.canvas = canvas;
+    this.colors = colors; // item -> color
+    this.days = [];
+    this.format = (micros) => formatMicros(micros);
+  }
+
+  show(days, format) {
+    this.days = days;
+    if (format) this.format = format;
+    requestAnimationFrame(() => this.draw());
+  }
+
+  draw() {
+    const [g, width, height] = prepareCanvas(this.canvas);
+    const pad = { left: 84, right: 12, top: 10, bottom: 24 };
+    const totals = this.days.map((d) => Object.values(d.spent_micros).reduce((a, b) => a + b, 0));
+    const top = Math.max(0, ...totals);
+    if (!this.days.length || top === 0) {
+      g.fillText("No spending in this range.", pad.left, height / 2);
+      return;
+    }
+    const plotW = width - pad.left - pad.right, plotH = height - pad.top - pad.bottom;
+    const y = (v) => pad.top + plotH - v / top * plotH;
+    g.strokeStyle = "#dde";
+    g.beginPath();
+    for (const v of [0, top / 2, top]) {
+      const yy = Math.round(y(v)) + 0.5;
+      g.moveTo(pad.left, yy); g.lineTo(width - pad.right, yy);
+      g.fillText(this.format(v === top ? top : Math.round(v / 100) * 100), 4, yy + 4);
+    }
+    g.stroke();
+    const slot = plotW / this.days.length;
+    const barW = Math.max(2, Math.min(40, slot * 0.7));
+    this.days.forEach((d, i) => {
+      let acc = 0;
+      const x = pad.left + i * slot + (slot - barW) / 2;
+      for (const [item, micros] of Object.entries(d.spent_micros)) {
+        g.fillStyle = this.colors[item] || "#999";
+        g.fillRect(x, y(acc + micros), barW, y(acc) - y(acc + micros));
+        acc += micros;
+      }
+    });
+    g.fillStyle = "#667";
+    const label = (d) => DAY_ONLY.format(new Date(d.day + "T12:00:00"));
+    g.fillText(label(this.days[0]), pad.left, height - 6);
+    if (this.days.length > 1) {
+      const last = label(this.days[this.days.length - 1]);
+      g.fillText(last, width - pad.right - g.measureText(last).width, height - 6);
+    }
   }
 }

@@ -1,11 +1,11 @@
-// Shared by the dashboard and the ops page: the token, money in integer micros,
-// API calls, and a live socket that reconnects. Plain JS, no build step.
+// Shared by the pages: the token, money in integer micros, dates in the reader's
+// own time zone, API calls, and a live socket that reconnects. Plain JS, no build step.
 "use strict";
 
 const MICROS_PER_USD = 1000000;
 
-// The page's token comes from its URL once (?token=...), then lives in
-// sessionStorage (this tab only) and is removed from the address bar.
+// The page's parameters come from its URL once (?token=...), then live in
+// sessionStorage (this tab only); the token is removed from the address bar.
 function takeParams(names) {
   const url = new URL(window.location.href);
   const out = {};
@@ -22,33 +22,75 @@ function takeParams(names) {
   return out;
 }
 
-// Integer micros -> "$1,234.56", keeping sub-cent digits only when present
-// ($0.0075). No floating point touches money.
-function formatMicros(micros) {
+// ---- money: integer micros, never floats -------------------------------------
+
+// Decimal places an amount needs (2 to 6): $0.0075 needs 4, $12.50 needs 2.
+function digitsNeeded(micros) {
+  let frac = Math.abs(micros) % MICROS_PER_USD;
+  if (frac === 0) return 2;
+  let digits = 6;
+  while (frac % 10 === 0) { frac /= 10; digits--; }
+  return Math.max(2, digits);
+}
+
+// Integer micros -> "$1,234.5600" with at least `digits` decimal places (2 by
+// default), more only when the amount itself has them: nothing is ever rounded.
+function formatMicros(micros, digits) {
+  const shown = Math.max(digits || 2, digitsNeeded(micros));
   const negative = micros < 0;
   const abs = Math.abs(micros);
   const whole = Math.floor(abs / MICROS_PER_USD);
-  let frac = String(abs % MICROS_PER_USD).padStart(6, "0").replace(/0+$/, "");
-  if (frac.length < 2) frac = frac.padEnd(2, "0");
-  const wholeText = whole.toLocaleString("en-US");
-  return (negative ? "-$" : "$") + wholeText + "." + frac;
+  const frac = String(abs % MICROS_PER_USD).padStart(6, "0").slice(0, shown);
+  return (negative ? "-$" : "$") + whole.toLocaleString("en-US") + "." + frac;
 }
 
 // "12.34" (dollars) -> 12340000 micros, exactly; null when not a plain amount.
 function parseDollars(text) {
-  const m = /^\s*\$?\s*(\d{1,9})(?:\.(\d{1,6}))?\s*$/.exec(text || "");
+  const m = /^\s*\$?\s*(\d{1,3}(?:,\d{3})+|\d{1,9})(?:\.(\d{1,6}))?\s*$/.exec(text || "");
   if (!m) return null;
-  return Number(m[1]) * MICROS_PER_USD + Number((m[2] || "").padEnd(6, "0"));
+  return Number(m[1].replace(/,/g, "")) * MICROS_PER_USD + Number((m[2] || "").padEnd(6, "0"));
 }
 
+// Whole cents for an input box: 75000000 -> "75.00".
 function dollarsInput(micros) {
   if (micros === null || micros === undefined) return "";
-  return formatMicros(micros).replace(/[$,]/g, "");
+  return formatMicros(micros, 2).replace(/[$,]/g, "");
 }
+
+// ---- time: the reader's own zone, always named -----------------------------
+
+const TIME_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+const DATE_TIME = new Intl.DateTimeFormat(undefined, {
+  year: "numeric", month: "short", day: "numeric",
+  hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short",
+});
+const TIME_ONLY = new Intl.DateTimeFormat(undefined, {
+  hour: "2-digit", minute: "2-digit", timeZoneName: "short",
+});
+const DAY_ONLY = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+
+function formatWhen(atUs) { return DATE_TIME.format(new Date(Math.floor(atUs / 1000))); }
+function formatTime(atUs) { return TIME_ONLY.format(new Date(Math.floor(atUs / 1000))); }
+
+// A <input type=date> value ("2026-11-25") as the instant its local day starts
+// (or ends, inclusive), in RFC 3339 (UTC), for the activity API.
+function localDayInstant(day, endOfDay) {
+  const [y, m, d] = day.split("-").map(Number);
+  const start = new Date(y, m - 1, d);
+  if (!endOfDay) return start.toISOString();
+  return new Date(new Date(y, m - 1, d + 1).getTime() - 1).toISOString();
+}
+
+function localDay(date) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate());
+}
+
+// ---- API --------------------------------------------------------------------
 
 class ApiError extends Error {
   constructor(status, body) {
-    super((body && body.message) || "HTTP " + status);
+    super((body && body.message) || "The service answered " + status + ".");
     this.status = status;
     this.body = body || {};
   }
@@ -60,7 +102,12 @@ async function api(token, method, path, body) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, { error: "network", message: "The service could not be reached. Check your connection and try again." });
+  }
   let parsed = null;
   const type = response.headers.get("content-type") || "";
   if (type.includes("application/json")) parsed = await response.json();
@@ -85,13 +132,14 @@ async function servedEndpoints() {
 
 // Close codes after which reconnecting cannot help (gateway/live_hub.py).
 const FINAL_CLOSE_CODES = {
-  4401: "The token was refused (missing or invalid).",
-  4403: "This token may not watch this account.",
+  4401: "This link is not valid (the access token was refused).",
+  4403: "This link may not show this account.",
   4404: "There is no such account.",
 };
 
-// A websocket that reconnects with backoff; onFrame gets parsed JSON frames.
-function liveSocket(path, token, { onFrame, onStatus }) {
+// A websocket that reconnects with backoff; onFrame gets parsed JSON frames,
+// onRefused(code, text) is called once when reconnecting cannot help.
+function liveSocket(path, token, { onFrame, onStatus, onRefused }) {
   let delayMs = 500;
   let socket = null;
   let stopped = false;
@@ -106,9 +154,10 @@ function liveSocket(path, token, { onFrame, onStatus }) {
       if (stopped) return;
       if (FINAL_CLOSE_CODES[event.code]) {
         onStatus("refused", FINAL_CLOSE_CODES[event.code]);
+        if (onRefused) onRefused(event.code, FINAL_CLOSE_CODES[event.code]);
         return;
       }
-      onStatus("offline", "Reconnecting…" + (event.reason ? " (" + event.reason + ")" : ""));
+      onStatus("offline", "Reconnecting…");
       setTimeout(open, delayMs);
       delayMs = Math.min(delayMs * 2, 10000);
     };
@@ -122,4 +171,12 @@ function $(id) { return document.getElementById(id); }
 function setStatus(el, state, text) {
   el.textContent = text;
   el.className = "status status-" + state;
+}
+
+// A DOM element with text (never HTML): el("td", "num", "$1.00").
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = text;
+  return node;
 }

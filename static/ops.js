@@ -3,14 +3,19 @@
 // one requestAnimationFrame pass paints. The table is virtual: only the rows
 // in view exist in the DOM (a fixed pool), so the page's cost does not grow
 // with the number of accounts, and rows are re-ordered at most once a second.
+// Burn rates come from the server (metering/burn.py), never from what this
+// page happened to see.
 "use strict";
 
-const BURN_WINDOW_MS = 5 * 60 * 1000;
-const BURN_SPAN_MIN_MS = 10 * 1000; // don't extrapolate a minute from a blink
 const RESORT_EVERY_MS = 1000;
-const BURN_REFRESH_MS = 2000;
+// Every amount with four decimals (sub-cent prices are common), so columns line
+// up; an amount that has more shows them all.
+const OPS_DIGITS = 4;
+const money = (micros) => formatMicros(micros, OPS_DIGITS);
 const ROW_HEIGHT_PX = 28; // matches .ops-table td in style.css
 const OVERSCAN_ROWS = 10;
+// Cells hidden on a phone carry these classes (style.css).
+const CELL_CLASSES = ["", "num", "num c-reserved", "num", "num", "num c-calls", "c-recharge", "c-changed"];
 
 const params = takeParams(["token"]);
 const token = params.token;
@@ -21,16 +26,22 @@ let sortKey = "available_micros", sortDir = 1;
 let needResort = true, lastResort = 0, resortTimer = 0;
 let flushQueued = false, anyDirty = false, paintAll = true;
 let nearLimitMicros = 5 * MICROS_PER_USD;
+let selected = null; // the row shown in the detail panel
+let burnWindowS = 300;
 const pool = []; // the <tr>s in the DOM: {tr, cells, row, version, shown}
 // Exposed for the browser test and for curious operators (console: opsStats).
 const stats = { flushes: 0, flushMsMax: 0, frames: 0, updates: 0 };
 window.opsStats = stats;
 
+function newRow(accountId) {
+  return { account_id: accountId, balance_micros: 0, reserved_micros: 0, available_micros: 0,
+    open_calls: 0, recharge: {}, card: undefined, changed: 0, burn: 0, seq: -1, version: 0 };
+}
+
 function absorb(data, isSnapshot) {
   let row = rows.get(data.account_id);
   if (!row) {
-    row = { account_id: data.account_id, balance_micros: 0, reserved_micros: 0, available_micros: 0,
-      open_calls: 0, recharge: {}, changed: 0, burn: 0, samples: [], seq: -1, version: 0 };
+    row = newRow(data.account_id);
     rows.set(data.account_id, row);
     order.push(row);
     needResort = true;
@@ -41,43 +52,51 @@ function absorb(data, isSnapshot) {
     row.balance_micros = data.balance_micros;
     row.reserved_micros = data.reserved_micros;
     row.available_micros = data.available_micros;
+    if (data.recharge_pending !== undefined) {
+      row.recharge = Object.assign({}, row.recharge, {
+        pending: data.recharge_pending,
+        pending_since_us: data.recharge_pending ? data.recharge_pending_since_us || row.recharge.pending_since_us : null,
+      });
+    }
   }
   if (data.open_calls !== undefined) row.open_calls = data.open_calls;
+  // A snapshot row or an "account" frame carries the whole recharge state.
   if (data.recharge) row.recharge = data.recharge;
-  if (data.recharge_pending !== undefined) {
-    row.recharge = Object.assign({}, row.recharge, { pending: data.recharge_pending });
-  }
-  if (data.recharge_last_failure !== undefined) {
-    row.recharge = Object.assign({}, row.recharge, { last_failure: data.recharge_last_failure });
-  }
+  if (data.card !== undefined) row.card = data.card;
+  if (data.burn_micros_per_minute !== undefined) row.burn = data.burn_micros_per_minute;
   if (!isSnapshot && data.at_us) row.changed = Math.floor(data.at_us / 1000);
-  if (data.spent_micros !== undefined) addSample(row, data.spent_micros);
-  row.burn = burnRate(row, Date.now());
   row.version++;
   anyDirty = true;
 }
 
-// Burn rate from the gateway's running spend counter: robust to coalesced frames.
-function addSample(row, spent) {
-  const now = Date.now();
-  row.samples.push([now, spent]);
-  while (row.samples.length > 2 && row.samples[1][0] < now - BURN_WINDOW_MS) row.samples.shift();
-  if (row.samples.length > 600) row.samples.splice(1, row.samples.length - 600);
+// A "burn" frame: every account's rate (those absent spent nothing).
+function absorbBurn(frame) {
+  burnWindowS = frame.window_s;
+  for (const row of order) {
+    const burn = frame.rates[row.account_id] || 0;
+    if (burn !== row.burn) { row.burn = burn; row.version++; anyDirty = true; }
+  }
 }
 
-function burnRate(row, now) {
-  const s = row.samples;
-  if (s.length < 2) return 0;
-  const startAt = Math.max(s[0][0], now - BURN_WINDOW_MS);
-  const span = Math.max(now - startAt, BURN_SPAN_MIN_MS);
-  return Math.round((s[s.length - 1][1] - s[0][1]) * 60000 / span);
-}
+// ---- recharge state in words ---------------------------------------------------
 
-function rechargeBadge(r) {
-  if (r.last_failure) return ["failed", "Failed: " + r.last_failure, 3];
-  if (r.pending) return ["pending", "Pending", 2];
-  if (r.enabled) return ["on", "On", 1];
-  return ["", "Off", 0];
+// [kind, short badge text, sort rank, full sentence]
+function rechargeState(r) {
+  const failure = r.last_failure
+    ? "Failed" + (r.last_failure_at_us ? " at " + formatTime(r.last_failure_at_us) : "") + ": " + r.last_failure
+    : "";
+  if (r.pending && failure) {
+    const next = r.next_attempt_at_us ? " Next try at " + formatTime(r.next_attempt_at_us) + "." : "";
+    return ["failed", "Failed", 4, failure + next];
+  }
+  if (r.pending) {
+    const since = r.pending_since_us ? " since " + formatTime(r.pending_since_us) : "";
+    return ["pending", "Pending", 3, "A recharge is pending" + since + "."];
+  }
+  if (r.enabled && failure) return ["failed", "Failed", 4, failure + " Gave up until the next low balance."];
+  if (r.enabled) return ["on", "On", 2, "On: " + formatMicros(r.amount_micros || 0) +
+    " when available falls below " + formatMicros(r.threshold_micros || 0) + "."];
+  return ["", "Off", 1, "Automatic recharge is off." + (failure ? " Last failure: " + failure : "")];
 }
 
 function thresholdOf(row) { return row.recharge.threshold_micros || nearLimitMicros; }
@@ -91,7 +110,7 @@ function visible(row) {
 }
 
 function sortValue(row) {
-  if (sortKey === "recharge") return rechargeBadge(row.recharge)[2];
+  if (sortKey === "recharge") return rechargeState(row.recharge)[2];
   return row[sortKey];
 }
 
@@ -114,12 +133,13 @@ function poolRow() {
   const tr = document.createElement("tr");
   const cells = [];
   for (let i = 0; i < 8; i++) {
-    const td = document.createElement("td");
-    if (i >= 1 && i <= 5) td.className = "num";
+    const td = el("td", CELL_CLASSES[i]);
     tr.appendChild(td);
     cells.push(td);
   }
-  return { tr, cells, row: null, version: -1, shown: [] };
+  const slot = { tr, cells, row: null, version: -1, shown: [] };
+  tr.addEventListener("click", () => { if (slot.row) select(slot.row); });
+  return slot;
 }
 
 function setCell(slot, i, text) {
@@ -133,24 +153,26 @@ function bind(slot, row) {
   slot.tr.hidden = false;
   slot.tr.dataset.account = row.account_id;
   setCell(slot, 0, row.account_id);
-  setCell(slot, 1, formatMicros(row.balance_micros));
-  setCell(slot, 2, formatMicros(row.reserved_micros));
-  setCell(slot, 3, formatMicros(row.available_micros));
-  setCell(slot, 4, formatMicros(row.burn));
+  setCell(slot, 1, money(row.balance_micros));
+  setCell(slot, 2, money(row.reserved_micros));
+  setCell(slot, 3, money(row.available_micros));
+  setCell(slot, 4, money(row.burn));
   setCell(slot, 5, String(row.open_calls));
-  const [kind, text] = rechargeBadge(row.recharge);
-  if (slot.shown[6] !== text) {
+  const [kind, text, , sentence] = rechargeState(row.recharge);
+  const badgeKey = text + "|" + sentence;
+  if (slot.shown[6] !== badgeKey) {
     slot.cells[6].textContent = "";
-    const badge = document.createElement("span");
-    badge.className = kind ? "badge badge-" + kind : "";
-    badge.textContent = text;
+    const badge = el("span", kind ? "badge badge-" + kind : "badge", text);
     slot.cells[6].appendChild(badge);
-    slot.shown[6] = text;
+    slot.cells[6].title = sentence; // the full reason on hover
+    slot.shown[6] = badgeKey;
   }
-  setCell(slot, 7, row.changed ? new Date(row.changed).toLocaleTimeString() : "");
+  setCell(slot, 7, row.changed ? formatTime(row.changed * 1000) : "");
   slot.cells[3].dataset.micros = String(row.available_micros);
+  slot.cells[4].dataset.micros = String(row.burn);
   slot.tr.classList.toggle("at-zero", row.available_micros <= 0);
   slot.tr.classList.toggle("near-zero", row.available_micros > 0 && row.available_micros < thresholdOf(row));
+  slot.tr.classList.toggle("selected", row === selected);
 }
 
 function paint() {
@@ -169,6 +191,8 @@ function paint() {
     if (row) { bind(pool[i], row); shown++; } else if (!pool[i].tr.hidden) { pool[i].tr.hidden = true; pool[i].row = null; }
   }
   $("pad-bottom").style.height = Math.max(0, view.length - first - shown) * ROW_HEIGHT_PX + "px";
+  // An empty view says so, and how to get rows back.
+  $("ops-empty").hidden = !(view.length === 0 && order.length > 0);
   paintAll = false;
 }
 
@@ -177,8 +201,9 @@ function summarize() {
   for (const row of order) {
     if (row.available_micros <= 0) zero++;
     else if (row.available_micros < thresholdOf(row)) near++;
-    if (row.recharge.last_failure) failed++;
-    else if (row.recharge.pending) pending++;
+    const kind = rechargeState(row.recharge)[0];
+    if (kind === "failed") failed++;
+    else if (kind === "pending") pending++;
     burn += row.burn;
   }
   $("sum-accounts").textContent = String(order.length);
@@ -186,9 +211,64 @@ function summarize() {
   $("sum-near").textContent = String(near);
   $("sum-failed").textContent = String(failed);
   $("sum-pending").textContent = String(pending);
-  $("sum-burn").textContent = formatMicros(burn);
+  $("sum-burn").textContent = money(burn);
   $("sum-shown").textContent = view.length === order.length ? "" : view.length + " shown";
+  const minutes = burnWindowS / 60;
+  $("burn-window").textContent = Number.isInteger(minutes) ? minutes + " minutes" : burnWindowS + " seconds";
 }
+
+// ---- the detail panel: everything about one account, live -------------------
+
+function select(row) {
+  selected = row;
+  $("detail").hidden = false;
+  document.body.classList.add("detail-open");
+  paintAll = true;
+  showDetail();
+  scheduleFlush();
+}
+
+function showDetail() {
+  if (!selected) return;
+  const row = selected;
+  const r = row.recharge;
+  const [, , , sentence] = rechargeState(r);
+  const card = row.card === undefined ? "" : row.card
+    ? row.card.brand.charAt(0).toUpperCase() + row.card.brand.slice(1) + " ending in " + row.card.last4 + ", expires " +
+      String(row.card.exp_month).padStart(2, "0") + "/" + row.card.exp_year
+    : "No card on file";
+  const items = [
+    ["Balance", money(row.balance_micros)],
+    ["Reserved for calls", money(row.reserved_micros)],
+    ["Available", money(row.available_micros)],
+    ["Burn rate", money(row.burn) + " per minute"],
+    ["Open calls", String(row.open_calls)],
+    ["Automatic recharge", r.enabled ? formatMicros(r.amount_micros || 0) + " when available falls below " +
+      formatMicros(r.threshold_micros || 0) : "Off"],
+    ["Recharge state", sentence],
+    ["Failure email", r.failure_email || "none"],
+    ["Card", card],
+    ["Last change", row.changed ? formatWhen(row.changed * 1000) : "none since this page opened"],
+  ];
+  $("detail-title").textContent = row.account_id;
+  const list = $("detail-list");
+  list.textContent = "";
+  for (const [term, value] of items) {
+    if (!value) continue;
+    list.appendChild(el("dt", "", term));
+    list.appendChild(el("dd", "", value));
+  }
+}
+
+$("detail-close").addEventListener("click", () => {
+  selected = null;
+  $("detail").hidden = true;
+  document.body.classList.remove("detail-open");
+  paintAll = true;
+  scheduleFlush();
+});
+
+// ---- frames to paint ------------------------------------------------------------
 
 function scheduleFlush() {
   if (flushQueued) return;
@@ -210,22 +290,13 @@ function flush() {
   const repaintedAll = paintAll;
   paint();
   if (anyDirty || repaintedAll) summarize();
+  if (anyDirty && selected) showDetail();
   anyDirty = false;
   stats.flushes++;
   stats.flushMsMax = Math.max(stats.flushMsMax, performance.now() - began);
 }
 
 function refilter() { needResort = true; lastResort = 0; paintAll = true; scheduleFlush(); }
-
-// Burn rates fall as the window slides even when nothing arrives.
-setInterval(() => {
-  const now = Date.now();
-  for (const row of order) {
-    const burn = burnRate(row, now);
-    if (burn !== row.burn) { row.burn = burn; row.version++; anyDirty = true; }
-  }
-  if (anyDirty) scheduleFlush();
-}, BURN_REFRESH_MS);
 
 for (const th of document.querySelectorAll("#ops-table th")) {
   th.addEventListener("click", () => {
@@ -242,9 +313,14 @@ $("near-limit").addEventListener("input", () => {
   const micros = parseDollars($("near-limit").value);
   if (micros !== null) { nearLimitMicros = micros; refilter(); }
 });
+$("filters-clear").addEventListener("click", () => {
+  $("filter-text").value = "";
+  $("filter-near").checked = false;
+  $("filter-recharge").checked = false;
+  refilter();
+});
 $("ops-scroll").addEventListener("scroll", () => { paintAll = true; scheduleFlush(); }, { passive: true });
 window.addEventListener("resize", scheduleFlush);
-$("burn-window").textContent = String(BURN_WINDOW_MS / 60000);
 
 if (!token) {
   setStatus($("live-status"), "refused", "Open this page as /ops?token=<ops token>.");
@@ -253,13 +329,13 @@ if (!token) {
     onFrame(frame) {
       stats.frames++;
       if (frame.type === "snapshot") {
-        // A new connection may reach another gateway process, whose spend
-        // counter started elsewhere: burn samples restart.
-        if (frame.first && !frame.refresh) for (const row of order) { row.samples = []; row.seq = -1; }
+        if (frame.first && !frame.refresh) for (const row of order) row.seq = -1;
         for (const account of frame.accounts) absorb(account, true);
       } else if (frame.type === "updates") {
         stats.updates += frame.updates.length;
         for (const change of frame.updates) absorb(change, false);
+      } else if (frame.type === "burn") {
+        absorbBurn(frame);
       }
       scheduleFlush();
     },

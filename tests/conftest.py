@@ -40,6 +40,9 @@ def test_settings(**changes: Any) -> Settings:
         switch_token="test-switch-token",
         ops_token="test-ops-token",
         reservation_sweep_interval_s=0.2,
+        # No Stripe behind the plain test gateway (port 9 refuses): the pages'
+        # card entry says it is unavailable. Payment tests set the local Stripe's.
+        stripe_js_url="http://127.0.0.1:9/js.stripe.com/v3/",
         # Pub/sub channels are global to a Redis server (not per database): a
         # suite's own channel keeps other suites' balance changes out of its sockets.
         live_channel="m:live:test:" + TEST_REDIS_URL.rsplit("/", 1)[-1],
@@ -128,4 +131,4 @@ async def make_account(
 
 
 # Area fixture modules, registered for every test file.
-pytest_plugins = ["tests.fixtures_payments"]
+pytest_plugins = ["tests.fixtures_payments", "tests.fixtures_pages"]

@@ -26,6 +26,9 @@ Added on top of localstripe (which is imported, not copied):
   `POST /_config/release_intents`: a caller stuck between charging and knowing.
 - No pickle of the whole store to /tmp after every write: several servers run
   side by side on one machine, each in memory only.
+- A card number typed with spaces ("4242 4242 4242 4242") into the card element
+  is read as its digits, as Stripe's own card element sends it (localstripe's
+  element passes the text through as typed).
 """
 
 from __future__ import annotations
@@ -45,6 +48,16 @@ from localstripe import resources, server, webhooks
 
 # Keep the store in memory (see the module docstring).
 resources.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
+_payment_method_init = resources.PaymentMethod.__init__
+
+
+def _card_digits_only(self: Any, *args: Any, card: Any = None, **kwargs: Any) -> None:
+    if isinstance(card, dict) and isinstance(card.get("number"), str):
+        card = {**card, "number": "".join(card["number"].split())}
+    _payment_method_init(self, *args, card=card, **kwargs)
+
+
+resources.PaymentMethod.__init__ = _card_digits_only  # type: ignore[method-assign]
 
 IDEMPOTENCY_KEYS_MAX = 100_000
 IDEMPOTENCY_MISMATCH = (

@@ -51,12 +51,18 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def test_an_address_guessing_tokens_is_refused_and_the_switch_is_not(
-    guarded_gateway: GatewayProcess,
-) -> None:
+@pytest.fixture
+async def account(guarded_gateway: GatewayProcess) -> tuple[str, str]:
+    """An account of the guarded gateway and a customer token of it."""
     async with httpx.AsyncClient(base_url=guarded_gateway.url) as http:
         account_id = await make_account(http, 1_000_000)
-        token = await customer_token(http, account_id)
+        return account_id, await customer_token(http, account_id)
+
+
+async def test_an_address_guessing_tokens_is_refused_and_the_switch_is_not(
+    guarded_gateway: GatewayProcess, account: tuple[str, str]
+) -> None:
+    account_id, token = account
     path = f"/v1/accounts/{account_id}"
     async with client_from(guarded_gateway, "127.0.0.2") as guesser:
         for _ in range(PER_CLIENT):
@@ -97,11 +103,9 @@ async def test_an_address_guessing_tokens_is_refused_and_the_switch_is_not(
 
 
 async def test_one_token_prefix_guessed_from_many_addresses_is_refused(
-    guarded_gateway: GatewayProcess,
+    guarded_gateway: GatewayProcess, account: tuple[str, str]
 ) -> None:
-    async with httpx.AsyncClient(base_url=guarded_gateway.url) as http:
-        account_id = await make_account(http, 1_000_000)
-        token = await customer_token(http, account_id)
+    account_id, token = account
     path = f"/v1/accounts/{account_id}"
     prefix = "Zq" + secrets.token_urlsafe(6)[:6]
     statuses = []

@@ -164,6 +164,7 @@ async def test_entry_fields(seeded: Seeded) -> None:
         "seq": 2,
         "item": "sms_outbound",
         "label": "outgoing text message",
+        "description": "Outgoing text message",
         "amount_micros": -7_500,
         "balance_after_micros": 100_000_000 - 7_500,
         "request_id": "req-2",

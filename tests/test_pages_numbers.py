@@ -11,7 +11,7 @@ from metering.numbers.scheduler import NumberScheduler
 from metering.settings import Settings
 from metering.store import Store
 from tests.conftest import OPS, make_account
-from tests.test_pages import browser, charge, open_dashboard, page, token_for  # noqa: F401
+from tests.fixtures_pages import charge, open_dashboard, token_for
 
 NUMBER = "+15556660001"
 

@@ -16,7 +16,7 @@ from devkit.testing import GatewayProcess
 from gateway.csp import content_security_policy
 from metering.settings import Settings
 from tests.conftest import OPS, SWITCH, make_account
-from tests.test_pages import CHROMIUM, CHROMIUM_ARGS, token_for
+from tests.fixtures_pages import CHROMIUM, CHROMIUM_ARGS, token_for
 
 STRIPE_JS_URL = "https://js.stripe.com/v3/"
 

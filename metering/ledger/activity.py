@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from metering.entry_words import describe
 from metering.errors import InvalidRequest, UnknownAccount
 from metering.ledger.database import acquire
 from metering.ledger_entries import CREDIT_ITEMS, ITEM_LABELS
@@ -154,6 +155,7 @@ def entry_dict(row: Mapping[str, Any]) -> dict[str, Any]:
         "seq": row["seq"],
         "item": row["item"],
         "label": ITEM_LABELS.get(row["item"], row["item"]),
+        "description": describe(row["item"], row["detail"]),
         "amount_micros": row["amount_micros"],
         "balance_after_micros": row["balance_after_micros"],
         "request_id": row["request_id"],

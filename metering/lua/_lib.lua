@@ -276,4 +276,13 @@ local function correct_expired_call(k, account_id, call_id, acct, item, expired_
   return change
 end
 
+-- The ops page's burn rate: what each account spent in the current time bucket
+-- (metering/burn.py names the bucket's key and sums the last buckets). A late
+-- commit's refund is counted as a negative amount.
+local function count_spend(spend_key, account_id, amount, ttl_s)
+  if amount == 0 then return end
+  redis.call('HINCRBY', spend_key, account_id, int(amount))
+  redis.call('EXPIRE', spend_key, ttl_s)
+end
+
 -- ---- end of _lib.lua ----

@@ -2,8 +2,9 @@
 -- KEYS[1] account hash  KEYS[2] call hash  KEYS[3] account's open calls set
 -- KEYS[4] shard expiry zset  KEYS[5] shard ledger stream  KEYS[6] shard recharge stream
 -- KEYS[7] shard events stream (low-balance alerts)
+-- KEYS[8] shard spend counters of the current time bucket (burn rate)
 -- ARGV[1] account_id  ARGV[2] call_id  ARGV[3] duration_s  ARGV[4] idempotency window s
--- ARGV[5] late commit window s  ARGV[6] live channel
+-- ARGV[5] late commit window s  ARGV[6] live channel  ARGV[7] time to keep the spend counters, s
 -- Returns {'ok', replayed, charged_micros, billed_s, balance_micros, reserved_micros, seq, capped,
 --          correction_micros}
 --      or {'unknown_call', 0} | {'call_closed', 0, state} | {'idempotency_conflict', 0}
@@ -47,6 +48,7 @@ if late then
   local change = correct_expired_call(k, ARGV[1], ARGV[2], acct, item, held, charge, at,
     'late_commit duration_s=' .. ARGV[3] .. ' billed_s=' .. int(billed) .. ' expired_charge=' ..
     int(held) .. ' charge=' .. int(charge) .. (capped == 1 and ' capped' or ''))
+  count_spend(KEYS[8], ARGV[1], -change, ARGV[7])
   local values = {charge, billed, acct.balance, acct.reserved, acct.seq, capped, change}
   redis.call('HSET', KEYS[2], 'state', 'committed', 'late_us', int(at),
     'commit_answer', answer_text(ARGV[3], values))
@@ -61,6 +63,7 @@ if charge > 0 then
   acct.seq = acct.seq + 1
   append_ledger(KEYS[5], ARGV[1], acct.seq, item, -charge, acct.balance, ARGV[2], at,
     'duration_s=' .. ARGV[3] .. ' billed_s=' .. int(billed) .. (capped == 1 and ' capped' or ''))
+  count_spend(KEYS[8], ARGV[1], charge, ARGV[7])
 end
 local values = {charge, billed, acct.balance, acct.reserved, acct.seq, capped, 0}
 local k = {account = KEYS[1], call = KEYS[2], calls = KEYS[3], expiry = KEYS[4]}

@@ -2,11 +2,13 @@
 -- KEYS[1] account hash            KEYS[2] request key (first answer)
 -- KEYS[3] shard ledger stream     KEYS[4] shard recharge stream
 -- KEYS[5] account's numbers hash  KEYS[6] shard numbers stream  KEYS[7] shard events stream
+-- KEYS[8] shard spend counters of the current time bucket (burn rate)
 -- ARGV[1] account_id  ARGV[2] item  ARGV[3] rate card field holding the price
 -- ARGV[4] request_id  ARGV[5] fingerprint of the request body  ARGV[6] idempotency window s
 -- ARGV[7] ledger backlog max      ARGV[8] live channel          ARGV[9] ledger detail
 -- ARGV[10] phone number named ('' for none)  ARGV[11] its role (see _lib.lua number_refusal)
 -- ARGV[12] renewal mode a purchase records ('automatic' or 'switch')
+-- ARGV[13] time to keep the spend counters, s
 -- Returns {'ok', replayed, charged_micros, balance_micros, reserved_micros, seq}
 --      or {'insufficient_funds', 0, cost_micros, available_micros}
 --      or {'unknown_account', 0} | {'idempotency_conflict', 0} | {'ledger_backlog_full', 0}
@@ -30,6 +32,7 @@ balance = balance - cost
 seq = seq + 1
 redis.call('HSET', KEYS[1], 'balance', int(balance), 'seq', int(seq))
 append_ledger(KEYS[3], ARGV[1], seq, ARGV[2], -cost, balance, ARGV[4], at, ARGV[9])
+count_spend(KEYS[8], ARGV[1], cost, ARGV[13])
 record_number(KEYS[5], KEYS[6], ARGV[1], ARGV[10], ARGV[11], ARGV[4], at,
   num(acct.number_renewal_micros), ARGV[12])
 balance_alerts(KEYS[1], KEYS[7], ARGV[1], balance, acct, at)

@@ -3,7 +3,9 @@
 -- KEYS[1] account hash  KEYS[2] call hash  KEYS[3] account's open calls set
 -- KEYS[4] shard expiry zset  KEYS[5] shard ledger stream  KEYS[6] shard recharge stream
 -- KEYS[7] shard events stream (low-balance alerts)
+-- KEYS[8] shard spend counters of the current time bucket (burn rate)
 -- ARGV[1] account_id  ARGV[2] call_id  ARGV[3] idempotency window s  ARGV[4] live channel
+-- ARGV[5] time to keep the spend counters, s
 -- Returns {'expired', charged_micros} | {'not_due', 0}
 --
 -- Never refused for a full ledger backlog (see commit.lua): a sweeper that waited
@@ -36,6 +38,7 @@ if charge > 0 then
   acct.seq = acct.seq + 1
   append_ledger(KEYS[5], ARGV[1], acct.seq, item, -charge, acct.balance, ARGV[2], at,
     'expired billed_s=' .. c[3])
+  count_spend(KEYS[8], ARGV[1], charge, ARGV[5])
 end
 local k = {account = KEYS[1], call = KEYS[2], calls = KEYS[3], expiry = KEYS[4]}
 close_call(k, ARGV[1], ARGV[2], 'expired', acct, at, ARGV[3], 'expired_charge', int(charge))

@@ -1,8 +1,9 @@
 -- release.lua: the call never connected. Nothing is charged; the reservation returns.
 -- KEYS[1] account hash  KEYS[2] call hash  KEYS[3] account's open calls set  KEYS[4] shard expiry zset
 -- KEYS[5] shard ledger stream  KEYS[6] shard events stream
+-- KEYS[7] shard spend counters of the current time bucket (burn rate)
 -- ARGV[1] account_id  ARGV[2] call_id  ARGV[3] idempotency window s  ARGV[4] live channel
--- ARGV[5] late commit window s
+-- ARGV[5] late commit window s  ARGV[6] time to keep the spend counters, s
 -- Returns {'ok', replayed, released_micros, balance_micros, reserved_micros, correction_micros}
 --      or {'unknown_call', 0} | {'call_closed', 0, state}
 --
@@ -24,6 +25,7 @@ if late then
   local k = {account = KEYS[1], ledger = KEYS[5], events = KEYS[6]}
   local change = correct_expired_call(k, ARGV[1], ARGV[2], acct, item, expired_charge, 0, at,
     'late_release expired_charge=' .. int(expired_charge))
+  count_spend(KEYS[7], ARGV[1], -change, ARGV[6])
   redis.call('HSET', KEYS[2], 'state', 'released', 'late_us', int(at),
     'release_answer', answer_text('', {0, acct.balance, acct.reserved, change}))
   publish(ARGV[4], ARGV[1], 'release', item, change, acct.balance, acct.reserved, acct.seq, at,

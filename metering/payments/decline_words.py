@@ -13,6 +13,7 @@ DECLINE_WORDS = {
     "processing_error": "Your card could not be processed.",
     "authentication_required": "Your bank asks you to confirm this payment.",
     "requires_action": "Your bank asks you to confirm this payment.",
+    "payment_intent_authentication_failure": "Your bank did not confirm the payment.",
     "card_velocity_exceeded": "Your card's limit was reached.",
 }
 DECLINED = "Your card was declined."

@@ -18,6 +18,7 @@ import stripe
 
 from metering import accounts, crash_points, fields
 from metering.errors import (
+    AuthenticationRequired,
     CardDeclined,
     ChargeMismatch,
     IdempotencyConflict,
@@ -28,8 +29,9 @@ from metering.errors import (
 from metering.payments.cards import card_on_file
 from metering.payments.charges import PAY_NOW, Charge, credit_charge
 from metering.payments.stripe_client import (
-    charge_off_session,
+    charge_on_session,
     idempotency_key,
+    intent_outcome,
     to_cents,
 )
 from metering.settings import Settings
@@ -44,6 +46,10 @@ SQL_INSERT_PAYMENT = """
 SQL_PAYMENT = """
     SELECT kind, amount_micros, status, payment_intent_id, failure_reason, credited
     FROM payments WHERE account_id = $1 AND payment_id = $2"""
+# Pay now waiting for the customer's authentication: the PaymentIntent to ask about.
+SQL_PAYMENT_AWAITS_CUSTOMER = """
+    UPDATE payments SET payment_intent_id = $3, updated_at = now()
+    WHERE account_id = $1 AND payment_id = $2 AND status = 'pending'"""
 # A failure never overwrites a success (a late payment_failed webhook after a retry).
 SQL_PAYMENT_FAILED = """
     UPDATE payments SET status = 'failed', payment_intent_id = coalesce($3, payment_intent_id),
@@ -103,20 +109,37 @@ async def pay_now(
                 "nothing was credited (use a new payment_id to try again)",
                 reason=row["failure_reason"],
             )
-    card = await card_on_file(db, account_id)
-    if card is None:
-        raise NoCardOnFile(f"account {account_id} has no card on file; register a card first")
-    # A concurrent twin may insert first; both then make the same idempotent Stripe call.
-    await db.execute(SQL_INSERT_PAYMENT, account_id, payment_id, amount_micros)
-    outcome = await charge_off_session(
-        client,
-        settings,
-        card.customer_id,
-        card.payment_method_id,
-        amount_micros,
-        {"account_id": account_id, "payment_id": payment_id, "kind": PAY_NOW},
-        idempotency_key(PAY_NOW, account_id, payment_id),
-    )
+    awaiting = row["payment_intent_id"] if row is not None else None
+    if awaiting:
+        # The bank asked the customer to confirm this payment: Stripe says how that went.
+        outcome = await intent_outcome(client, awaiting)
+    else:
+        card = await card_on_file(db, account_id)
+        if card is None:
+            raise NoCardOnFile(f"account {account_id} has no card on file; register a card first")
+        # A concurrent twin may insert first; both then make the same idempotent Stripe call.
+        await db.execute(SQL_INSERT_PAYMENT, account_id, payment_id, amount_micros)
+        # The customer is at the page: on-session, so a bank's authentication can happen.
+        outcome = await charge_on_session(
+            client,
+            settings,
+            card.customer_id,
+            card.payment_method_id,
+            amount_micros,
+            {"account_id": account_id, "payment_id": payment_id, "kind": PAY_NOW},
+            idempotency_key(PAY_NOW, account_id, payment_id),
+        )
+    if outcome.requires_action:
+        await db.execute(
+            SQL_PAYMENT_AWAITS_CUSTOMER, account_id, payment_id, outcome.payment_intent_id
+        )
+        raise AuthenticationRequired(
+            "your bank asks you to confirm this payment: confirm it with Stripe.js "
+            "(confirmCardPayment with client_secret), then send the same payment again; "
+            "nothing is charged until then",
+            client_secret=outcome.client_secret,
+            payment_intent_id=outcome.payment_intent_id,
+        )
     if outcome.succeeded:
         assert outcome.payment_intent_id is not None
         crash_points.reached(settings, crash_points.CHARGED)

@@ -51,6 +51,7 @@ from metering.account_state import publish_account_state
 from metering.events import emit_event, event_id
 from metering.ledger.database import DATABASE_DOWN
 from metering.ledger.recovery import open_money_store
+from metering.metrics import METRICS
 from metering.outages import REDIS_DOWN, Outage, pause
 from metering.payments import recharge_settings
 from metering.payments.charges import (
@@ -60,7 +61,12 @@ from metering.payments.charges import (
     recharge_payment_id,
 )
 from metering.payments.decline_words import failure_words
-from metering.payments.notifications import recharge_failure_message, send_email
+from metering.payments.notifications import (
+    recharge_failure_message,
+    recharge_receipt_message,
+    send_email,
+)
+from metering.payments.receipts import attempt_reference, card_words, cards_of, receipt_url
 from metering.payments.recharge_intake import RechargeIntake
 from metering.payments.recharge_marks import clear_pending_mark
 from metering.payments.recharge_repair import RechargeRepair
@@ -102,6 +108,10 @@ SQL_END_EPISODE = """
 SQL_CLAIM_EMAIL = """
     UPDATE recharge_episodes SET emailed_at = now()
     WHERE account_id = $1 AND episode_us = $2 AND emailed_at IS NULL RETURNING episode_us"""
+SQL_CLAIM_RECEIPT_EMAIL = """
+    UPDATE recharge_episodes SET receipt_emailed_at = now()
+    WHERE account_id = $1 AND episode_us = $2 AND receipt_emailed_at IS NULL
+    RETURNING episode_us"""
 SQL_UNCLAIM_EMAIL = """
     UPDATE recharge_episodes SET emailed_at = NULL WHERE account_id = $1 AND episode_us = $2"""
 SQL_EPISODE_AMOUNT = """
@@ -118,6 +128,14 @@ SQL_RECHARGE_STATE = """
     WHERE r.account_id = $1"""
 
 Mailer = Callable[[Settings, EmailMessage], Awaitable[None]]
+
+
+def attempt_outcome(outcome: ChargeOutcome) -> str:
+    """metering_recharge_attempts_total's outcome: succeeded, retrying (network,
+    Stripe 5xx, rate limit) or declined (the card, or no card)."""
+    if outcome.succeeded:
+        return "succeeded"
+    return "retrying" if outcome.retryable else "declined"
 
 
 def now_us() -> int:
@@ -299,10 +317,12 @@ class RechargeWorker:
                 crash_points.reached(self.settings, crash_points.CHARGED)
         attempt_no = ep.attempts + 1
         await self._record_attempt(ep, attempt_no, outcome)
+        METRICS.recharge_attempts.inc((attempt_outcome(outcome),))
         if outcome.succeeded:
             assert outcome.payment_intent_id is not None
             await self._credit(ep, outcome.payment_intent_id)
             log.info("recharged %s with %d micros", ep.account_id, ep.amount_micros)
+            await self._email_receipt(ep, email, outcome.payment_intent_id)
             return outcome
         await self._failed(ep, attempt_no, outcome, email)
         return outcome
@@ -337,6 +357,7 @@ class RechargeWorker:
         outcome = ChargeOutcome(False, None, reason, False)
         attempt_no = ep.attempts + 1
         await self._record_attempt(ep, attempt_no, outcome)
+        METRICS.recharge_attempts.inc(("refused",))
         await recharge_settings.turn_off(self.store, self.db, ep.account_id)
         await self.db.execute(SQL_END_EPISODE, ep.account_id, ep.episode_us, "ended", reason)
         await self.store.redis.hset(
@@ -347,7 +368,7 @@ class RechargeWorker:
         log.warning("recharge of %s refused: %s", ep.account_id, reason)
         next_attempt = "none (automatic recharge is off)"
         await self._failure_event(ep, attempt_no, reason, next_attempt)
-        await self._email_once(ep, email, reason, next_attempt)
+        await self._email_once(ep, email, reason, next_attempt, attempt_no)
 
     async def _failed(
         self, ep: Episode, attempt_no: int, outcome: ChargeOutcome, email: str
@@ -427,7 +448,7 @@ class RechargeWorker:
             await publish_account_state(self.store, ep.account_id)
         log.warning("recharge of %s failed: %s", ep.account_id, outcome.reason)
         await self._failure_event(ep, attempt_no, outcome.reason, next_attempt)
-        await self._email_once(ep, email, outcome.reason, next_attempt)
+        await self._email_once(ep, email, outcome.reason, next_attempt, attempt_no)
 
     async def _failure_event(
         self, ep: Episode, attempt_no: int, reason: str, next_attempt: str
@@ -445,17 +466,59 @@ class RechargeWorker:
             },
         )
 
-    async def _email_once(self, ep: Episode, email: str, reason: str, next_attempt: str) -> None:
+    async def _email_once(
+        self, ep: Episode, email: str, reason: str, next_attempt: str, attempt_no: int
+    ) -> None:
         if not email or not await self.db.fetchval(SQL_CLAIM_EMAIL, ep.account_id, ep.episode_us):
             return
+        # The attempt's record opens from the email without a token.
+        link = receipt_url(
+            self.settings, ep.account_id, attempt=attempt_reference(ep.episode_us, attempt_no)
+        )
         message = recharge_failure_message(
-            self.settings, email, ep.account_id, ep.amount_micros, reason, next_attempt
+            self.settings,
+            email,
+            ep.account_id,
+            ep.amount_micros,
+            failure_words(reason),
+            next_attempt,
+            link,
         )
         try:
             await self.mailer(self.settings, message)
         except Exception as exc:  # SMTP down: unclaim, so the next failure sends it
+            METRICS.emails.inc(("recharge.failed", "failed"))
             log.warning("could not email %s about %s: %s", email, ep.account_id, exc)
             await self.db.execute(SQL_UNCLAIM_EMAIL, ep.account_id, ep.episode_us)
+            return
+        METRICS.emails.inc(("recharge.failed", "sent"))
+
+    async def _email_receipt(self, ep: Episode, email: str, payment_intent_id: str) -> None:
+        """The receipt of a recharge, emailed once per episode (best effort: the
+        receipt itself stays on the billing page)."""
+        if not email or not await self.db.fetchval(
+            SQL_CLAIM_RECEIPT_EMAIL, ep.account_id, ep.episode_us
+        ):
+            return
+        cards = await cards_of(self.db, self.stripe, [payment_intent_id])
+        link = receipt_url(
+            self.settings, ep.account_id, payment_id=recharge_payment_id(ep.episode_us)
+        )
+        message = recharge_receipt_message(
+            self.settings,
+            email,
+            ep.account_id,
+            ep.amount_micros,
+            card_words(cards.get(payment_intent_id)),
+            link,
+        )
+        try:
+            await self.mailer(self.settings, message)
+        except Exception as exc:
+            METRICS.emails.inc(("recharge.receipt", "failed"))
+            log.warning("could not email the receipt of %s to %s: %s", ep.account_id, email, exc)
+            return
+        METRICS.emails.inc(("recharge.receipt", "sent"))
 
     async def _end(self, ep: Episode, why: str) -> None:
         # Postgres first: a crash before the mark is cleared leaves an ended
@@ -497,3 +560,23 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         await db.close()
         await store.redis.aclose()
     return 0
+
+
+# The ops view of the queue: open episodes, those due now, the oldest due one.
+SQL_BACKLOG = """
+    SELECT count(*) AS open,
+        count(*) FILTER (WHERE next_attempt_at_us <= $1) AS due,
+        min(next_attempt_at_us) FILTER (WHERE next_attempt_at_us <= $1) AS oldest_due_us
+    FROM recharge_episodes WHERE status = 'open'"""
+
+
+async def recharge_backlog(db: Any, at_us: int) -> dict[str, Any]:
+    """Open recharge episodes, how many are due, and how long the oldest due one
+    has waited (a growing figure: no worker is attempting them)."""
+    row = await db.fetchrow(SQL_BACKLOG, at_us)
+    oldest = row["oldest_due_us"]
+    return {
+        "open_episodes": int(row["open"]),
+        "due_episodes": int(row["due"]),
+        "oldest_due_age_s": round((at_us - oldest) / 1e6, 3) if oldest is not None else None,
+    }

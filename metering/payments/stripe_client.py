@@ -57,12 +57,16 @@ def idempotency_key(kind: str, *parts: str | int) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ChargeOutcome:
-    """What one off-session charge came to."""
+    """What one charge came to."""
 
     succeeded: bool
     payment_intent_id: str | None
     reason: str  # empty on success; for people and for the failure email
     retryable: bool  # network, 5xx, rate limit: worth the same call again later
+    # The bank asks the customer to authenticate (3-D Secure): Stripe.js completes
+    # it in the browser with this client secret (confirmCardPayment).
+    requires_action: bool = False
+    client_secret: str | None = None
 
 
 def failure_of(exc: Exception) -> ChargeOutcome:
@@ -101,15 +105,25 @@ async def charge_off_session(
     key: str,
 ) -> ChargeOutcome:
     """Create and confirm a PaymentIntent against the saved card, off-session."""
-    params: dict[str, Any] = {
+    params = _intent_params(settings, customer_id, payment_method_id, amount_micros)
+    params.update({"confirm": True, "off_session": True, "metadata": metadata})
+    return await _confirm_intent(client, params, key)
+
+
+def _intent_params(
+    settings: Settings, customer_id: str, payment_method_id: str, amount_micros: int
+) -> dict[str, Any]:
+    return {
         "amount": to_cents(amount_micros),
         "currency": settings.stripe_currency,
         "customer": customer_id,
         "payment_method": payment_method_id,
-        "confirm": True,
-        "off_session": True,
-        "metadata": metadata,
     }
+
+
+async def _confirm_intent(
+    client: stripe.StripeClient, params: dict[str, Any], key: str
+) -> ChargeOutcome:
     try:
         intent = await client.v1.payment_intents.create_async(
             params,  # type: ignore[arg-type]
@@ -117,8 +131,53 @@ async def charge_off_session(
         )
     except stripe.StripeError as exc:
         return failure_of(exc)
+    return outcome_of(intent)
+
+
+def outcome_of(intent: Any) -> ChargeOutcome:
+    """What a PaymentIntent's status means for the charge."""
     if intent.status == "succeeded":
         return ChargeOutcome(True, intent.id, "", False)
+    if intent.status == "requires_action":
+        return ChargeOutcome(
+            False,
+            intent.id,
+            "authentication_required: the bank asks the customer to confirm the payment",
+            False,
+            requires_action=True,
+            client_secret=intent.client_secret,
+        )
+    if intent.status == "processing":
+        # Stripe has not decided yet: the succeeded webhook credits it if it goes through.
+        return ChargeOutcome(False, intent.id, "Stripe error 0: the payment is processing", True)
+    # A StripeObject, not a dict: read by attribute.
     err = getattr(intent, "last_payment_error", None)
-    message = (err.get("message") if err else None) or f"payment {intent.status}"
-    return ChargeOutcome(False, intent.id, f"{intent.status}: {message}", False)
+    code = getattr(err, "code", None) or intent.status
+    message = getattr(err, "message", None) or f"payment {intent.status}"
+    return ChargeOutcome(False, intent.id, f"{code}: {message}", False)
+
+
+async def charge_on_session(
+    client: stripe.StripeClient,
+    settings: Settings,
+    customer_id: str,
+    payment_method_id: str,
+    amount_micros: int,
+    metadata: dict[str, str],
+    key: str,
+) -> ChargeOutcome:
+    """Create and confirm a PaymentIntent against the saved card with the customer
+    present (pay now): a bank that asks for authentication gets it through the
+    browser (requires_action), as Stripe documents for on-session payments."""
+    params = _intent_params(settings, customer_id, payment_method_id, amount_micros)
+    params.update({"payment_method_types": ["card"], "confirm": True, "metadata": metadata})
+    return await _confirm_intent(client, params, key)
+
+
+async def intent_outcome(client: stripe.StripeClient, payment_intent_id: str) -> ChargeOutcome:
+    """Where a PaymentIntent stands now (after the customer authenticated, or not)."""
+    try:
+        intent = await client.v1.payment_intents.retrieve_async(payment_intent_id)
+    except stripe.StripeError as exc:
+        return failure_of(exc)
+    return outcome_of(intent)
