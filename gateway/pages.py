@@ -19,7 +19,8 @@ from metering.settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 ANY_ROLE = frozenset({CUSTOMER, OPS, SWITCH})
-PAGES = ("dashboard", "ops", "receipt")
+# docs: the API reference (Swagger UI over /openapi.json, static/docs.html).
+PAGES = ("dashboard", "ops", "receipt", "docs")
 
 
 async def get_billing_items(request: Request) -> Response:

@@ -169,6 +169,7 @@ async def test_a_receipt_link_with_garbage_is_refused_not_an_error(
     account_id, _auth = await customer_account(pay_http)
     api = f"/v1/accounts/{account_id}/receipt"
     for params in [
+        *({"payment": "p-1", "signature": s} for s in ("\u00e6", "sig\u00e6n\u00e9\U0001f600")),
         {"payment": "p-1", "signature": "ʇǝɯ ʇᴉs ɹolop"},
         {"payment": ")ÿ\U000c8ddc9&\x8d\r", "signature": "Ê¯¤Å"},
         {"attempt": "ʇǝɯ", "signature": "x"},
