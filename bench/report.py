@@ -84,6 +84,11 @@ def commit() -> str:
 # (name, numerator key, denominator key) of server CPU per request: less disturbed
 # by the machine's other tenants than throughput, when the server is CPU-bound.
 CPU_RATIOS = [
+    (
+        "request metrics and ids on / off, server CPU per request (1 process, hot)",
+        "observed_on",
+        "observed_off",
+    ),
     ("bare debit / authorize, server CPU per request (1 process, hot)", "bare", "authorize_hot_1"),
     (
         "single debit / batched debit, server CPU per debit (2 processes, hot)",
@@ -149,6 +154,16 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def figure(key: str, field: str) -> float | None:
         return float(found[key][field]) if key in found and field in found[key] else None
 
+    def cpu_cost(with_it: str, without: str) -> float | None:
+        """What `with_it` adds to `without`'s server CPU per request, as a fraction."""
+        on, off = figure(with_it, "server_cpu_us_per_req"), figure(without, "server_cpu_us_per_req")
+        return (on - off) / off if on and off else None
+
+    def throughput_cost(with_it: str, without: str) -> float | None:
+        """What `with_it` takes from `without`'s throughput, as a fraction."""
+        on, off = figure(with_it, "throughput_rps"), figure(without, "throughput_rps")
+        return (off - on) / off if on and off else None
+
     return [
         _target(
             "1 process >= 1.3x the bare naive route (1 process)",
@@ -208,6 +223,22 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             False,
             " ms",
             skipped.get("push", ""),
+        ),
+        _target(
+            "request metrics and ids cost < 5% of a request's server CPU (1 process, hot)",
+            cpu_cost("observed_on", "observed_off"),
+            0.05,
+            False,
+            "",
+            skipped.get("observed_on", ""),
+        ),
+        _target(
+            "request metrics and ids cost < 5% of throughput (1 process, hot)",
+            throughput_cost("observed_on", "observed_off"),
+            0.05,
+            False,
+            "",
+            skipped.get("observed_on", ""),
         ),
     ]
 

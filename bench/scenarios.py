@@ -283,6 +283,48 @@ def authorize(run: Run) -> None:
     with_ledger_writer(run)
 
 
+# Alternating runs per setting (off, on, off, on): drift of the shared machine
+# falls on both sides.
+OBSERVABILITY_ROUNDS = 2
+
+
+def observability(run: Run) -> None:
+    """What metrics and request ids cost on the authorize path: the same gateway
+    (1 process, hot account) with METERING_REQUEST_METRICS=0 and =1, alternating
+    in one run; each side is the mean of its rounds."""
+    if shutil.which("wrk") is None:
+        for on in (False, True):
+            run.skip("observability", _observed(on), "wrk is not installed", _observed_key(on))
+        return
+    seed(run, spread=False)
+    measured: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for _ in range(OBSERVABILITY_ROUNDS):
+        for on in (False, True):
+            gateway = start_gateway(run.settings(request_metrics=on), 1)
+            try:
+                measured[on].append(run.http(gateway, "/v1/messages", 1))
+            finally:
+                gateway.stop()
+    for on in (False, True):
+        rounds = measured[on]
+        figures = {
+            key: round(sum(r[key] for r in rounds) / len(rounds), 2)
+            for key in rounds[0]
+            if isinstance(rounds[0][key], int | float)
+        }
+        figures["load"] = rounds[0].get("load", "")
+        run.record("observability", _observed(on), figures, _observed_key(on))
+
+
+def _observed(on: bool) -> str:
+    state = "on" if on else "off"
+    return f"request metrics and ids {state}, hot account, 1 process (mean of 2)"
+
+
+def _observed_key(on: bool) -> str:
+    return "observed_on" if on else "observed_off"
+
+
 BATCH_ITEMS = 100
 
 
@@ -647,4 +689,5 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
     "postgres-row-lock": postgres_row_lock,
     "ledger": ledger,
     "push": push,
+    "observability": observability,
 }

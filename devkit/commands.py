@@ -6,8 +6,9 @@ import argparse
 import contextlib
 import fcntl
 import glob
+import json
 import os
-import re
+import select
 import shutil
 import signal
 import subprocess
@@ -61,6 +62,9 @@ SIP_TOOLS_FILES = (
 # wrk (HTTP load, the batches) and redis-benchmark (the EVALSHA ceiling).
 BENCH_PACKAGES = ("wrk", "redis-tools")
 BENCH_FILES = ("/usr/bin/wrk", "/usr/bin/redis-benchmark")
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules
+# in docker/prometheus (tests/test_alert_rules.py); nothing of it is started.
+PROMETHEUS_FILES = ("/usr/bin/promtool",)
 _apt_updated = False
 
 
@@ -126,6 +130,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             extra["METERING_TEST_CHROMIUM"] = chromium
         # Kamailio and SIPp for the real-switch test (tests/test_kamailio.py).
         ensure_debian_packages(SIP_TOOLS_PACKAGES, SIP_TOOLS_FILES, "the Kamailio test")
+        ensure_debian_packages(("prometheus",), PROMETHEUS_FILES, "the alert rules check")
         # The bench smoke test's load tools (tests/test_bench_smoke.py).
         ensure_debian_packages(BENCH_PACKAGES, BENCH_FILES, "the bench smoke test")
         redis_bin = redis_binaries_dir()
@@ -157,14 +162,13 @@ def cmd_test(args: argparse.Namespace) -> int:
 def metering_subcommands() -> set[str]:
     """The `python -m metering` subcommands that exist on this branch."""
     out = subprocess.run(
-        [str(VENV_PY), "-m", "metering", "--help"],
+        [str(VENV_PY), "-c", "from metering.tools.cli import COMMANDS; print(*COMMANDS)"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         env=venv_env({}),
     ).stdout
-    match = re.search(r"\{([^}]*)\}", out)
-    return set(match.group(1).split(",")) if match else set()
+    return set(out.split())
 
 
 def hold_run_lock() -> object:
@@ -186,6 +190,82 @@ def hold_run_lock() -> object:
     return lock
 
 
+# Workers `./dev run` starts, each with a metrics port of its own: (name, argv tail).
+RUN_WORKERS = (
+    ("ledger-writer", ("ledger-writer",)),
+    ("recharge-worker", ("recharge-worker",)),
+    ("number-scheduler", ("number-scheduler",)),
+    ("notifier", ("notifier",)),
+    ("reconcile", ("reconcile", "--continuous")),
+)
+# How long the demo may take to write its links before the summary goes without them.
+DEMO_LINKS_TIMEOUT_S = 60.0
+
+
+class Summary:
+    """What `./dev run` prints last, once everything is up, and again on demand:
+    Enter in its terminal, or SIGUSR1."""
+
+    def __init__(self, gateway_url: str, env: dict[str, str]) -> None:
+        self.gateway_url = gateway_url
+        self.env = env
+        self.workers: dict[str, int] = {}
+        self.links: dict[str, str] = {}
+        self.printed = False
+        self.again = False
+
+    def lines(self) -> list[str]:
+        url, env = self.gateway_url, self.env
+        ops = env.get("METERING_OPS_TOKEN", "dev-ops-token")
+        switch = env.get("METERING_SWITCH_TOKEN", "dev-switch-token")
+        out = [
+            "ready; everything below stays up until Ctrl-C",
+            f"  gateway        {url}  (API reference {url}/docs)",
+            f"  health         {url}/livez  {url}/readyz   metrics {url}/metrics",
+            f"  ops page       {url}/ops?token={ops}",
+        ]
+        out += [
+            f"  dashboard      {account}: {url}/dashboard?account={account}&token={token}"
+            for account, token in self.links.items()
+        ]
+        out += [
+            f"  tokens         switch {switch}   ops {ops}",
+            f"  ops status     curl -H 'Authorization: Bearer {ops}' {url}/v1/ops/status",
+        ]
+        out += [
+            f"  {name:<14} http://127.0.0.1:{port}/metrics" for name, port in self.workers.items()
+        ]
+        if env.get("METERING_STRIPE_API_BASE"):
+            out.append(f"  local stripe   {env['METERING_STRIPE_API_BASE']}")
+        if env.get("METERING_SMTP_PORT"):
+            out.append(f"  mail           {dev_dir() / 'mail' / 'new'}")
+        out.append(f"press Enter (or kill -USR1 {os.getpid()}) to print this again")
+        return out
+
+    def show(self) -> None:
+        for line in self.lines():
+            say(line)
+        self.printed = True
+        self.again = False
+
+    def ask_again(self, *_: object) -> None:
+        self.again = True
+
+
+def enter_pressed(stdin_open: bool) -> tuple[bool, bool]:
+    """(pressed, still open): a line on a terminal's stdin, without waiting."""
+    if not stdin_open:
+        return False, False
+    try:
+        readable, _, _ = select.select([sys.stdin], [], [], 0)
+    except (OSError, ValueError):
+        return False, False
+    if not readable:
+        return False, True
+    line = sys.stdin.readline()
+    return bool(line), bool(line)  # '' is end of file: stop looking
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     children = Children()
     signal.signal(signal.SIGTERM, raise_stop)
@@ -202,26 +282,55 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         commands = metering_subcommands()
         gateway_url = f"http://127.0.0.1:{env['METERING_PORT']}"
+        summary = Summary(gateway_url, env)
+        signal.signal(signal.SIGUSR1, summary.ask_again)
         gateway = children.start("gateway", [py, "-m", "gateway"], cwd=ROOT, env=env)
-        for worker in ("ledger-writer", "recharge-worker", "number-scheduler", "notifier"):
-            if worker in commands:
-                children.start(worker, [py, "-m", "metering", worker], cwd=ROOT, env=env)
-            else:
-                say(f"{worker}: not on this branch yet (`python -m metering {worker}`); skipped")
+        for name, argv in RUN_WORKERS:
+            if argv[0] not in commands:
+                say(f"{name}: not on this branch yet (`python -m metering {argv[0]}`); skipped")
+                continue
+            port = free_port()
+            summary.workers[name] = port
+            children.start(
+                name,
+                [
+                    py,
+                    "-m",
+                    "metering",
+                    "--log-level",
+                    env["METERING_LOG_LEVEL"],
+                    *argv,
+                    "--metrics-port",
+                    str(port),
+                ],
+                cwd=ROOT,
+                env=env,
+            )
         wait_http(gateway_url + "/healthz", gateway, GATEWAY_START_TIMEOUT_S)
         say(f"gateway: {gateway_url}")
+        links = dev_dir() / "demo-links.json"
+        links.unlink(missing_ok=True)
         if not args.no_demo:
             children.start(
                 "demo switch",
-                [py, "-m", "devkit.demo", "--gateway-url", gateway_url],
+                [py, "-m", "devkit.demo", "--gateway-url", gateway_url, "--links-file", str(links)],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,
             )
-        say("running; Ctrl-C stops everything started here")
+        links_deadline = time.monotonic() + (0 if args.no_demo else DEMO_LINKS_TIMEOUT_S)
+        stdin_open = sys.stdin is not None and sys.stdin.isatty()
         while True:
             for name, code in children.exited():
                 raise DevError(f"{name} exited with {code}; stopping everything")
+            if not summary.printed:
+                if links.exists():
+                    summary.links = json.loads(links.read_text())
+                if summary.links or time.monotonic() >= links_deadline:
+                    summary.show()
+            pressed, stdin_open = enter_pressed(stdin_open)
+            if summary.printed and (pressed or summary.again):
+                summary.show()
             time.sleep(CHILD_POLL_S)
     except DevError as exc:
         say(f"error: {exc}")
@@ -267,6 +376,8 @@ def run_environment(children: Children) -> dict[str, str]:
     else:
         extra["METERING_PORT"] = os.environ["METERING_PORT"]
     extra.setdefault("METERING_LOG_LEVEL", os.environ.get("METERING_LOG_LEVEL", "warning"))
+    # A terminal is read by people: plain lines unless asked for JSON.
+    extra.setdefault("METERING_LOG_FORMAT", os.environ.get("METERING_LOG_FORMAT", "text"))
     # Locally, webhook receivers run on this machine: let customers register them.
     extra.setdefault(
         "METERING_WEBHOOK_PRIVATE_TARGETS", os.environ.get("METERING_WEBHOOK_PRIVATE_TARGETS", "1")

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import random
 import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -77,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps-max", type=int, default=0, help="stop after this many steps (0: run until stopped)"
     )
+    parser.add_argument(
+        "--links-file",
+        default="",
+        help="also write the dashboards' customer tokens here as JSON (./dev run prints "
+        "them again with its summary)",
+    )
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -92,6 +100,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         switch = DemoSwitch(http, settings, args.time_scale)
         tokens = await switch.set_up()
         print_urls(base_url, settings, tokens)
+        if args.links_file:
+            write_links(Path(args.links_file), tokens)
         steps = 0
         while not stop.is_set() and (args.steps_max == 0 or steps < args.steps_max):
             await switch.step()
@@ -102,6 +112,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 pass
         await switch.hang_up_all()
     return 0
+
+
+def write_links(path: Path, tokens: dict[str, str]) -> None:
+    """{account id: customer token}, written whole (a reader never sees half)."""
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(tokens))
+    partial.replace(path)
 
 
 def print_urls(base_url: str, settings: Settings, tokens: dict[str, str]) -> None:

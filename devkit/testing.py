@@ -365,9 +365,16 @@ class TcpProxy:
     def release(self, *directions: str) -> None:
         self._run(self._set_flowing(directions or self.DIRECTIONS, True))
 
+    async def _cancel_pipes(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def close(self) -> None:
         self.release()
         self.stop()
+        self._run(self._cancel_pipes())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.metrics_files import prepare_directory
 from gateway.workers import configure_logging, serve
+from metering.metrics_export import process_exited
 from metering.settings import Settings
 
 
@@ -36,8 +38,13 @@ def server_options(settings: Settings) -> dict[str, Any]:
 def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    # Several workers: one SO_REUSEPORT socket each (gateway/workers.py).
-    serve(server_options(settings))
+    # Prometheus's multiprocess directory, made before any worker starts.
+    directory, cleanup = prepare_directory(settings)
+    try:
+        # Several workers: one SO_REUSEPORT socket each (gateway/workers.py).
+        serve(server_options(settings), on_worker_exit=lambda pid: process_exited(directory, pid))
+    finally:
+        cleanup()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from metering.credits import REASON_LENGTH_MAX
 from metering.fields import AccountId, RequestId, single_line
 from metering.ledger import customer_tokens, registry
 from metering.money import CREDIT_MICROS_MAX
+from metering.payments import recharge_lift
 from metering.rate_card import RateCard
 
 OPS_ONLY = frozenset({OPS})
@@ -111,5 +112,9 @@ async def post_credit(request: Request) -> Response:
     b = await read_body(request, CreditRequest, state.settings.request_body_bytes_max)
     credit = await credits.add_funds(
         state.store, account_id, b.credit_id, b.amount_micros, "ops_credit", b.reason
+    )
+    # A recharge waiting after a decline that this credit made unnecessary ends now.
+    await recharge_lift.recheck_when_lifted(
+        state.store, state.db, account_id, credit.balance_micros - credit.reserved_micros
     )
     return answer(answers.FundsAdded.of(b.credit_id, credit))

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from gateway import log_redaction
+from gateway import log_redaction, ops_api
 from gateway.auth_limits import AuthFailureLimiter
 from gateway.connection_guard import ConnectionGuard
 from gateway.endpoints import ENDPOINTS
@@ -24,6 +24,8 @@ from gateway.errors import EXCEPTION_HANDLERS
 from gateway.fast_path import SwitchFastPath
 from gateway.live_api import OPENAPI_WEBSOCKETS, account_live, ops_live
 from gateway.live_hub import LiveHub
+from gateway.metrics_files import MetricsFlusher
+from gateway.observe import RequestObserver
 from gateway.openapi import build_openapi
 from gateway.pages import page_routes
 from gateway.responses import JSONResponse
@@ -34,6 +36,8 @@ from metering.ledger.migrate import check_at_start
 from metering.ledger.recovery import check_redis
 from metering.ledger.writer import run_in_process as run_ledger_writer
 from metering.logs import configure_logging
+from metering.metrics_export import MultiprocessFiles
+from metering.operations.status import Readiness
 from metering.payments.stripe_client import build_stripe_client, close_stripe_client
 from metering.restart_fence import RestartFence
 from metering.settings import Settings
@@ -57,12 +61,18 @@ class GatewayState(TypedDict):
     connection_guard: ConnectionGuard
     # Failed authentication per address and token prefix (gateway/auth_limits.py).
     auth_limiter: AuthFailureLimiter
+    # /readyz's checks (cached schema state), and this process's metrics files
+    # (None when the app runs without the gateway's start-up: totals from memory).
+    readiness: Readiness
+    metrics_files: MultiprocessFiles | None
+    metrics_flusher: MetricsFlusher | None
 
 
 class GatewayApp(Starlette):
-    """Starlette with the security headers outermost, so that they also reach
-    the 500 answers Starlette's own error layer renders, and the switch's fast
-    path (gateway/fast_path.py) just inside them."""
+    """Starlette with the request observer outermost (a request id and the
+    duration of every answer, gateway/observe.py), the security headers inside
+    it, so that they also reach the 500 answers Starlette's own error layer
+    renders, and the switch's fast path (gateway/fast_path.py) just inside them."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -70,9 +80,10 @@ class GatewayApp(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         # The switch's requests are answered by the fast path, inside the headers.
-        return SecurityHeaders(
+        app = SecurityHeaders(
             SwitchFastPath(super().build_middleware_stack(), self.settings), self.settings
         )
+        return RequestObserver(app, self.settings) if self.settings.request_metrics else app
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -110,6 +121,9 @@ def create_app(settings: Settings) -> Starlette:
             tasks.append(asyncio.create_task(run_sweeper(store, stop), name="sweeper"))
         if settings.ledger_writer_in_gateway:
             tasks.append(asyncio.create_task(run_ledger_writer(store, stop), name="ledger"))
+        flusher = MetricsFlusher(settings, live_hub) if settings.metrics_dir else None
+        if flusher is not None:
+            tasks.append(asyncio.create_task(flusher.run(stop), name="metrics"))
         try:
             yield GatewayState(
                 settings=settings,
@@ -119,6 +133,9 @@ def create_app(settings: Settings) -> Starlette:
                 live_hub=live_hub,
                 connection_guard=ConnectionGuard(settings),
                 auth_limiter=AuthFailureLimiter(settings),
+                readiness=Readiness(settings),
+                metrics_files=flusher.files if flusher is not None else None,
+                metrics_flusher=flusher,
             )
         finally:
             stop.set()
@@ -148,6 +165,9 @@ def create_app(settings: Settings) -> Starlette:
     routes += [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
+        Route("/livez", ops_api.livez, methods=["GET"]),
+        Route("/readyz", ops_api.readyz, methods=["GET"]),
+        Route("/metrics", ops_api.metrics, methods=["GET"]),
         WebSocketRoute("/v1/accounts/{account_id}/live", account_live),
         WebSocketRoute("/v1/ops/live", ops_live),
         *page_routes(settings),

@@ -17,6 +17,7 @@ from gateway import (
     answers,
     notify_api,
     numbers_api,
+    ops_api,
     pages,
     payments_api,
     switch_api,
@@ -250,6 +251,16 @@ ENDPOINTS: list[Endpoint] = [
         activity_api.get_ledger_lag,
         ("ops",),
         "Ledger entries not yet in Postgres and the age of the oldest, by shard.",
+        errors=(401, 403),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/ops/status",
+        ops_api.get_ops_status,
+        ("ops",),
+        "For operators: versions (service, Redis, Postgres, schema), ledger lag, worker "
+        "heartbeats, recharge backlog, the continuous reconcile's last pass; a part whose "
+        "server does not answer says unavailable.",
         errors=(401, 403),
     ),
     # ---- payments ----

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from metering.burn import BurnRates, burn_rates
 from metering.ledger.customer_tokens import TOKEN_REVOKED_EVENT
+from metering.metrics import METRICS
 from metering.settings import Settings
 from metering.store import Store
 
@@ -142,6 +143,8 @@ class Subscriber:
         """Ask the sender to close the socket with `code`."""
         if self.close_code is None:
             self.close_code = code
+            if code == CLOSE_TOO_SLOW:
+                METRICS.live_slow_clients_dropped.inc()
         self.pending.clear()
         self.wake.set()
 

@@ -19,7 +19,8 @@ from metering.settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 ANY_ROLE = frozenset({CUSTOMER, OPS, SWITCH})
-PAGES = ("dashboard", "ops", "receipt")
+# docs: the API reference (Swagger UI over /openapi.json, static/docs.html).
+PAGES = ("dashboard", "ops", "receipt", "docs")
 
 
 async def get_billing_items(request: Request) -> Response:
@@ -47,13 +48,14 @@ def page_headers(settings: Settings) -> dict[str, str]:
 
 def render_page(name: str, settings: Settings) -> str:
     """The page's HTML with the settings it names filled in ({{stripe_js_url}},
-    {{stripe_publishable_key}}, the pay-now bounds), escaped."""
+    {{stripe_publishable_key}}, the pay-now and recharge bounds), escaped."""
     text = (STATIC_DIR / f"{name}.html").read_text()
     for key in (
         "stripe_js_url",
         "stripe_publishable_key",
         "payment_micros_min",
         "payment_micros_max",
+        "recharge_micros_max",
     ):
         text = text.replace("{{" + key + "}}", html.escape(str(getattr(settings, key))))
     return text

@@ -25,7 +25,7 @@ Headers = list[tuple[bytes, bytes]]
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 # Paths answered with JSON; everything else is a page or a page's asset.
-API_PREFIXES = ("/v1/", "/openapi.json", "/healthz")
+API_PREFIXES = ("/v1/", "/openapi.json", "/healthz", "/livez", "/readyz", "/metrics")
 
 
 class SecurityHeaders:

@@ -31,6 +31,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -101,8 +102,16 @@ def run_worker(app: str, options: dict[str, Any]) -> None:
 
 
 class Supervisor:
-    def __init__(self, app: str, options: dict[str, Any], workers: int) -> None:
+    def __init__(
+        self,
+        app: str,
+        options: dict[str, Any],
+        workers: int,
+        on_worker_exit: Callable[[int], None] | None = None,
+    ) -> None:
         self.app = app
+        # Told the pid of each worker that died (its metrics gauges go with it).
+        self.on_worker_exit = on_worker_exit
         self.options = {k: v for k, v in options.items() if k != "workers"}
         self.count = workers
         self.context = multiprocessing.get_context("spawn")
@@ -145,6 +154,8 @@ class Supervisor:
                 continue
             lived_s = time.monotonic() - self.started_at[i]
             log.warning("gateway worker %s exited with %s", process.pid, process.exitcode)
+            if self.on_worker_exit is not None:
+                self.on_worker_exit(process.pid)
             if lived_s < STARTUP_GRACE_S:
                 self.quick_failures += 1
                 if self.quick_failures >= STARTUP_FAILURES_MAX:
@@ -168,10 +179,14 @@ class Supervisor:
                 process.join()
 
 
-def serve(options: dict[str, Any], app: str = APP) -> None:
+def serve(
+    options: dict[str, Any],
+    app: str = APP,
+    on_worker_exit: Callable[[int], None] | None = None,
+) -> None:
     """Run `app` (a factory) with options["workers"] processes (one: in this process)."""
     workers = int(options.get("workers", 1))
     if workers <= 1 or not supported():
         uvicorn.run(app, factory=True, **options)
         return
-    sys.exit(Supervisor(app, options, workers).run())
+    sys.exit(Supervisor(app, options, workers, on_worker_exit).run())

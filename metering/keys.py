@@ -22,6 +22,10 @@ unchanged on Redis Cluster.
     m:{s042}:events                  stream account events: low balance, payments (see events.py)
     m:{s042}:spend:<bucket>          hash   account id -> micros spent in the bucket (burn.py)
     m:token:<sha256 hex>             string account id of a customer token
+    m:workers                        hash   "<kind>/<name>" -> JSON heartbeat of a worker
+                                            (see heartbeats.py)
+    m:reconcile:last                 string JSON summary of the continuous reconcile's
+                                            last complete pass
     m:ledger_checked                 string the run id of the Redis server whose data the
                                             ledger check last brought in line with Postgres
                                             (see restart_fence.py)
@@ -113,3 +117,12 @@ def split_expiry_member(member: str) -> tuple[str, str]:
 
 def token_key(token_sha256_hex: str) -> str:
     return f"{PREFIX}token:{token_sha256_hex}"
+
+
+def workers_key() -> str:
+    """The workers' heartbeats (metering/heartbeats.py); no hash tag: one key."""
+    return f"{PREFIX}workers"
+
+
+def reconcile_summary_key() -> str:
+    return f"{PREFIX}reconcile:last"

@@ -9,13 +9,18 @@ the README.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 from metering import fields
 from metering.burn import spend_key, spend_ttl_s
 from metering.debits import DIRECTIONS
 from metering.errors import InvalidRequest, raise_refusal
+from metering.metrics import METRICS
 from metering.store import Store
+
+Answer = TypeVar("Answer", "Grant", "CallCharge", "Release")
+# metering_reservations_total{event}: each answered once, replays not counted.
+OPENED, EXTENDED, COMMITTED, RELEASED = ("opened",), ("extended",), ("committed",), ("released",)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,7 +148,7 @@ async def reserve(
         ],
     )
     raise_refusal(r, account_id, f"call {call_id}")
-    return Grant.from_answer(call_id, r, total_granted_seconds=int(r[2]))
+    return _counted(OPENED, Grant.from_answer(call_id, r, total_granted_seconds=int(r[2])))
 
 
 async def extend(store: Store, account_id: str, call_id: str, extend_id: str | None) -> Grant:
@@ -171,7 +176,7 @@ async def extend(store: Store, account_id: str, call_id: str, extend_id: str | N
         ],
     )
     raise_refusal(r, account_id, call_id)
-    return Grant.from_answer(call_id, r, total_granted_seconds=int(r[9]))
+    return _counted(EXTENDED, Grant.from_answer(call_id, r, total_granted_seconds=int(r[9])))
 
 
 async def commit(store: Store, account_id: str, call_id: str, duration_seconds: int) -> CallCharge:
@@ -207,17 +212,20 @@ async def commit(store: Store, account_id: str, call_id: str, duration_seconds: 
         ],
     )
     raise_refusal(r, account_id, call_id)
-    return CallCharge(
-        call_id,
-        duration_seconds,
-        int(r[3]),
-        int(r[2]),
-        int(r[4]),
-        int(r[5]),
-        int(r[6]),
-        int(r[7]) == 1,
-        r[1] == 1,
-        _correction(r, 8),
+    return _counted(
+        COMMITTED,
+        CallCharge(
+            call_id,
+            duration_seconds,
+            int(r[3]),
+            int(r[2]),
+            int(r[4]),
+            int(r[5]),
+            int(r[6]),
+            int(r[7]) == 1,
+            r[1] == 1,
+            _correction(r, 8),
+        ),
     )
 
 
@@ -240,7 +248,16 @@ async def release(store: Store, account_id: str, call_id: str) -> Release:
         ],
     )
     raise_refusal(r, account_id, call_id)
-    return Release(call_id, int(r[2]), int(r[3]), int(r[4]), r[1] == 1, _correction(r, 5))
+    return _counted(
+        RELEASED,
+        Release(call_id, int(r[2]), int(r[3]), int(r[4]), r[1] == 1, _correction(r, 5)),
+    )
+
+
+def _counted(event: tuple[str], answer: Answer) -> Answer:
+    if not answer.replayed:
+        METRICS.reservations.inc(event)
+    return answer
 
 
 def _correction(answer: list[Any], index: int) -> int:

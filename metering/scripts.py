@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
+
+from metering.metrics import METRICS
 
 if TYPE_CHECKING:
     from metering.pipelining import ScriptPipeline
@@ -27,19 +30,31 @@ LIB_NAME = "_lib.lua"
 
 
 class LuaScript:
-    __slots__ = ("name", "source", "sha", "pipeline")
+    __slots__ = ("name", "source", "sha", "pipeline", "timed", "_label")
 
     def __init__(self, name: str, source: str) -> None:
         self.name = name
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self.pipeline: ScriptPipeline | None = None
+        self.timed = True
+        self._label = (name,)
 
     async def __call__(self, redis: Any, keys: list[str], args: list[Any]) -> Any:
         pipeline = self.pipeline
-        if pipeline is not None and redis is pipeline.client:
-            return await pipeline.run(self, keys, args)
-        return await self.call_one(redis, keys, args)
+        pipelined = pipeline is not None and redis is pipeline.client
+        if not self.timed:
+            if pipelined:
+                return await pipeline.run(self, keys, args)  # type: ignore[union-attr]
+            return await self.call_one(redis, keys, args)
+        # The round trip as the caller sees it, failures included (metering/metrics.py).
+        started = time.perf_counter()
+        try:
+            if pipelined:
+                return await pipeline.run(self, keys, args)  # type: ignore[union-attr]
+            return await self.call_one(redis, keys, args)
+        finally:
+            METRICS.script_calls.observe(self._label, time.perf_counter() - started)
 
     async def run_many(self, redis: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """This script once per (keys, args), all written at once; the answers in
@@ -88,6 +103,11 @@ class Scripts:
 
     def all(self) -> list[LuaScript]:
         return list(self._by_name.values())
+
+    def use_timing(self, on: bool) -> None:
+        """Record each call's round trip in METRICS (the default) or not."""
+        for script in self._by_name.values():
+            script.timed = on
 
     def use_pipeline(self, pipeline: ScriptPipeline | None) -> None:
         """Send the calls made with `pipeline.client` through `pipeline`."""

@@ -267,6 +267,38 @@ class Settings:
     # (httpx, Stripe, asyncpg, asyncio, ...) log at log_libraries_level only.
     log_format: str = "json"
     log_libraries_level: str = "warning"
+    # Prometheus. Gateway processes add to per-process totals (cheap on the
+    # authorize path) written every metrics_flush_interval_s to files in
+    # metrics_dir, which /metrics of any of them sums (empty: a private directory
+    # the gateway makes at start and removes at exit).
+    metrics_dir: str = ""
+    metrics_flush_interval_s: float = 1.0
+    # Workers (ledger writer, recharge worker, number scheduler, notifier,
+    # reconcile --continuous) serve /metrics and /livez on this port (0: none;
+    # `--metrics-port` overrides it per process).
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "127.0.0.1"
+    # The ledger lag is exported per group of this many consecutive shards.
+    metrics_shards_per_group: int = 16
+    # Every worker records a heartbeat in Redis this often; the status endpoint
+    # and the metrics call one older than worker_heartbeat_stale_s stale, and
+    # forget it after worker_heartbeat_forget_s.
+    worker_heartbeat_interval_s: float = 5.0
+    worker_heartbeat_stale_s: float = 30.0
+    worker_heartbeat_forget_s: float = 86_400.0
+    # /readyz: how long a schema check of Postgres is trusted before it is redone.
+    readiness_schema_check_interval_s: float = 10.0
+    # Continuous reconcile: accounts checked per batch and the pause between
+    # batches, so it never competes with traffic for Redis or Postgres.
+    reconcile_batch_accounts_max: int = 200
+    reconcile_batch_interval_s: float = 1.0
+    # A client's X-Request-Id is kept (and returned) when it is at most this long
+    # and made of safe characters; otherwise the gateway makes one.
+    request_id_length_max: int = 64
+    # 0 leaves out what every request pays for observability: request ids, the
+    # request and script duration metrics (to measure their cost: python -m bench
+    # observability). /metrics, health and logs stay.
+    request_metrics: bool = True
 
     # Tests of crash windows only: a process that reaches the named point
     # (metering/crash_points.py) kills itself with SIGKILL there. Empty: never.
@@ -428,6 +460,25 @@ class Settings:
                 raise SettingsError(f"METERING_{name.upper()} must be one of {', '.join(levels)}")
         if self.log_format not in ("json", "text"):
             raise SettingsError("METERING_LOG_FORMAT must be json or text")
+        if not 0 <= self.worker_metrics_port <= 65_535:
+            raise SettingsError("METERING_WORKER_METRICS_PORT must be a port (0: none)")
+        for name in (
+            "metrics_flush_interval_s",
+            "worker_heartbeat_interval_s",
+            "worker_heartbeat_stale_s",
+            "worker_heartbeat_forget_s",
+            "readiness_schema_check_interval_s",
+            "reconcile_batch_interval_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"METERING_{name.upper()} must be positive")
+        for name in (
+            "metrics_shards_per_group",
+            "reconcile_batch_accounts_max",
+            "request_id_length_max",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"METERING_{name.upper()} must be at least 1")
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

@@ -141,6 +141,7 @@ async def open_store(settings: Settings, fence: RestartFence | None = None) -> S
         fence = None
     redis = connect_redis(settings, fence)
     scripts = Scripts()
+    scripts.use_timing(settings.request_metrics)
     try:
         await scripts.load(redis)
     except BaseException:

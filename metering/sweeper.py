@@ -12,9 +12,11 @@ from typing import Any
 
 from metering.burn import spend_key, spend_ttl_s
 from metering.keys import AccountKeys, all_shards, split_expiry_member
+from metering.metrics import METRICS
 from metering.outages import REDIS_DOWN, Outage, pause
 from metering.store import Store, run_each
 
+EXPIRED = ("expired",)
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +53,10 @@ async def expire_due_reservations(store: Store) -> int:
                 )
             )
     answers = await run_each(store, store.scripts.expire_call, calls)
-    return sum(1 for answer in answers if answer[0] == "expired")
+    expired = sum(1 for answer in answers if answer[0] == "expired")
+    if expired:
+        METRICS.reservations.inc(EXPIRED, expired)
+    return expired
 
 
 async def run_sweeper(store: Store, stop: asyncio.Event) -> None:

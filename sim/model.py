@@ -43,7 +43,7 @@ ITEMS = {
     "number_renewal": ("renewal", "number_renewal_micros"),
 }
 # Worlds kept per account before the driver must settle them with a read.
-WORLDS_MAX = 64
+WORLDS_MAX = 256
 
 
 # ---- the billing arithmetic, from the README's rules ----
@@ -262,11 +262,12 @@ class State:
             self.balance,
             self.reserved,
             self.seq,
-            # When a call closed decides when its record goes (the window): two
-            # worlds where a lost commit applied at different tries stay apart.
+            # When a call closed decides when its record goes (the window), when it
+            # was reserved when it expires: two worlds where a lost request applied
+            # at different tries stay apart.
             tuple(
                 sorted(
-                    (c.call_id, c.state, c.held, c.granted_s, c.closed_lo_ms)
+                    (c.call_id, c.state, c.held, c.granted_s, c.closed_lo_ms, c.expires_lo_ms)
                     for c in self.calls.values()
                 )
             ),
@@ -1146,7 +1147,7 @@ def expand(worlds: Iterable[State], now_ms: int, depth: int) -> list[State]:
                         seen[k] = fired
                         nxt.append(fired)
         frontier = nxt
-        if not frontier or len(seen) > WORLDS_MAX * 16:
+        if not frontier or len(seen) > WORLDS_MAX * 4:
             break
     return list(seen.values())
 
@@ -1196,28 +1197,24 @@ class Account:
     ) -> Mismatch | None:
         """Keep the worlds (with lazily fired events) in which the answer is possible."""
         tried: list[tuple[int, Any, str]] = []
-        # First the worlds as they are; failing that, every world up to
-        # EVENTS_DEPTH_MAX background events away (all of them: two histories can
-        # end in the same answer, e.g. a commit in time, or an expiry and a late
-        # commit correcting nothing). Worlds are told apart by their state, not
-        # by the order events fired in: the ledger audit matches the entries of
-        # events without their order.
-        for depth in (0, self.EVENTS_DEPTH_MAX):
-            candidates = self.worlds if depth == 0 else expand(self.worlds, now_ms, depth)
-            if depth > 0 and len(candidates) == len(self.worlds):
-                break  # no event is possible: expanding finds nothing
-            survivors: list[State] = []
-            for w in candidates:
-                for o in predict(w):
-                    if o.status == status and matches(o.expect, body):
-                        if o.bind is not None and isinstance(body, dict):
-                            o.bind(body)
-                        survivors.append(o.next if o.next is not None else w)
-                    elif depth == 0 and len(tried) < 8:
-                        tried.append((o.status, o.expect, o.note))
-            if survivors:
-                self.worlds = dedupe(survivors)[:WORLDS_MAX]
-                return None
+        # Every world up to EVENTS_DEPTH_MAX background events away, and all of
+        # those the answer allows: two histories can end in the same answer (a
+        # commit in time, or an expiry and a late commit that corrected nothing)
+        # and differ later (when the call's record goes). Worlds are told apart by
+        # their state, not by the order events fired in: the ledger audit matches
+        # the entries of events without their order.
+        survivors: list[State] = []
+        for w in self._candidates(now_ms):
+            for o in predict(w):
+                if o.status == status and matches(o.expect, body):
+                    if o.bind is not None and isinstance(body, dict):
+                        o.bind(body)
+                    survivors.append(o.next if o.next is not None else w)
+                elif len(tried) < 8:
+                    tried.append((o.status, o.expect, o.note))
+        if survivors:
+            self.worlds = dedupe(survivors)[:WORLDS_MAX]
+            return None
         return Mismatch("answer", {"status": status, "body": body}, tried, len(self.worlds))
 
     def observe_state(
@@ -1230,19 +1227,20 @@ class Account:
     ) -> Mismatch | None:
         """Keep the worlds consistent with a read of the real state; `learn` copies
         what the read told exactly (e.g. when a call expired) into them."""
-        for depth in (0, self.EVENTS_DEPTH_MAX):
-            candidates = self.worlds if depth == 0 else expand(self.worlds, now_ms, depth)
-            if depth > 0 and len(candidates) == len(self.worlds):
-                break
-            survivors = [w for w in candidates if fits(w)]
-            if survivors:
-                self.worlds = dedupe(survivors)[:WORLDS_MAX]
-                if learn is not None:
-                    self.worlds = [w.clone() for w in self.worlds]
-                    for w in self.worlds:
-                        learn(w)
-                return None
+        survivors = [w for w in self._candidates(now_ms) if fits(w)]
+        if survivors:
+            self.worlds = dedupe(survivors)[:WORLDS_MAX]
+            if learn is not None:
+                self.worlds = [w.clone() for w in self.worlds]
+                for w in self.worlds:
+                    learn(w)
+            return None
         return Mismatch(what, got, [], len(self.worlds))
+
+    def _candidates(self, now_ms: int) -> list[State]:
+        if not any(possible_events(w, now_ms) for w in self.worlds):
+            return self.worlds
+        return expand(self.worlds, now_ms, self.EVENTS_DEPTH_MAX)
 
     def fork_unknown(
         self,

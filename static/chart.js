@@ -2,6 +2,19 @@
 // one line, two axes and a few thousand points.
 "use strict";
 
+// The canvas sized for the screen's pixel ratio and cleared: [context, width, height].
+function prepareCanvas(c) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = c.clientWidth, height = c.clientHeight;
+  if (c.width !== width * ratio) { c.width = width * ratio; c.height = height * ratio; }
+  const g = c.getContext("2d");
+  g.setTransform(ratio, 0, 0, ratio, 0, 0);
+  g.clearRect(0, 0, width, height);
+  g.font = "12px system-ui, sans-serif";
+  g.fillStyle = "#667";
+  return [g, width, height];
+}
+
 class BalanceChart {
   constructor(canvas, pointsMax) {
     this.canvas = canvas;
@@ -33,16 +46,8 @@ class BalanceChart {
   }
 
   draw() {
-    const c = this.canvas;
-    const ratio = window.devicePixelRatio || 1;
-    const width = c.clientWidth, height = c.clientHeight;
-    if (c.width !== width * ratio) { c.width = width * ratio; c.height = height * ratio; }
-    const g = c.getContext("2d");
-    g.setTransform(ratio, 0, 0, ratio, 0, 0);
-    g.clearRect(0, 0, width, height);
+    const [g, width, height] = prepareCanvas(this.canvas);
     const pad = { left: 84, right: 12, top: 10, bottom: 24 };
-    g.font = "12px system-ui, sans-serif";
-    g.fillStyle = "#667";
     if (this.points.length === 0) {
       g.fillText("Waiting for the balance…", pad.left, height / 2);
       return;
@@ -102,16 +107,8 @@ class SpendChart {
   }
 
   draw() {
-    const c = this.canvas;
-    const ratio = window.devicePixelRatio || 1;
-    const width = c.clientWidth, height = c.clientHeight;
-    if (c.width !== width * ratio) { c.width = width * ratio; c.height = height * ratio; }
-    const g = c.getContext("2d");
-    g.setTransform(ratio, 0, 0, ratio, 0, 0);
-    g.clearRect(0, 0, width, height);
+    const [g, width, height] = prepareCanvas(this.canvas);
     const pad = { left: 84, right: 12, top: 10, bottom: 24 };
-    g.font = "12px system-ui, sans-serif";
-    g.fillStyle = "#667";
     const totals = this.days.map((d) => Object.values(d.spent_micros).reduce((a, b) => a + b, 0));
     const top = Math.max(0, ...totals);
     if (!this.days.length || top === 0) {

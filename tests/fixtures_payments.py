@@ -169,6 +169,34 @@ async def customer_account(
     return account_id, {"Authorization": f"Bearer {r.json()['token']}"}
 
 
+async def set_up_recharge(
+    http: httpx.AsyncClient,
+    pm: str,
+    balance_micros: int,
+    email: str,
+    amount_micros: int = 60_000_000,
+    threshold_micros: int = 10_000_000,
+) -> tuple[str, dict[str, str]]:
+    """A customer account with a card (`pm`) and automatic recharge on."""
+    account_id, auth = await customer_account(http, balance_micros)
+    r = await http.put(
+        f"/v1/accounts/{account_id}/card", headers=auth, json={"payment_method_id": pm}
+    )
+    assert r.status_code == 200, r.text
+    r = await http.put(
+        f"/v1/accounts/{account_id}/recharge",
+        headers=auth,
+        json={
+            "amount_micros": amount_micros,
+            "threshold_micros": threshold_micros,
+            "failure_email": email,
+            "enabled": True,
+        },
+    )
+    assert r.status_code == 200, r.text
+    return account_id, auth
+
+
 async def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.1) -> None:
     """Poll an async predicate until it holds; fail the test if it never does."""
     deadline = time.monotonic() + timeout_s

@@ -30,6 +30,8 @@ MEASURED_KEYS = {
     "pg_spread_1",
     "pg_hot_2",
     "pg_spread_2",
+    "observed_off",
+    "observed_on",
 }
 
 

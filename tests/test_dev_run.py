@@ -29,6 +29,7 @@ STOP_TIMEOUT_S = 30.0
 # An account's seq right after the demo's create + first credit on an empty Redis.
 FRESH_SEQ_MAX = 2
 URL_LINE = re.compile(r"dashboard (demo-alice): (http://\S+/dashboard\?account=\S+&token=(\S+))")
+SUMMARY_END = re.compile(r"\[dev\] press Enter \(or kill -USR1 (\d+)\) to print this again")
 
 
 class DevRun:
@@ -192,6 +193,25 @@ def test_dev_run_starts_servers_moves_balances_stops_and_restarts_on_same_data()
         commands = " ".join(still_running(process_tree(run.proc.pid)))
         for expected in ("redis-server", "postgres", "-m gateway", "devkit.demo"):
             assert expected in commands, f"{expected} not started: {commands}"
+        assert "reconcile --continuous" in commands, commands
+
+        # The URLs and tokens come last, after the demo's own lines, and again on
+        # demand (SIGUSR1; Enter in a terminal).
+        pid = int(run.wait_for(SUMMARY_END, DEMO_TIMEOUT_S).group(1))
+        assert pid == run.proc.pid
+        summary = run.text().rsplit("[dev] ready;", 1)[1]
+        assert f"dashboard      demo-alice: {dashboard_url}" in summary, summary
+        assert "tokens         switch dev-switch-token   ops dev-ops-token" in summary
+        for worker in ("ledger-writer", "recharge-worker", "reconcile"):
+            port = re.search(rf"{worker}\s+http://127.0.0.1:(\d+)/metrics", summary)
+            assert port, summary
+            r = httpx.get(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=5)
+            assert r.status_code == 200 and "metering_" in r.text
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        shown = run.text().count("[dev] ready;")
+        run.proc.send_signal(signal.SIGUSR1)
+        run.wait_for(SUMMARY_END, 10)
+        assert run.text().count("[dev] ready;") == shown + 1
     finally:
         tree = process_tree(run.proc.pid)
         code = run.stop()

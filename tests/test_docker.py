@@ -27,6 +27,7 @@ SECRETS = {
     "POSTGRES_PASSWORD": "pw",
     "METERING_SWITCH_TOKEN": "switch-secret",
     "METERING_OPS_TOKEN": "ops-secret",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-secret",
 }
 
 
@@ -72,6 +73,9 @@ def test_compose_file_is_valid_for_docker_compose_v2(compose: dict[str, Any]) ->
         "recharge-worker",
         "number-scheduler",
         "notifier",
+        "reconcile",
+        "prometheus",
+        "grafana",
     }
 
 

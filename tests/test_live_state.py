@@ -19,7 +19,7 @@ from metering.payments.recharge_worker import RechargeWorker
 from metering.settings import Settings
 from metering.store import Store
 from tests.conftest import OPS, SWITCH
-from tests.fixtures_payments import customer_account
+from tests.fixtures_payments import set_up_recharge
 
 USD = 1_000_000
 LIVE_MS_MAX = 1_000
@@ -44,22 +44,7 @@ async def frame_where(
 async def card_and_recharge(
     http: httpx.AsyncClient, pm: str, balance_micros: int
 ) -> tuple[str, dict[str, str], str]:
-    account_id, auth = await customer_account(http, balance_micros)
-    r = await http.put(
-        f"/v1/accounts/{account_id}/card", headers=auth, json={"payment_method_id": pm}
-    )
-    assert r.status_code == 200, r.text
-    r = await http.put(
-        f"/v1/accounts/{account_id}/recharge",
-        headers=auth,
-        json={
-            "amount_micros": 60 * USD,
-            "threshold_micros": 10 * USD,
-            "failure_email": "state@example.com",
-            "enabled": True,
-        },
-    )
-    assert r.status_code == 200, r.text
+    account_id, auth = await set_up_recharge(http, pm, balance_micros, "state@example.com")
     return account_id, auth, auth["Authorization"].split()[1]
 
 
@@ -154,3 +139,47 @@ def test_stripe_hosted_js_also_allows_the_hosts_stripe_documents(settings: Setti
     assert "script-src 'self' https://js.stripe.com;" in policy
     assert "connect-src 'self' https://js.stripe.com https://api.stripe.com;" in policy
     assert "frame-src https://js.stripe.com https://hooks.stripe.com;" in policy
+
+
+async def test_a_credit_above_the_threshold_ends_a_waiting_recharge_at_once(
+    pay_http, pay_store: Store, pay_db, stripe_client, pay_settings
+):
+    """After a decline the next attempt waits hours; money added meanwhile (ops
+    credit or pay now) that lifts the balance back above the threshold ends the
+    waiting recharge now, so no page says "pending" for hours."""
+    slow_retry = pay_settings.replace(recharge_decline_retry_s=3_600.0)
+    worker = RechargeWorker(pay_store, pay_db, stripe_client, slow_retry, consumer="lift")
+    await worker.ensure_groups()
+    account_id, auth, _token = await card_and_recharge(
+        pay_http, "pm_card_chargeCustomerFail", 10 * USD + 7_500
+    )
+    for i in range(2):
+        r = await pay_http.post(
+            "/v1/messages",
+            headers=SWITCH,
+            json={"account_id": account_id, "message_id": f"m{i}", "direction": "outbound"},
+        )
+        assert r.status_code == 200, r.text
+    keys = pay_store.account_keys(account_id)
+    deadline = time.monotonic() + 10
+    while not await pay_store.redis.hget(keys.account, "recharge_last_failure"):
+        assert time.monotonic() < deadline, "the worker never tried"
+        await worker.step()
+    attempts = "SELECT count(*) FROM recharge_attempts WHERE account_id = $1"
+    assert await pay_db.fetchval(attempts, account_id) == 1
+    r = await pay_http.post(
+        f"/v1/accounts/{account_id}/credits",
+        headers=OPS,
+        json={"credit_id": "lift", "amount_micros": 50 * USD, "reason": "goodwill"},
+    )
+    assert r.status_code == 200, r.text
+    for _ in range(5):
+        await worker.step()
+    view = (await pay_http.get(f"/v1/accounts/{account_id}", headers=auth)).json()
+    assert view["recharge"]["pending"] is False, view["recharge"]
+    assert await pay_db.fetchval(attempts, account_id) == 1  # ended without a charge
+    status = await pay_db.fetchval(
+        "SELECT status FROM recharge_episodes WHERE account_id = $1", account_id
+    )
+    assert status == "ended"
+    await pay_http.delete(f"/v1/accounts/{account_id}/card", headers=auth)

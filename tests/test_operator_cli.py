@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from devkit.testing import RATE_CARD, ROOT, free_port
+from devkit.testing import RATE_CARD, ROOT, free_port, url_with_port
 from metering import accounts, debits
 from metering.accounts import account_for_token
 from metering.payments import recharge_settings
@@ -533,3 +533,27 @@ async def test_lag_reconcile_and_rebuild(world: LedgerWorld, tmp_path: Path) -> 
             "UPDATE ledger_entries SET amount_micros = amount_micros - 1 "
             "WHERE account_id = 'cli-lag' AND seq = 1"
         )
+
+
+def test_the_remaining_error_paths_exit_with_their_codes(world: LedgerWorld) -> None:
+    closed_db = url_with_port(world.settings.database_url, free_port())
+    cut = {"database_url": closed_db, "database_timeout_s": 1.0}
+    answers = run_many(
+        world,
+        ("accounts", "list", "--limit", "0"),
+        ("numbers", "suspended", "--limit", "0"),
+        ("accounts", "import", "missing.csv"),
+        ("ledger", "replay", "--limit", "0"),
+    )
+    expected = [
+        (EXIT_USAGE, "--limit must be between 1 and"),
+        (EXIT_USAGE, "--limit must be between 1 and"),
+        (EXIT_USAGE, "CSV file missing.csv does not exist"),
+        (EXIT_USAGE, "--limit must be between 1 and"),
+    ]
+    for done, (code, words) in zip(answers, expected, strict=True):
+        refused(done, code, words)
+    # Postgres unreachable: the commands that need it say so, exit 3.
+    for args in (("rebuild",), ("reconcile",), ("tokens", "list", "x"), ("ledger", "replay")):
+        done = run(world, *args, **cut)
+        refused(done, EXIT_UNAVAILABLE, "did not answer")

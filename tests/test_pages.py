@@ -18,6 +18,7 @@ import pytest
 
 from devkit.testing import ROOT, GatewayProcess
 from metering.ledger.migrate import migrate
+from metering.ledger.writer import COLUMNS as LEDGER_COLUMNS
 from metering.settings import Settings
 from tests.conftest import OPS, SWITCH, make_account
 from tests.fixtures_pages import (
@@ -153,6 +154,11 @@ async def test_recharge_settings_are_checked_in_the_customers_words(page, gatewa
     assert "Add a card first" in (await page.text_content("#recharge-enabled-error") or "")
     assert await page.get_attribute("#recharge-amount", "aria-invalid") == "true"
     assert await page.text_content("#recharge-email-error") == ""
+    await page.fill("#recharge-amount", "60.00")
+    await page.fill("#recharge-threshold", "80.00")  # one recharge would not lift it
+    await page.click("#recharge-save")
+    await page.wait_for_selector("#recharge-threshold-error >> text=Enter less than the recharge")
+    assert await page.text_content("#recharge-amount-error") == ""
     # The next action clears this one's messages.
     await page.fill("#pay-amount", "abc")
     await page.click("#pay-submit")
@@ -483,16 +489,7 @@ async def test_dashboard_with_10000_entries_opens_fast(page, ledger_gateway, set
         await conn.copy_records_to_table(
             "ledger_entries",
             records=rows,
-            columns=[
-                "account_id",
-                "seq",
-                "item",
-                "amount_micros",
-                "balance_after_micros",
-                "request_id",
-                "at_us",
-                "detail",
-            ],
+            columns=list(LEDGER_COLUMNS),
         )
     finally:
         await conn.close()

@@ -30,10 +30,10 @@ from tests.fixtures_pages import (
     new_context,
     open_dashboard,
     screenshot,
-    token_for,
     wait_js,
     watch,
 )
+from tests.fixtures_payments import set_up_recharge
 
 ACCOUNTS = 10_000
 
@@ -65,24 +65,7 @@ async def neighbours(http: httpx.AsyncClient, customer_card: str) -> None:
     await charge(
         http, "/v1/messages", {"account_id": zero, "message_id": "z", "direction": "outbound"}
     )
-    steady = await make_account(http, balance_micros=140 * USD)
-    token = await token_for(http, steady)
-    auth = {"Authorization": f"Bearer {token}"}
-    r = await http.put(
-        f"/v1/accounts/{steady}/card", headers=auth, json={"payment_method_id": customer_card}
-    )
-    assert r.status_code == 200, r.text
-    r = await http.put(
-        f"/v1/accounts/{steady}/recharge",
-        headers=auth,
-        json={
-            "amount_micros": 100 * USD,
-            "threshold_micros": 20 * USD,
-            "failure_email": "ops@example.com",
-            "enabled": True,
-        },
-    )
-    assert r.status_code == 200, r.text
+    await set_up_recharge(http, customer_card, 140 * USD, "ops@example.com", 100 * USD, 20 * USD)
 
 
 async def open_ops(page: Page, gateway: GatewayProcess) -> None:
@@ -131,27 +114,11 @@ async def test_a_declined_recharge_shows_on_the_open_dashboard_and_ops_page_with
     mailbox: Mailbox,
 ):
     gateway, http = showcase_gateway, show_http
-    account_id = await make_account(http, balance_micros=10 * USD + SMS)
-    token = await token_for(http, account_id)
-    customer = {"Authorization": f"Bearer {token}"}
-    email = f"declined-{account_id}@example.com"
-    r = await http.put(
-        f"/v1/accounts/{account_id}/card",
-        headers=customer,
-        json={"payment_method_id": "pm_card_chargeCustomerFail"},
+    email = "declined-ops@example.com"
+    account_id, customer = await set_up_recharge(
+        http, "pm_card_chargeCustomerFail", 10 * USD + SMS, email
     )
-    assert r.status_code == 200, r.text
-    r = await http.put(
-        f"/v1/accounts/{account_id}/recharge",
-        headers=customer,
-        json={
-            "amount_micros": 60 * USD,
-            "threshold_micros": 10 * USD,
-            "failure_email": email,
-            "enabled": True,
-        },
-    )
-    assert r.status_code == 200, r.text
+    token = customer["Authorization"].split()[1]
 
     await neighbours(http, customer_card="pm_card_visa")
     await open_dashboard(page, gateway, account_id, token)
@@ -252,7 +219,7 @@ async def test_ops_page_on_a_phone(browser: Browser, showcase_gateway, show_http
         ops = watch(await context.new_page(), errors)
         await open_ops(ops, gateway)
         await wait_js(ops, "Number(document.getElementById('sum-accounts').textContent) > 0")
-        await ops.wait_for_selector(f"tr[data-account='{account_id}']", state="attached")
+        await ops.wait_for_selector("#ops-rows tr[data-account]")
         width = await ops.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], (
             f"the page is {width} px wide on a {PHONE['width']} px phone"

@@ -159,3 +159,21 @@ async def authenticated_payments(
     assert (await pay_http.get(f"/v1/accounts/{account_id}", headers=auth)).json()[
         "balance_micros"
     ] == 11 * USD
+
+
+async def test_a_receipt_link_with_garbage_is_refused_not_an_error(
+    pay_http: httpx.AsyncClient,
+) -> None:
+    """Found by the simulation's fuzzer: a signature or id of any characters is a
+    clear 4xx (it was a 500: comparing a non-ASCII signature raised)."""
+    account_id, _auth = await customer_account(pay_http)
+    api = f"/v1/accounts/{account_id}/receipt"
+    for params in [
+        *({"payment": "p-1", "signature": s} for s in ("\u00e6", "sig\u00e6n\u00e9\U0001f600")),
+        {"payment": "p-1", "signature": "ʇǝɯ ʇᴉs ɹolop"},
+        {"payment": ")ÿ\U000c8ddc9&\x8d\r", "signature": "Ê¯¤Å"},
+        {"attempt": "ʇǝɯ", "signature": "x"},
+        {"attempt": "1-1", "payment": "", "signature": "\x00"},
+    ]:
+        r = await pay_http.get(api, params=params)
+        assert r.status_code in (401, 422), (params, r.status_code, r.text)

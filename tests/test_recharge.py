@@ -22,6 +22,7 @@ from tests.fixtures_payments import (
     StripeServer,
     charges_of,
     customer_account,
+    set_up_recharge,
     wait_until,
 )
 
@@ -42,28 +43,6 @@ async def recharge_requests(store: Store, db: Any, account_id: str) -> int:
         "SELECT count(*) FROM recharge_episodes WHERE account_id = $1", account_id
     )
     return in_stream + int(moved)
-
-
-async def set_up_recharge(
-    http: httpx.AsyncClient, pm: str, balance_micros: int, email: str
-) -> tuple[str, dict[str, str]]:
-    account_id, auth = await customer_account(http, balance_micros)
-    r = await http.put(
-        f"/v1/accounts/{account_id}/card", headers=auth, json={"payment_method_id": pm}
-    )
-    assert r.status_code == 200, r.text
-    r = await http.put(
-        f"/v1/accounts/{account_id}/recharge",
-        headers=auth,
-        json={
-            "amount_micros": 60 * USD,
-            "threshold_micros": 10 * USD,
-            "failure_email": email,
-            "enabled": True,
-        },
-    )
-    assert r.status_code == 200, r.text
-    return account_id, auth
 
 
 async def send_messages(

@@ -27,18 +27,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
 from metering.accounts import account_ids_by_shard
-from metering.keys import all_shards
+from metering.keys import ShardKeys, all_shards
 from metering.ledger.database import store_and_connection
 from metering.ledger.lag import LedgerLag, ledger_lag
 from metering.ledger_entries import LedgerEntry
+from metering.outages import Outage, until_it_answers
+from metering.polling import stop_on_signals
 from metering.settings import Settings
-from metering.store import Store
+from metering.store import Store, open_store
 
+log = logging.getLogger(__name__)
 # Stream entries per XRANGE round trip.
 STREAM_PAGE = 10_000
 # Missing seqs listed per gap (the count is always given).
@@ -50,7 +55,7 @@ CREATION_RECHECK_S = 0.2
 AGGREGATES_SQL = """
 SELECT account_id, count(*) AS entries, sum(amount_micros) AS sum_micros, max(seq) AS last_seq,
        (array_agg(balance_after_micros ORDER BY seq DESC))[1] AS last_balance_micros
-FROM ledger_entries GROUP BY account_id
+FROM ledger_entries {where} GROUP BY account_id
 """
 # Rows that do not follow their predecessor: a gap before them, or a balance_after
 # that is not the previous balance_after plus this amount (seq 1 starts from 0).
@@ -60,12 +65,16 @@ FROM (
     SELECT account_id, seq, amount_micros, balance_after_micros,
            lag(seq, 1, 0::bigint) OVER w AS prev_seq,
            lag(balance_after_micros, 1, 0::bigint) OVER w AS prev_balance_micros
-    FROM ledger_entries
+    FROM ledger_entries {where}
     WINDOW w AS (PARTITION BY account_id ORDER BY seq)
 ) t
 WHERE seq <> prev_seq + 1 OR balance_after_micros <> prev_balance_micros + amount_micros
 ORDER BY account_id, seq
 """
+# A batch of the continuous reconcile reads only its accounts ($1), by the primary key.
+SCOPE_SQL = "WHERE account_id = ANY($1::text[])"
+ACCOUNTS_SQL = "SELECT id FROM accounts {where}"
+CONFLICTS_SQL = "SELECT account_id, seq FROM ledger_conflicts {where} ORDER BY 1, 2"
 ROWS_SQL = """
 SELECT account_id, seq, item, amount_micros, balance_after_micros, request_id, at_us, detail
 FROM ledger_entries
@@ -98,10 +107,30 @@ class ReconcileReport:
         return not self.differences
 
 
-async def _redis_accounts(store: Store) -> dict[str, tuple[int, int]]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scope:
+    """Part of the accounts, for the continuous reconcile: some shards, and the
+    accounts Postgres holds in them (Postgres does not know shards)."""
+
+    shards: list[int]
+    durable_ids: frozenset[str]
+
+
+async def _shard_account_ids(store: Store, scope: Scope | None) -> AsyncIterator[list[str]]:
+    if scope is None:
+        async for ids in account_ids_by_shard(store):
+            yield ids
+        return
+    for shard in scope.shards:
+        ids = sorted(await store.redis.smembers(ShardKeys(shard).accounts))
+        if ids:
+            yield ids
+
+
+async def _redis_accounts(store: Store, scope: Scope | None = None) -> dict[str, tuple[int, int]]:
     """account id -> (balance_micros, seq), shard by shard."""
     out: dict[str, tuple[int, int]] = {}
-    async for ids in account_ids_by_shard(store):
+    async for ids in _shard_account_ids(store, scope):
         async with store.redis.pipeline(transaction=False) as pipe:
             for account_id in ids:
                 pipe.hmget(store.account_keys(account_id).account, "balance", "seq")
@@ -112,10 +141,17 @@ async def _redis_accounts(store: Store) -> dict[str, tuple[int, int]]:
     return out
 
 
-async def _stream_entries(store: Store) -> dict[tuple[str, int], LedgerEntry]:
+async def _stream_entries(
+    store: Store, scope: Scope | None = None
+) -> dict[tuple[str, int], LedgerEntry]:
     """Every entry still in the shard streams, by (account, seq)."""
     out: dict[tuple[str, int], LedgerEntry] = {}
-    for shard in all_shards(store.settings.shard_count):
+    shards = (
+        all_shards(store.settings.shard_count)
+        if scope is None
+        else [ShardKeys(s) for s in scope.shards]
+    )
+    for shard in shards:
         start = "-"
         while True:
             page = await store.redis.xrange(shard.ledger, start, "+", count=STREAM_PAGE)
@@ -329,20 +365,32 @@ async def _still_missing(conn: Any, missing: dict[str, list[int]], report: Recon
             _report_missing(account_id, left, report)
 
 
-async def reconcile(store: Store, conn: Any) -> ReconcileReport:
-    """Compare every account; see the module docstring for what is checked."""
+async def reconcile(store: Store, conn: Any, scope: Scope | None = None) -> ReconcileReport:
+    """Compare every account (or those of `scope`); see the module docstring for
+    what is checked."""
     report = ReconcileReport()
-    redis_accounts = await _redis_accounts(store)
-    stream = await _stream_entries(store)
+    redis_accounts = await _redis_accounts(store, scope)
+    stream = await _stream_entries(store, scope)
+    where, args = "", []
+    if scope is not None:
+        where = SCOPE_SQL
+        args = [sorted(set(redis_accounts) | scope.durable_ids)]
     # One snapshot of Postgres for all its reads, so commits meanwhile cannot make
     # the aggregates and the row checks disagree.
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        aggregates = {r["account_id"]: r for r in await conn.fetch(AGGREGATES_SQL)}
+        aggregates = {
+            r["account_id"]: r for r in await conn.fetch(AGGREGATES_SQL.format(where=where), *args)
+        }
         breaks: dict[str, list[Any]] = {}
-        for r in await conn.fetch(BREAKS_SQL):
+        for r in await conn.fetch(BREAKS_SQL.format(where=where), *args):
             breaks.setdefault(r["account_id"], []).append(r)
-        durable_ids = {r["id"] for r in await conn.fetch("SELECT id FROM accounts")}
-        conflicts = await conn.fetch("SELECT account_id, seq FROM ledger_conflicts ORDER BY 1, 2")
+        durable_ids = {
+            r["id"]
+            for r in await conn.fetch(
+                ACCOUNTS_SQL.format(where=where.replace("account_id", "id")), *args
+            )
+        }
+        conflicts = await conn.fetch(CONFLICTS_SQL.format(where=where), *args)
     report.postgres_entries = sum(int(a["entries"]) for a in aggregates.values())
     suspects: dict[str, tuple[int, int] | None] = {}
     missing: dict[str, list[int]] = {}
@@ -392,12 +440,19 @@ async def reconcile(store: Store, conn: Any) -> ReconcileReport:
                 "a stream entry conflicted with a different Postgres row (see ledger_conflicts)",
             )
         )
-    report.lag = await ledger_lag(store)
+    if scope is None:
+        report.lag = await ledger_lag(store)
     return report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    parser.add_argument(
+        "--continuous",
+        action="store_true",
+        help="run until stopped, in small batches, exporting what it finds as metrics "
+        "(metering/ledger/reconcile_continuous.py)",
+    )
 
 
 def report_dict(report: ReconcileReport) -> dict[str, Any]:
@@ -413,6 +468,8 @@ def report_dict(report: ReconcileReport) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "continuous", False):
+        return await run_continuous(settings)
     async with store_and_connection(settings) as (store, conn):
         report = await reconcile(store, conn)
     if getattr(args, "json", False):
@@ -430,3 +487,19 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         f"{lag.oldest_age_ms if lag.oldest_age_ms >= 0 else '-'} ms"
     )
     return 0 if report.ok else 1
+
+
+async def run_continuous(settings: Settings) -> int:
+    """`reconcile --continuous` until SIGTERM or SIGINT."""
+    from metering.ledger.reconcile_continuous import ContinuousReconcile
+
+    stop = stop_on_signals()
+    starting = Outage("continuous reconcile", log, settings.outage_backoff_max_s)
+    store = await until_it_answers(starting, stop, lambda: open_store(settings))
+    if store is None:
+        return 0
+    try:
+        await ContinuousReconcile(store).run(stop)
+    finally:
+        await store.redis.aclose()
+    return 0

@@ -30,6 +30,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -38,7 +39,8 @@ from metering.errors import DatabaseNotMigrated
 from metering.keys import ShardKeys
 from metering.ledger.database import DATABASE_DOWN, connect
 from metering.ledger.migrate import require_migrated
-from metering.ledger_entries import LedgerEntry
+from metering.ledger_entries import CREDIT_ITEMS, LedgerEntry
+from metering.metrics import METRICS
 from metering.outages import REDIS_DOWN, Outage, pause, until_it_answers
 from metering.polling import stop_on_signals
 from metering.settings import Settings
@@ -79,6 +81,30 @@ ON CONFLICT DO NOTHING
 POLL_IDLE_S = 0.05
 # How often a running writer logs its throughput.
 REPORT_INTERVAL_S = 10.0
+
+
+def count_committed(
+    entries: Iterable[LedgerEntry], inserted: int, conflicting: int, seconds: float
+) -> None:
+    """The batch's figures for /metrics: its size and commit time, and the money
+    it moved by item (debits and credits as the ledger records them). An entry
+    redelivered after a writer died is counted again by the writer that commits
+    it again."""
+    rows = 0
+    for e in entries:
+        rows += 1
+        key = (e.item,)
+        if e.amount_micros > 0 or e.item in CREDIT_ITEMS:
+            METRICS.credits.inc(key)
+            METRICS.credit_micros.inc(key, e.amount_micros)
+        else:
+            METRICS.debits.inc(key)
+            METRICS.debit_micros.inc(key, -e.amount_micros)
+    METRICS.ledger_batch_rows.observe((), rows)
+    METRICS.ledger_batch_seconds.observe((), seconds)
+    METRICS.ledger_rows_written.inc((), inserted)
+    if conflicting:
+        METRICS.ledger_conflicts.inc((), conflicting)
 
 
 class WriterStalled(RuntimeError):
@@ -318,6 +344,7 @@ class LedgerWriter:
             began = time.monotonic()
             inserted, conflicting = await self._write_with_retry(list(by_key.values()))
             self.stats.write_seconds += time.monotonic() - began
+            count_committed(by_key.values(), inserted, conflicting, time.monotonic() - began)
             self.stats.rows_inserted += inserted
             self.stats.rows_conflicting += conflicting
             if conflicting:

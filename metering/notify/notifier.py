@@ -35,6 +35,7 @@ import orjson
 
 from metering import phone_numbers
 from metering.ledger.database import create_pool
+from metering.metrics import METRICS
 from metering.notify import webhooks
 from metering.notify.emails import event_message
 from metering.notify.outbox import AccountEvent, record_event
@@ -134,6 +135,7 @@ class Notifier:
         try:
             await self.mailer(self.settings, event_message(self.settings, to, event, numbers))
         except Exception as exc:  # SMTP down or refusing: again later, a bounded number of times
+            METRICS.emails.inc((event.type, "failed"))
             log.warning("could not email %s about %s: %s", to, event.event_id, exc)
             if attempts >= self.settings.notifier_email_attempts_max:
                 await self.db.execute(SQL_EMAIL_DONE, event.event_id, "failed", str(exc)[:300])
@@ -141,6 +143,7 @@ class Notifier:
                 retry_at = now_us() + int(self.settings.notifier_email_retry_s * 1_000_000)
                 await self.db.execute(SQL_EMAIL_RETRY, event.event_id, retry_at, str(exc)[:300])
             return
+        METRICS.emails.inc((event.type, "sent"))
         await self.db.execute(SQL_EMAIL_DONE, event.event_id, "sent", None)
 
     # ---- webhooks -------------------------------------------------------------
@@ -178,6 +181,8 @@ class Notifier:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         except Exception as exc:  # a refused target (InvalidRequest) and the unexpected
             error = str(exc) or type(exc).__name__
+        sent = status_code is not None and 200 <= status_code < 300 and error is None
+        METRICS.webhooks.inc(("sent",) if sent else ("failed",))
         outcome = await webhooks.record_outcome(
             self.db, self.settings, delivery, status_code, error
         )

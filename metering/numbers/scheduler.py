@@ -32,6 +32,7 @@ from typing import Any
 from metering import debits, phone_numbers
 from metering.errors import InsufficientFunds, UnknownNumber
 from metering.ledger.database import create_pool
+from metering.metrics import METRICS
 from metering.notify.outbox import AccountEvent, record_event
 from metering.numbers import inventory
 from metering.numbers.inventory import US, HeldNumber
@@ -46,6 +47,9 @@ SQL_CLAIM_DUE = f"""
 SELECT {inventory.COLUMNS} FROM numbers
 WHERE status IN ('active', 'suspended') AND renewal = 'automatic' AND next_attempt_at_us <= $1
 ORDER BY next_attempt_at_us LIMIT $2 FOR UPDATE SKIP LOCKED"""
+# metering_number_renewals_total{outcome}: paid, refused (suspended or still
+# suspended), released, or not tried for an error (tried again later).
+RENEWED, FAILED, RELEASED, ERROR = ("renewed",), ("failed",), ("released",), ("error",)
 # A switch renewal whose purchase is not recorded after this long is dropped
 # (its stream entry was lost with Redis, or the number was released since).
 ORPHAN_RENEWAL_S = 3_600
@@ -144,16 +148,20 @@ class NumberScheduler:
             )
         except InsufficientFunds as refusal:
             if held.status == "suspended" and now >= release_at:
+                METRICS.renewals.inc(RELEASED)
                 await self._release(conn, held, "renewal unpaid after the grace period", now)
             else:
+                METRICS.renewals.inc(FAILED)
                 await self._suspend(conn, held, refusal, now, release_at)
             return
         except UnknownNumber:
             # The live store no longer holds it (released while this ran, or a
             # release whose transaction did not commit): record it.
+            METRICS.renewals.inc(RELEASED)
             await inventory.mark_released(conn, held, "no longer held", now)
             return
         except Exception as exc:  # Redis trouble, ledger backlog: try again later
+            METRICS.renewals.inc(ERROR)
             log.warning("renewal of %s %s: %s", held.account_id, held.number, exc)
             retry = min(s.number_retry_schedule()[0], 60.0)
             await conn.execute(
@@ -171,6 +179,7 @@ class NumberScheduler:
             now,
         )
         if paid is not None:
+            METRICS.renewals.inc(RENEWED)
             await self._renewed_event(
                 conn,
                 held,

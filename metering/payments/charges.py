@@ -34,6 +34,7 @@ from metering.account_state import publish_account_state
 from metering.credits import Credit, add_charge_funds
 from metering.errors import ChargeMismatch
 from metering.events import emit_event, event_id
+from metering.payments.recharge_lift import recheck_when_lifted
 from metering.store import Store
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,11 @@ async def credit_charge(store: Store, db: Any, charge: Charge) -> Credit:
         if ended.endswith(" 1"):
             # The credit cleared the pending mark and the last failure: pages show it.
             await publish_account_state(store, charge.account_id)
+    elif not credit.replayed:
+        # A payment that lifted the balance ends a recharge waiting after a decline.
+        await recheck_when_lifted(
+            store, db, charge.account_id, credit.balance_micros - credit.reserved_micros
+        )
     if credit.replayed:
         log.info("charge %s was already credited", charge.payment_intent_id)
     return credit

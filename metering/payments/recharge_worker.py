@@ -51,6 +51,7 @@ from metering.account_state import publish_account_state
 from metering.events import emit_event, event_id
 from metering.ledger.database import DATABASE_DOWN
 from metering.ledger.recovery import open_money_store
+from metering.metrics import METRICS
 from metering.outages import REDIS_DOWN, Outage, pause
 from metering.payments import recharge_settings
 from metering.payments.charges import (
@@ -127,6 +128,14 @@ SQL_RECHARGE_STATE = """
     WHERE r.account_id = $1"""
 
 Mailer = Callable[[Settings, EmailMessage], Awaitable[None]]
+
+
+def attempt_outcome(outcome: ChargeOutcome) -> str:
+    """metering_recharge_attempts_total's outcome: succeeded, retrying (network,
+    Stripe 5xx, rate limit) or declined (the card, or no card)."""
+    if outcome.succeeded:
+        return "succeeded"
+    return "retrying" if outcome.retryable else "declined"
 
 
 def now_us() -> int:
@@ -308,6 +317,7 @@ class RechargeWorker:
                 crash_points.reached(self.settings, crash_points.CHARGED)
         attempt_no = ep.attempts + 1
         await self._record_attempt(ep, attempt_no, outcome)
+        METRICS.recharge_attempts.inc((attempt_outcome(outcome),))
         if outcome.succeeded:
             assert outcome.payment_intent_id is not None
             await self._credit(ep, outcome.payment_intent_id)
@@ -347,6 +357,7 @@ class RechargeWorker:
         outcome = ChargeOutcome(False, None, reason, False)
         attempt_no = ep.attempts + 1
         await self._record_attempt(ep, attempt_no, outcome)
+        METRICS.recharge_attempts.inc(("refused",))
         await recharge_settings.turn_off(self.store, self.db, ep.account_id)
         await self.db.execute(SQL_END_EPISODE, ep.account_id, ep.episode_us, "ended", reason)
         await self.store.redis.hset(
@@ -476,8 +487,11 @@ class RechargeWorker:
         try:
             await self.mailer(self.settings, message)
         except Exception as exc:  # SMTP down: unclaim, so the next failure sends it
+            METRICS.emails.inc(("recharge.failed", "failed"))
             log.warning("could not email %s about %s: %s", email, ep.account_id, exc)
             await self.db.execute(SQL_UNCLAIM_EMAIL, ep.account_id, ep.episode_us)
+            return
+        METRICS.emails.inc(("recharge.failed", "sent"))
 
     async def _email_receipt(self, ep: Episode, email: str, payment_intent_id: str) -> None:
         """The receipt of a recharge, emailed once per episode (best effort: the
@@ -501,7 +515,10 @@ class RechargeWorker:
         try:
             await self.mailer(self.settings, message)
         except Exception as exc:
+            METRICS.emails.inc(("recharge.receipt", "failed"))
             log.warning("could not email the receipt of %s to %s: %s", ep.account_id, email, exc)
+            return
+        METRICS.emails.inc(("recharge.receipt", "sent"))
 
     async def _end(self, ep: Episode, why: str) -> None:
         # Postgres first: a crash before the mark is cleared leaves an ended
@@ -543,3 +560,23 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         await db.close()
         await store.redis.aclose()
     return 0
+
+
+# The ops view of the queue: open episodes, those due now, the oldest due one.
+SQL_BACKLOG = """
+    SELECT count(*) AS open,
+        count(*) FILTER (WHERE next_attempt_at_us <= $1) AS due,
+        min(next_attempt_at_us) FILTER (WHERE next_attempt_at_us <= $1) AS oldest_due_us
+    FROM recharge_episodes WHERE status = 'open'"""
+
+
+async def recharge_backlog(db: Any, at_us: int) -> dict[str, Any]:
+    """Open recharge episodes, how many are due, and how long the oldest due one
+    has waited (a growing figure: no worker is attempting them)."""
+    row = await db.fetchrow(SQL_BACKLOG, at_us)
+    oldest = row["oldest_due_us"]
+    return {
+        "open_episodes": int(row["open"]),
+        "due_episodes": int(row["due"]),
+        "oldest_due_age_s": round((at_us - oldest) / 1e6, 3) if oldest is not None else None,
+    }

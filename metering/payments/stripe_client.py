@@ -105,15 +105,25 @@ async def charge_off_session(
     key: str,
 ) -> ChargeOutcome:
     """Create and confirm a PaymentIntent against the saved card, off-session."""
-    params: dict[str, Any] = {
+    params = _intent_params(settings, customer_id, payment_method_id, amount_micros)
+    params.update({"confirm": True, "off_session": True, "metadata": metadata})
+    return await _confirm_intent(client, params, key)
+
+
+def _intent_params(
+    settings: Settings, customer_id: str, payment_method_id: str, amount_micros: int
+) -> dict[str, Any]:
+    return {
         "amount": to_cents(amount_micros),
         "currency": settings.stripe_currency,
         "customer": customer_id,
         "payment_method": payment_method_id,
-        "confirm": True,
-        "off_session": True,
-        "metadata": metadata,
     }
+
+
+async def _confirm_intent(
+    client: stripe.StripeClient, params: dict[str, Any], key: str
+) -> ChargeOutcome:
     try:
         intent = await client.v1.payment_intents.create_async(
             params,  # type: ignore[arg-type]
@@ -159,23 +169,9 @@ async def charge_on_session(
     """Create and confirm a PaymentIntent against the saved card with the customer
     present (pay now): a bank that asks for authentication gets it through the
     browser (requires_action), as Stripe documents for on-session payments."""
-    params: dict[str, Any] = {
-        "amount": to_cents(amount_micros),
-        "currency": settings.stripe_currency,
-        "customer": customer_id,
-        "payment_method": payment_method_id,
-        "payment_method_types": ["card"],
-        "confirm": True,
-        "metadata": metadata,
-    }
-    try:
-        intent = await client.v1.payment_intents.create_async(
-            params,  # type: ignore[arg-type]
-            {"idempotency_key": key},
-        )
-    except stripe.StripeError as exc:
-        return failure_of(exc)
-    return outcome_of(intent)
+    params = _intent_params(settings, customer_id, payment_method_id, amount_micros)
+    params.update({"payment_method_types": ["card"], "confirm": True, "metadata": metadata})
+    return await _confirm_intent(client, params, key)
 
 
 async def intent_outcome(client: stripe.StripeClient, payment_intent_id: str) -> ChargeOutcome:

@@ -39,6 +39,7 @@ from metering.tools.output import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    UsageError,
     describe_failure,
     print_error,
 )
@@ -105,6 +106,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Long-running workers: a heartbeat and a metrics port around their loop
+# (metering/tools/worker_process.py). reconcile is one only with --continuous.
+WORKERS = frozenset(
+    {"ledger-writer", "recharge-worker", "number-scheduler", "notifier", "sweep", "reconcile"}
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: every command named with its help, none imported."""
     parser = argparse.ArgumentParser(
@@ -134,6 +142,14 @@ def command_parser(name: str) -> tuple[argparse.ArgumentParser, Any]:
         prog=f"python -m metering {name}", description=help_text[0].upper() + help_text[1:] + "."
     )
     module.add_arguments(parser)
+    if name in WORKERS:
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="serve /metrics and /livez on this port (default "
+            "METERING_WORKER_METRICS_PORT; 0: none)",
+        )
     return parser, module
 
 
@@ -145,6 +161,24 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Any]:
     args.command = known.command
     args.log_level = known.log_level
     return args, module
+
+
+async def _run(module: Any, args: argparse.Namespace, settings: Settings) -> int:
+    work = module.run(args, settings)
+    if args.command not in WORKERS or not getattr(args, "continuous", True):
+        return int(await work)
+    port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
+    if not 0 <= port <= 65_535:
+        work.close()
+        raise UsageError(f"--metrics-port {port} is not a port")
+    # Imported here: uvicorn and Starlette only for the workers.
+    from metering.tools.worker_process import run_worker
+
+    try:
+        return await run_worker(args.command, work, settings, port)
+    except UsageError:
+        work.close()
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         print_error(args, "usage", str(exc))
         return EXIT_USAGE
     try:
-        return int(asyncio.run(module.run(args, settings)))
+        return int(asyncio.run(_run(module, args, settings)))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:

@@ -1,0 +1,110 @@
+"""The outermost ASGI layer: a request id for every HTTP request, and its
+duration recorded by route and outcome.
+
+- The request id is the client's `X-Request-Id` when it is safe to echo (at most
+  `request_id_length_max` characters of letters, digits and `._:-`), else one
+  made here (this process's random prefix and a counter: unique without a
+  system call). It is returned in the answer's `X-Request-Id` header and added
+  to every log line written while the request is served (metering/logs.py).
+- The duration goes to `metering_http_request_duration_seconds{route, method,
+  outcome}`: route is the endpoint's template (`/v1/calls/{call_id}/commit`,
+  never an id), outcome `allowed` (below 400), `refused` (402 and 429: the
+  service said no to a well-formed request), `client_error` (other 4xx) or
+  `server_error` (5xx).
+
+Cost on the authorize path: about 2 µs a request (the header scan, the
+contextvar, the wrapped `send`, one histogram observation); measured with
+`python -m bench authorize-observed`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.switch_api import ACTIONS, CALL_ACTIONS
+from metering.logs import request_id_var
+from metering.metrics import METRICS
+from metering.settings import Settings
+
+HEADER = b"x-request-id"
+SAFE_ID = re.compile(rb"[A-Za-z0-9._:\-]+")
+CALLS = "/v1/calls/"
+UNMATCHED = "unmatched"
+
+
+def outcome_of(status: int) -> str:
+    if status < 400:
+        return "allowed"
+    if status in (402, 429):
+        return "refused"
+    if status < 500:
+        return "client_error"
+    return "server_error"
+
+
+def route_of(scope: Scope) -> str:
+    """The route template the request matched: Starlette's (it records the route
+    in the scope), or the switch's fast path (gateway/fast_path.py), which
+    answers before Starlette routes."""
+    route = scope.get("route")
+    if route is not None:
+        template: str = getattr(route, "path", UNMATCHED)
+        return template.replace(":path}", "}")
+    path: str = scope["path"]
+    if path in ACTIONS:
+        return path
+    if path.startswith(CALLS):
+        last = path.rpartition("/")[2]
+        if last in CALL_ACTIONS:
+            return CALLS + "{call_id}/" + last
+    return UNMATCHED
+
+
+class RequestObserver:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.length_max = settings.request_id_length_max
+        self.prefix = os.urandom(4).hex() + "-"
+        self.counter = itertools.count(1)
+        self.observe = METRICS.http_requests.observe
+
+    def request_id(self, scope: Scope) -> str:
+        for name, value in scope["headers"]:
+            if name == HEADER:
+                if len(value) <= self.length_max and SAFE_ID.fullmatch(value):
+                    return str(value.decode("ascii"))
+                break
+        return f"{self.prefix}{next(self.counter):x}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = self.request_id(scope)
+        header = (HEADER, request_id.encode("ascii"))
+        status = 500  # an app that fails before answering: the server's 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers: Any = message.get("headers", ())
+                message["headers"] = [*headers, header]
+            await send(message)
+
+        token = request_id_var.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+            self.observe(
+                (route_of(scope), scope["method"], outcome_of(status)),
+                time.perf_counter() - started,
+            )
