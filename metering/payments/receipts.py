@@ -81,7 +81,11 @@ def signature(settings: Settings, account_id: str, reference: str) -> str:
 
 
 def signature_ok(settings: Settings, account_id: str, reference: str, given: str) -> bool:
-    return hmac.compare_digest(signature(settings, account_id, reference), given)
+    # As bytes: compare_digest refuses str holding non-ASCII characters (a link
+    # anyone can edit), which would be a 500 instead of a wrong signature.
+    return hmac.compare_digest(
+        signature(settings, account_id, reference).encode(), given.encode("utf-8", "replace")
+    )
 
 
 def receipt_path(
