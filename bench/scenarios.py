@@ -299,7 +299,8 @@ def observability(run: Run) -> None:
         return
     seed(run, spread=False)
     measured: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-    for r in range(OBSERVABILITY_ROUNDS):
+    # A smoke run (no warm-up) only proves the scenario works: one pair.
+    for r in range(OBSERVABILITY_ROUNDS if run.warmup_s else 1):
         # Each order in turn: whatever drifts during a pair falls on both settings.
         for on in (False, True) if r % 2 == 0 else (True, False):
             gateway = start_gateway(run.settings(request_metrics=on), 1)
@@ -324,9 +325,13 @@ def observability(run: Run) -> None:
         run.record("observability", _observed(on), figures, _observed_key(on))
     # The same comparison without HTTP or a load generator: this process's own CPU
     # per request through the whole ASGI stack (bench/observed_cost.py).
+    smoke = not run.warmup_s
     cpu = asyncio.run(
         observed_cost.measure(
-            run.settings(), HOT, rounds=observed_cost.ROUNDS if run.warmup_s else 2
+            run.settings(),
+            HOT,
+            rounds=2 if smoke else observed_cost.ROUNDS,
+            n=observed_cost.CONCURRENCY * 20 if smoke else observed_cost.REQUESTS_PER_ROUND,
         )
     )
     for on in (False, True):
