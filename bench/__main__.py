@@ -4,6 +4,7 @@ the table, the ratios and the targets, and write bench/results/<date>-<commit>.j
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import os
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from bench import report
 from bench.scenarios import SCENARIOS, Run
 from devkit.testing import RedisServer
+from metering.ledger.migrate import migrate
 
 DEFAULT_SECONDS = 10
 SMOKE_SECONDS = 1
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     names = args.names or list(SCENARIOS)
     machine = report.machine()
     started = time.monotonic()
+    # The gateway refuses to start on a database that lacks its migrations.
+    asyncio.run(migrate(args.database_url, create_database=True))
     redis = RedisServer()
     run = Run(
         seconds=seconds,

@@ -22,7 +22,7 @@ from pathlib import Path
 from bench import tools
 from bench.procs import SWITCH_TOKEN, start_gateway
 from bench.scenarios import Run, seed
-from devkit.testing import RedisServer
+from devkit.testing import ROOT, RedisServer
 
 TOP = 25
 SAMPLE_RATE_HZ = 250
@@ -32,9 +32,11 @@ def frame_name(frame: str) -> str:
     # py-spy raw frames look like "function (path/to/file.py:123)"; keep file and function.
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "wt-bench/", "python3.11/"):
+    path = path.removeprefix(f"{ROOT}/")
+    for marker in ("site-packages/", "python3.11/", "/gateway/", "/metering/", "/bench/"):
         if marker in path:
-            path = path.split(marker, 1)[1]
+            kept = marker.strip("/") + "/" if marker.startswith("/") else ""
+            path = kept + path.split(marker, 1)[1]
     return f"{path}:{name}"
 
 
@@ -48,7 +50,19 @@ AREAS = (
 )
 
 
+# Leaf frames whose own time is a socket write: the kernel's loopback TCP work
+# (the receiver's side included) runs in the writing process's system call.
+SOCKET_WRITES = (
+    "uvicorn/protocols/http/httptools_impl.py:RequestResponseCycle.send",
+    "metering/pipelining.py:RespConnection._write",
+    "asyncio/streams.py:StreamWriter.writelines",
+    "asyncio/streams.py:StreamWriter.write",
+)
+
+
 def area(frame: str) -> str:
+    if frame in SOCKET_WRITES:
+        return "socket writes (system calls: HTTP answers, Redis commands)"
     for prefix, label in AREAS:
         if frame.startswith(prefix):
             return label
@@ -90,7 +104,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--idle", action="store_true", help="include idle (epoll) samples")
+    parser.add_argument(
+        "--summarize", type=Path, help="only summarize collapsed stacks written before"
+    )
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize.read_text()))
+        return 0
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)

@@ -48,13 +48,14 @@ def page_headers(settings: Settings) -> dict[str, str]:
 
 def render_page(name: str, settings: Settings) -> str:
     """The page's HTML with the settings it names filled in ({{stripe_js_url}},
-    {{stripe_publishable_key}}, the pay-now bounds), escaped."""
+    {{stripe_publishable_key}}, the pay-now and recharge bounds), escaped."""
     text = (STATIC_DIR / f"{name}.html").read_text()
     for key in (
         "stripe_js_url",
         "stripe_publishable_key",
         "payment_micros_min",
         "payment_micros_max",
+        "recharge_micros_max",
     ):
         text = text.replace("{{" + key + "}}", html.escape(str(getattr(settings, key))))
     return text

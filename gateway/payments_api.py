@@ -146,10 +146,7 @@ async def get_receipt(request: Request) -> Response:
     for name in params:
         if name not in RECEIPT_QUERY:
             raise InvalidRequest(name, f"unknown parameter {name!r}; expected: payment, attempt")
-    if params.get("payment"):
-        reference = "payment=" + params["payment"]
-    else:
-        reference = "attempt=" + params.get("attempt", "")
+    reference = receipts.reference_of(params)
     if "signature" in params:
         if not receipts.signature_ok(state.settings, account_id, reference, params["signature"]):
             raise Unauthorized("this receipt link is not valid")

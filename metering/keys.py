@@ -33,6 +33,7 @@ unchanged on Redis Cluster.
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 PREFIX = "m:"
@@ -70,6 +71,12 @@ class ShardKeys:
         return f"{PREFIX}{self.tag}:spend:{bucket}"
 
 
+@functools.lru_cache(maxsize=16_384)  # at most METERING_SHARD_COUNT's bound of shards
+def shard_keys(shard: int) -> ShardKeys:
+    """One shard's keys, built once per process (every request names its shard's)."""
+    return ShardKeys(shard)
+
+
 class AccountKeys:
     """The keys of one account (all in its shard's slot)."""
 
@@ -77,7 +84,7 @@ class AccountKeys:
 
     def __init__(self, account_id: str, shard_count: int) -> None:
         self.account_id = account_id
-        self.shard = ShardKeys(shard_of(account_id, shard_count))
+        self.shard = shard_keys(shard_of(account_id, shard_count))
         self._base = PREFIX + self.shard.tag
         self.account = f"{self._base}:a:{account_id}"
         self.calls = f"{self._base}:calls:{account_id}"

@@ -262,11 +262,12 @@ class State:
             self.balance,
             self.reserved,
             self.seq,
-            # When a call closed decides when its record goes (the window): two
-            # worlds where a lost commit applied at different tries stay apart.
+            # When a call closed decides when its record goes (the window), when it
+            # was reserved when it expires: two worlds where a lost request applied
+            # at different tries stay apart.
             tuple(
                 sorted(
-                    (c.call_id, c.state, c.held, c.granted_s, c.closed_lo_ms)
+                    (c.call_id, c.state, c.held, c.granted_s, c.closed_lo_ms, c.expires_lo_ms)
                     for c in self.calls.values()
                 )
             ),

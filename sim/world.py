@@ -55,6 +55,7 @@ STRIPE_KEY = "sk_test_simulation"
 SWITCH_TOKEN = "sim-switch-token"
 OPS_TOKEN = "sim-ops-token"
 GATEWAYS = 2
+GATEWAY_START_TRIES = 10
 
 
 def sim_settings(redis_url: str, database_url: str, **changes: Any) -> Settings:
@@ -290,9 +291,20 @@ class World:
         settings = self.settings.replace(
             database_url=self._via("gateway_pg"), crash_point=crash_point
         )
-        gw = GatewayProcess(
-            settings, log_path=self.run_dir / f"gateway{i}.log", port=self.gateway_ports[i]
-        )
+        # A gateway refuses to start while Redis is down (a Redis fault may be in
+        # force); like a supervisor, start it again until it stays up.
+        for attempt in range(GATEWAY_START_TRIES):
+            try:
+                gw = GatewayProcess(
+                    settings,
+                    log_path=self.run_dir / f"gateway{i}.log",
+                    port=self.gateway_ports[i],
+                )
+                break
+            except RuntimeError:
+                if attempt == GATEWAY_START_TRIES - 1:
+                    raise
+                time.sleep(1.0)
         self.gateways[i] = gw
         self.stripe.register_webhook(f"gw{i}", gw.url + "/v1/stripe/webhook", WEBHOOK_SECRET)
 

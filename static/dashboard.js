@@ -39,7 +39,7 @@ const accountId = params.account;
 const token = params.token;
 const base = "/v1/accounts/" + encodeURIComponent(accountId);
 const meta = (name) => (document.querySelector("meta[name='" + name + "']") || {}).content || "";
-const [PAY_MIN, PAY_MAX] = meta("payment-limits").split(" ").map(Number);
+const [PAY_MIN, PAY_MAX, RECHARGE_MAX] = meta("payment-limits").split(" ").map(Number);
 
 const state = {
   account: null, // the server's account (snapshot, then frames)
@@ -468,8 +468,13 @@ function rechargeProblems(amount, threshold, email, enabled) {
   const problems = [];
   if (amount === null || amount % 10000) problems.push(["recharge-amount", "Enter the amount in dollars and cents, for example 75.00."]);
   else if (amount <= 50 * MICROS_PER_USD) problems.push(["recharge-amount", "Enter more than $50.00."]);
+  else if (RECHARGE_MAX && amount > RECHARGE_MAX) problems.push(["recharge-amount", "Enter at most " + formatMicros(RECHARGE_MAX) + "."]);
   if (threshold === null) problems.push(["recharge-threshold", "Enter an amount in dollars, for example 10.00."]);
   else if (threshold < 10 * MICROS_PER_USD) problems.push(["recharge-threshold", "Enter at least $10.00."]);
+  else if (amount !== null && threshold >= amount) {
+    problems.push(["recharge-threshold", "Enter less than the recharge amount (" + formatMicros(amount) +
+      "): one recharge has to lift the balance above it."]);
+  }
   if (!/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(email)) problems.push(["recharge-email", "Enter an email address, for example billing@example.com."]);
   if (enabled && !state.account.card) problems.push(["recharge-enabled", "Add a card first: automatic recharge charges your card on file."]);
   return problems;

@@ -154,6 +154,11 @@ async def test_recharge_settings_are_checked_in_the_customers_words(page, gatewa
     assert "Add a card first" in (await page.text_content("#recharge-enabled-error") or "")
     assert await page.get_attribute("#recharge-amount", "aria-invalid") == "true"
     assert await page.text_content("#recharge-email-error") == ""
+    await page.fill("#recharge-amount", "60.00")
+    await page.fill("#recharge-threshold", "80.00")  # one recharge would not lift it
+    await page.click("#recharge-save")
+    await page.wait_for_selector("#recharge-threshold-error >> text=Enter less than the recharge")
+    assert await page.text_content("#recharge-amount-error") == ""
     # The next action clears this one's messages.
     await page.fill("#pay-amount", "abc")
     await page.click("#pay-submit")

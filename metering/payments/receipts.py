@@ -30,6 +30,7 @@ from typing import Any
 
 import stripe
 
+from metering import fields
 from metering.errors import InvalidRequest
 from metering.payments.decline_words import failure_words
 from metering.settings import Settings
@@ -81,11 +82,23 @@ def signature(settings: Settings, account_id: str, reference: str) -> str:
 
 
 def signature_ok(settings: Settings, account_id: str, reference: str, given: str) -> bool:
-    # As bytes: compare_digest refuses str holding non-ASCII characters (a link
-    # anyone can edit), which would be a 500 instead of a wrong signature.
-    return hmac.compare_digest(
-        signature(settings, account_id, reference).encode(), given.encode("utf-8", "replace")
-    )
+    # As bytes: compare_digest refuses str with non-ASCII characters, and a link
+    # may carry anything.
+    expected = signature(settings, account_id, reference).encode()
+    return hmac.compare_digest(expected, given.encode("utf-8", "replace"))
+
+
+def reference_of(params: Mapping[str, str]) -> str:
+    """The receipt a query names: "payment=<payment id>" or "attempt=<episode>-<n>";
+    InvalidRequest naming the parameter otherwise."""
+    if params.get("payment"):
+        fields.request_id(params["payment"], "payment")
+        return "payment=" + params["payment"]
+    if not ATTEMPT.fullmatch(params.get("attempt", "")):
+        raise InvalidRequest(
+            "payment", "name a receipt: payment=<payment id> or attempt=<episode>-<n>"
+        )
+    return "attempt=" + params["attempt"]
 
 
 def receipt_path(
