@@ -616,12 +616,7 @@ async def after_redis_loss(auditor: Auditor, cut_ms: int, saved: dict[str, int])
     lanes = [lane for lane in d.lanes if lane.model.one().exists]
     ids = [lane.account_id for lane in lanes]
     shard_count = world.store.settings.shard_count
-    from metering.ledger.lag import ledger_lag
-
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while (await ledger_lag(world.store)).entries_behind and time.monotonic() < deadline:
-        world.check_workers()
-        await asyncio.sleep(0.1)
+    await drain_stream(world)
     rows = await world.db.fetch(
         "SELECT account_id, seq, item, amount_micros, balance_after_micros, request_id "
         "FROM ledger_entries WHERE account_id = ANY($1) ORDER BY account_id, seq",
@@ -671,6 +666,21 @@ async def after_redis_loss(auditor: Auditor, cut_ms: int, saved: dict[str, int])
         lane.model.worlds = [_rebased(lane.model.one(), h, members, calls, pg, cut_ms)]
         auditor.verified_seq[lane.account_id] = seq
     return lost
+
+
+async def drain_stream(world: Any) -> None:
+    """Wait (bounded) until the writer has committed every entry the streams hold."""
+    from metering.ledger.lag import ledger_lag
+
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            if not (await ledger_lag(world.store)).entries_behind:
+                return
+        except Exception:  # Redis still loading after its restart
+            pass
+        world.check_workers()
+        await asyncio.sleep(0.1)
 
 
 def _rebased(

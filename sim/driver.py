@@ -366,7 +366,8 @@ class Driver:
         lines = [f"{op} answered {a.status} {json.dumps(a.body, sort_keys=True)}"]
         lines.append(f"  the model ({miss.worlds} world(s)) predicted one of:")
         for status, expect, note in miss.predicted:
-            lines.append(f"    {status} {_short(expect)} ({note})")
+            differs = _differences(expect, a.body) if status == a.status else "the status"
+            lines.append(f"    {status} {_short(expect)} ({note}); differs in: {differs}")
         return "\n".join(lines)
 
     # ---- requests and their predictions ----
@@ -892,6 +893,19 @@ def commit_duration(w: State, call_id: str, spec: tuple[Any, ...]) -> int:
 
 def _q(call_id: str) -> str:
     return urllib.parse.quote(call_id, safe="")
+
+
+def _differences(expect: Any, got: Any, path: str = "") -> str:
+    """The fields where an answer differs from a prediction, as path=got (wanted)."""
+    if isinstance(expect, dict) and isinstance(got, dict):
+        out = []
+        for k, v in expect.items():
+            if k not in got:
+                out.append(f"{path}{k} missing")
+            elif not model.matches(v, got[k]):
+                out.append(_differences(v, got[k], f"{path}{k}."))
+        return ", ".join(out)
+    return f"{path.rstrip('.')}={got!r} (wanted {expect!r})"
 
 
 def _short(value: Any) -> str:

@@ -105,7 +105,13 @@ MUTATIONS = (
     Mutation(
         "rebuild_skips_existing",
         "rebuild leaves alone every account Redis still holds (even one behind Postgres)",
-        (),  # filled in once rebuild fast-forwards such accounts (see rebuild.py)
+        (
+            (
+                "metering/ledger/recovery.py",
+                '            if int(seq) >= int(row["last_seq"]):\n                continue',
+                "            continue",
+            ),
+        ),
     ),
 )
 

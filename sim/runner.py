@@ -16,7 +16,7 @@ from typing import Any
 
 from metering.sweeper import expire_due_reservations
 from sim import faults as faults_mod
-from sim.auditor import Auditor, after_redis_loss
+from sim.auditor import Auditor, after_redis_loss, drain_stream
 from sim.driver import Driver, SimFailure, Stats, now_ms
 from sim.hostile import Hostile
 from sim.known import KNOWN_OPEN
@@ -250,12 +250,15 @@ class Runner:
             cut_size = world.aof_size()
             await d.run_batch(batch)
             await world.redis_crash(truncate_to=cut_size)
-            if recovery == "rebuild":
-                await asyncio.to_thread(world.run_cli, "rebuild")
-            else:
+            if recovery == "gateway_restart":
+                # The gateways' start-up ledger check fast-forwards what Redis lost.
                 for i in range(len(world.gateways)):
                     world.kill_gateway(i)
                     await asyncio.to_thread(world.start_gateway, i)
+            # The README's procedure after a Redis host crash: once the writer has
+            # caught up, `rebuild` (it also marks lost Stripe credits owed again).
+            await drain_stream(world)
+            await asyncio.to_thread(world.run_cli, "rebuild")
             d.stats.lost_in_crash_window += await after_redis_loss(auditor, cut_ms, saved)
         finally:
             for a in areas:

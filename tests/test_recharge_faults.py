@@ -300,3 +300,45 @@ async def test_the_repair_reaches_every_account_within_its_bound(
         if await pay_store.redis.hget(keys.account, "recharge_pending_since_us") is None:
             return
     raise AssertionError(f"the stale mark outlived {passes_max} repair passes")
+
+
+async def test_card_and_settings_a_redis_loss_took_back_are_copied_again(
+    pay_http: httpx.AsyncClient,
+    pay_db: Any,
+    pay_store: Store,
+    pay_settings: Settings,
+    stripe_client: Any,
+) -> None:
+    """Found by the simulation: a Redis that lost its last second (a host crash with
+    appendfsync everysec) holds an older copy of the card and recharge settings than
+    Postgres, whose sync record still says the copy was made. The repair compares
+    the versions and copies the newer settings again."""
+    from metering.payments.recharge_repair import SHARDS_PER_ROUND_TRIP
+
+    account_id, auth = await set_up_recharge(pay_http, "pm_card_visa", 80 * USD, "lost@example.com")
+    keys = pay_store.account_keys(account_id)
+    fields = ("payment_settings_version", "recharge_amount_micros", "recharge_enabled")
+    before = dict(zip(fields, await pay_store.redis.hmget(keys.account, *fields), strict=True))
+    r = await pay_http.put(
+        f"/v1/accounts/{account_id}/recharge",
+        headers=auth,
+        json={
+            "amount_micros": 75 * USD,
+            "threshold_micros": 10 * USD,
+            "failure_email": "lost@example.com",
+            "enabled": False,
+        },
+    )
+    assert r.status_code == 200, r.text
+    # The lost second: Redis is back to the copy it held before the change.
+    await pay_store.redis.hset(keys.account, mapping=before)
+    w = RechargeWorker(pay_store, pay_db, stripe_client, pay_settings, consumer="tests-lost")
+    passes_max = -(-pay_settings.shard_count // SHARDS_PER_ROUND_TRIP)
+    for _ in range(passes_max):
+        await w.repair.stranded_marks()
+        amount, enabled = await pay_store.redis.hmget(
+            keys.account, "recharge_amount_micros", "recharge_enabled"
+        )
+        if (amount, enabled) == (str(75 * USD), "0"):
+            return
+    raise AssertionError(f"Redis kept the settings it lost the copy of: {amount}, {enabled}")

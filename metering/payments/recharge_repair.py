@@ -4,7 +4,10 @@ What a crash or an outage can leave half-done, put right once it is older than
 `recharge_repair_grace_s` (younger, the normal path may still be finishing it):
 
 - a charge that succeeded but was never credited (charges.credit_owed);
-- card or recharge settings Postgres holds and Redis missed (settings_sync.repair);
+- card or recharge settings Postgres holds and Redis missed (settings_sync.repair),
+  or whose copy a Redis that lost its last writes took back (the version in the
+  account's hash older than Postgres's: settings_sync.repair_lost, in the pass
+  over the accounts below);
 - a pending recharge mark with no open episode behind it. The mark stops every
   later request for the account, so one left alone ends automatic recharge for
   good. Each pass reads the marks of `recharge_repair_accounts_max` accounts,
@@ -59,6 +62,7 @@ class RechargeRepair:
         grace_us = int(self.settings.recharge_repair_grace_s * 1_000_000)
         now_us = time.time_ns() // 1_000
         marks: list[tuple[str, int, str]] = []
+        settings_held: dict[str, int] = {}
         looked = shards_read = 0
         while looked < self.settings.recharge_repair_accounts_max and shards_read < shard_count:
             # A few shards' members per round trip, then their marks in one more.
@@ -81,13 +85,17 @@ class RechargeRepair:
                         self.store.account_keys(account_id).account,
                         "recharge_pending_since_us",
                         "recharge_amount_micros",
+                        "payment_settings_version",
                     )
                 answers = await pipe.execute()
-            for account_id, (since, amount) in zip(ids, answers, strict=True):
+            for account_id, (since, amount, version) in zip(ids, answers, strict=True):
                 if since and int(since) < now_us - grace_us:
                     marks.append((account_id, int(since), amount or ""))
+                if version:
+                    settings_held[account_id] = int(version)
             looked += len(ids)
-        return await self._repair(marks)
+        copied = await settings_sync.repair_lost(self.store, self.db, settings_held)
+        return copied + await self._repair(marks)
 
     async def _repair(self, marks: list[tuple[str, int, str]]) -> int:
         if not marks:

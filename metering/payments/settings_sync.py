@@ -37,6 +37,9 @@ SQL_STATE = """
 SQL_SYNCED = """
     UPDATE payment_settings_sync SET synced_version = greatest(synced_version, $2)
     WHERE account_id = $1"""
+SQL_VERSIONS = (
+    "SELECT account_id, version FROM payment_settings_sync WHERE account_id = ANY($1::text[])"
+)
 SQL_UNSYNCED = """
     SELECT account_id FROM payment_settings_sync
     WHERE synced_version < version AND updated_at < now() - make_interval(secs => $1)
@@ -97,3 +100,17 @@ async def repair(store: Store, db: Any) -> int:
     for row in rows:
         await push(store, db, row["account_id"])
     return len(rows)
+
+
+async def repair_lost(store: Store, db: Any, held: dict[str, int]) -> int:
+    """Copy again the card and settings of accounts whose Redis copy (held: account
+    id -> the version in its hash) is older than Postgres's. A Redis that lost its
+    last writes (a host crash) may hold an older copy while `synced_version` says
+    the newer one was copied. Returns how many were copied."""
+    if not held:
+        return 0
+    copied = 0
+    for row in await db.fetch(SQL_VERSIONS, list(held)):
+        if held[row["account_id"]] < row["version"]:
+            copied += int(await push(store, db, row["account_id"]))
+    return copied
