@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import importlib.util
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from bench import tools
+from bench import observed_cost, tools
 from bench.loadgen import percentiles_ms
 from bench.postgres_row_lock import PG_DROP, pg_seed
 from bench.procs import (
@@ -283,28 +284,36 @@ def authorize(run: Run) -> None:
     with_ledger_writer(run)
 
 
-# Alternating runs per setting (off, on, off, on): drift of the shared machine
-# falls on both sides.
-OBSERVABILITY_ROUNDS = 2
+# Runs per setting, in pairs of alternating order (off-on, on-off, ...): drift of
+# the shared machine falls on both sides.
+OBSERVABILITY_ROUNDS = 4
 
 
 def observability(run: Run) -> None:
     """What metrics and request ids cost on the authorize path: the same gateway
-    (1 process, hot account) with METERING_REQUEST_METRICS=0 and =1, alternating
-    in one run; each side is the mean of its rounds."""
+    (1 process, hot account) with METERING_REQUEST_METRICS=0 and =1, in pairs of
+    alternating order in one run; each side is the mean of its rounds."""
     if shutil.which("wrk") is None:
         for on in (False, True):
             run.skip("observability", _observed(on), "wrk is not installed", _observed_key(on))
         return
     seed(run, spread=False)
     measured: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-    for _ in range(OBSERVABILITY_ROUNDS):
-        for on in (False, True):
+    # A smoke run (no warm-up) only proves the scenario works: one pair.
+    for r in range(OBSERVABILITY_ROUNDS if run.warmup_s else 1):
+        # Each order in turn: whatever drifts during a pair falls on both settings.
+        for on in (False, True) if r % 2 == 0 else (True, False):
             gateway = start_gateway(run.settings(request_metrics=on), 1)
             try:
-                measured[on].append(run.http(gateway, "/v1/messages", 1))
+                figures = run.http(gateway, "/v1/messages", 1)
             finally:
                 gateway.stop()
+            measured[on].append(figures)
+            print(
+                f"  round: {'on ' if on else 'off'} {figures['throughput_rps']:,.0f}/s, "
+                f"server CPU {figures['server_cpu_us_per_req']} us/req",
+                flush=True,
+            )
     for on in (False, True):
         rounds = measured[on]
         figures = {
@@ -314,11 +323,43 @@ def observability(run: Run) -> None:
         }
         figures["load"] = rounds[0].get("load", "")
         run.record("observability", _observed(on), figures, _observed_key(on))
+    # The same comparison without HTTP or a load generator: this process's own CPU
+    # per request through the whole ASGI stack (bench/observed_cost.py).
+    smoke = not run.warmup_s
+    cpu = asyncio.run(
+        observed_cost.measure(
+            run.settings(),
+            HOT,
+            rounds=2 if smoke else observed_cost.ROUNDS,
+            n=observed_cost.CONCURRENCY * 20 if smoke else observed_cost.REQUESTS_PER_ROUND,
+        )
+    )
+    for on in (False, True):
+        median = statistics.median(cpu[on])
+        run.record(
+            "observability",
+            f"in process, ASGI stack + EVALSHA, request metrics and ids {'on' if on else 'off'} "
+            f"(median of {len(cpu[on])} rounds)",
+            {
+                "throughput_rps": round(1e6 / median, 1),
+                "server_cpu_us_per_req": round(median, 2),
+                "rounds_us": [round(x, 2) for x in cpu[on]],
+                # No latency here: the figure is CPU per request (req/s = per CPU second).
+                "p50_ms": 0.0,
+                "p99_ms": 0.0,
+                "p999_ms": 0.0,
+                "errors": 0,
+                "tool": "in process",
+            },
+            "observed_cpu_on" if on else "observed_cpu_off",
+        )
 
 
 def _observed(on: bool) -> str:
     state = "on" if on else "off"
-    return f"request metrics and ids {state}, hot account, 1 process (mean of 2)"
+    return (
+        f"request metrics and ids {state}, hot account, 1 process (mean of {OBSERVABILITY_ROUNDS})"
+    )
 
 
 def _observed_key(on: bool) -> str:

@@ -56,10 +56,20 @@ def duration_words(seconds: int) -> str:
     return " ".join(parts)
 
 
+# An operator's correction (python -m metering adjust): its words and its reason.
+ADJUSTMENTS = {
+    "adjustment_added": "Balance adjustment (added)",
+    "adjustment_taken": "Balance adjustment (taken)",
+}
+
+
 def describe(item: str, detail: str) -> str:
     """One activity line's words."""
     if item in CALLS:
         return _call(CALLS[item], detail)
+    if item in ADJUSTMENTS:
+        reason = detail.partition(":")[2].strip()
+        return f"{ADJUSTMENTS[item]}: {reason}" if reason else ADJUSTMENTS[item]
     if item == "funds_added":
         source, _, reason = detail.partition(":")
         words = CREDIT_SOURCES.get(source.strip())

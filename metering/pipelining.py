@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 import urllib.parse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import hiredis
@@ -428,3 +430,119 @@ class ScriptPipeline:
         for connection in self._connections.values():
             connection.close()
         self._connections.clear()
+
+
+class ChannelReader(asyncio.Protocol):
+    """One pub/sub connection read with hiredis: each message published on the
+    channel is handed to `on_message` as soon as it is parsed, many per wake-up,
+    with no task, future or timeout per message (redis-py's `get_message` costs
+    all three on every message, and the live hub reads one per debit)."""
+
+    def __init__(self, name: str, on_message: Callable[[bytes], None]) -> None:
+        self.name = name
+        self._loop = asyncio.get_running_loop()
+        self._on_message = on_message
+        self._reader = hiredis.Reader(replyError=ErrorReply)
+        self._transport: asyncio.Transport | None = None
+        self._handshake: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.lost = asyncio.Event()
+        self.error: Exception | None = None
+        self.last_data_at = self._loop.time()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data_at = self._loop.time()
+        reader = self._reader
+        reader.feed(data)
+        try:
+            reply = reader.gets()
+            while reply is not False:
+                if self._handshake:
+                    future = self._handshake.popleft()
+                    if not future.done():
+                        future.set_result(reply)
+                elif type(reply) is list and reply[0] == b"message":
+                    self._on_message(reply[2])
+                elif isinstance(reply, ErrorReply):
+                    raise redis_error(reply)
+                reply = reader.gets()
+        except Exception as exc:  # a broken stream: closed, and the owner resubscribes
+            self.error = exc
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future in self._handshake:
+            if not future.done():
+                future.set_exception(
+                    redis_errors.ConnectionError(f"redis {self.name}: connection lost")
+                )
+        self.lost.set()
+
+    def send(self, *args: Any) -> asyncio.Future[Any]:
+        """A command whose reply comes before the subscription's messages
+        (the handshake); its future gets the reply."""
+        assert self._transport is not None
+        future = self._loop.create_future()
+        self._handshake.append(future)
+        self._transport.write(pack_command(args))
+        return future
+
+    def ping(self) -> None:
+        """In subscribed mode Redis answers ["pong", ""]: any data is a sign of life."""
+        if self._transport is not None:
+            self._transport.write(pack_command((b"PING",)))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        self.lost.set()
+
+
+async def subscribe(
+    redis_url: str,
+    channel: str,
+    on_message: Callable[[bytes], None],
+    timeout_s: float,
+    client_name: str,
+) -> ChannelReader:
+    """A ChannelReader on `channel` of the server at `redis_url` (any node of a
+    cluster: a PUBLISH reaches every node), subscribed when this returns."""
+    options = parse_url(redis_url)  # type: ignore[no-untyped-call]
+    loop = asyncio.get_running_loop()
+    host, port = options.get("host") or "127.0.0.1", int(options.get("port") or 6379)
+    path: str | None = options.get("path")
+    name = path or f"{host}:{port}"
+    subscriber = ChannelReader(name, on_message)
+    tls = None
+    if urllib.parse.urlsplit(redis_url).scheme == "rediss":
+        tls = ssl.create_default_context()
+        if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+    try:
+        if path:
+            opening = loop.create_unix_connection(lambda: subscriber, path)
+        else:
+            opening = loop.create_connection(
+                lambda: subscriber, host, port, ssl=tls, server_hostname=host if tls else None
+            )
+        transport, _ = await asyncio.wait_for(opening, timeout_s)
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        replies = []
+        if options.get("password"):
+            auth = [options["username"]] if options.get("username") else []
+            replies.append(subscriber.send(b"AUTH", *auth, options["password"]))
+        replies.append(subscriber.send(b"CLIENT", b"SETNAME", client_name))
+        replies.append(subscriber.send(b"SUBSCRIBE", channel))
+        for reply in await asyncio.wait_for(asyncio.gather(*replies), timeout_s):
+            if isinstance(reply, ErrorReply):
+                raise redis_error(reply)
+    except (OSError, TimeoutError) as exc:
+        subscriber.close()
+        raise redis_errors.ConnectionError(f"redis {name}: cannot subscribe ({exc})") from exc
+    except BaseException:
+        subscriber.close()
+        raise
+    return subscriber

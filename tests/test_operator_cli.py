@@ -21,6 +21,7 @@ import pytest
 from devkit.testing import RATE_CARD, ROOT, free_port, url_with_port
 from metering import accounts, debits
 from metering.accounts import account_for_token
+from metering.entry_words import describe
 from metering.payments import recharge_settings
 from metering.tools import cli
 from tests.fixtures_ledger import LedgerWorld, ledger_world
@@ -360,6 +361,10 @@ async def test_credit_and_adjust_with_a_reason_once_per_id(
         ("adjustment_added", 4, "ops_adjustment: rounding"),
     ]
     assert [e["seq"] for e in entries] == [1, 2, 3, 4]
+    # The activity view says what an adjustment was, with its reason.
+    assert describe("adjustment_taken", entries[2]["detail"]) == (
+        "Balance adjustment (taken): double credit"
+    )
     part = run(
         world,
         "ledger",

@@ -336,3 +336,37 @@ async def test_a_list_of_calls_is_written_at_once_each_with_its_own_outcome(
         assert isinstance(charges[1], ValueError)
     finally:
         await store.aclose()
+
+
+async def test_a_channel_reader_hands_over_every_message_in_order(tmp_path: Path) -> None:
+    """The live hub's subscription (metering/pipelining.py subscribe): every
+    published message, in order, many per read; a lost server sets `lost`."""
+    from metering.pipelining import subscribe
+
+    server = RedisServer(data_dir=tmp_path)
+    publisher = redis_async.Redis.from_url(server.url)
+    try:
+        got: list[bytes] = []
+        all_in = asyncio.Event()
+
+        def on_message(data: bytes) -> None:
+            got.append(data)
+            if len(got) == 2_000:
+                all_in.set()
+
+        reader = await subscribe(server.url, "chan", on_message, 5.0, "test-reader")
+        sent = [f"change-{i}".encode() for i in range(2_000)]
+        async with publisher.pipeline(transaction=False) as pipe:
+            for data in sent:
+                pipe.publish("chan", data)
+            receivers = await pipe.execute()
+        assert set(receivers) == {1}
+        await asyncio.wait_for(all_in.wait(), 5)
+        assert got == sent
+        assert not reader.lost.is_set()
+        server.restart(kill=True)
+        await asyncio.wait_for(reader.lost.wait(), 5)
+        reader.close()
+    finally:
+        await publisher.aclose()
+        server.stop()
