@@ -9,13 +9,6 @@ shows). Keep this list short: a check in it guards nothing.
 from __future__ import annotations
 
 KNOWN_OPEN: dict[str, str] = {
-    "crash_recovery": (
-        "after Redis loses its last writes and the documented recovery runs (the "
-        "ledger check and rebuild), an account whose hash survived keeps the card and "
-        "recharge settings Redis had before the lost second, while Postgres holds the "
-        "newer ones (its sync record says they were copied); the Redis-loss fault runs "
-        "as a plain restart until that is fixed"
-    ),
     "csv_formulas": (
         "the activity CSV keeps request ids, reasons and numbers that start a spreadsheet "
         "formula (= + - @) as they are (the hostile-input work neutralises them)"

@@ -66,6 +66,7 @@ SELECT account_id, request_id, amount_micros, balance_after_micros, seq, detail
 FROM ledger_entries
 WHERE item = 'funds_added' AND ({" OR ".join(f"detail LIKE '{s}:%'" for s in CHARGE_SOURCES)})
 """
+CHARGE_CREDIT_SQL = CHARGE_CREDITS_SQL + " AND account_id = $1 AND request_id = $2"
 # A charge credited in Redis whose credit never reached the ledger is owed again.
 CHARGES_OWED_SQL = """
 UPDATE payments p SET credited = false, updated_at = now()
@@ -222,6 +223,26 @@ async def _restore_charge_credits(store: Store, conn: Any, report: RebuildReport
         report.charge_credits_restored += sum(1 for a in answers if a)
     owed = await conn.execute(CHARGES_OWED_SQL)
     report.charges_owed = int(owed.split()[-1])
+
+
+async def restore_charge_credit(
+    store: Store, conn: Any, account_id: str, payment_intent_id: str
+) -> bool:
+    """Put back the record of one charge's credit if the ledger holds the credit
+    and Redis lost the record (its host crashed after the writer committed the
+    entry): the credit script then answers that credit instead of making a second
+    one. Returns whether a record was put back."""
+    row = await conn.fetchrow(CHARGE_CREDIT_SQL, account_id, payment_intent_id)
+    if row is None:
+        return False
+    source = charge_source_of(row["detail"])
+    if source is None:
+        return False
+    keys = AccountKeys(account_id, store.settings.shard_count)
+    answer = charge_credit_answer(
+        row["amount_micros"], source, row["balance_after_micros"], 0, row["seq"]
+    )
+    return bool(await store.redis.set(keys.charge_credit(payment_intent_id), answer, nx=True))
 
 
 async def _restore_numbers(store: Store, conn: Any, account_ids: list[str]) -> int:

@@ -34,6 +34,7 @@ from metering.account_state import publish_account_state
 from metering.credits import Credit, add_charge_funds
 from metering.errors import ChargeMismatch
 from metering.events import emit_event, event_id
+from metering.ledger.rebuild import restore_charge_credit
 from metering.payments.recharge_lift import recheck_when_lifted
 from metering.store import Store
 
@@ -119,6 +120,10 @@ async def credit_charge(store: Store, db: Any, charge: Charge) -> Credit:
             f"of account {charge.account_id}; nothing was credited"
         )
     crash_points.reached(store.settings, crash_points.CHARGE_RECORDED)
+    # A Redis that lost its last second may lack the record of a credit the ledger
+    # already holds (the ledger check took the money back into the balance): put
+    # it back, or the script below would credit the charge a second time.
+    await restore_charge_credit(store, db, charge.account_id, charge.payment_intent_id)
     credit = await add_charge_funds(
         store,
         charge.account_id,
