@@ -25,7 +25,7 @@ from gateway.fast_path import SwitchFastPath
 from gateway.live_api import OPENAPI_WEBSOCKETS, account_live, ops_live
 from gateway.live_hub import LiveHub
 from gateway.metrics_files import MetricsFlusher
-from gateway.observe import RequestObserver
+from gateway.observe import RequestIds, RequestObserver
 from gateway.openapi import build_openapi
 from gateway.pages import page_routes
 from gateway.responses import JSONResponse
@@ -69,21 +69,23 @@ class GatewayState(TypedDict):
 
 
 class GatewayApp(Starlette):
-    """Starlette with the request observer outermost (a request id and the
-    duration of every answer, gateway/observe.py), the security headers inside
-    it, so that they also reach the 500 answers Starlette's own error layer
-    renders, and the switch's fast path (gateway/fast_path.py) just inside them."""
+    """Starlette behind the switch's fast path (gateway/fast_path.py), the request
+    observer (a request id and the duration of every answer, gateway/observe.py)
+    and the security headers, which also reach the 500 answers Starlette's own
+    error layer renders."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
 
     def build_middleware_stack(self) -> ASGIApp:
-        # The switch's requests are answered by the fast path, inside the headers.
-        app = SecurityHeaders(
-            SwitchFastPath(super().build_middleware_stack(), self.settings), self.settings
-        )
-        return RequestObserver(app, self.settings) if self.settings.request_metrics else app
+        # The switch's requests are answered by the fast path, outermost, which adds
+        # the same headers and records the same observation inline; everything
+        # else goes through the observer and the headers layer to Starlette.
+        security = SecurityHeaders(super().build_middleware_stack(), self.settings)
+        ids = RequestIds(self.settings) if self.settings.request_metrics else None
+        app: ASGIApp = security if ids is None else RequestObserver(security, ids)
+        return SwitchFastPath(app, self.settings, security.headers_for, ids)
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -51,15 +51,19 @@ class SecurityHeaders:
         self.api_tls_headers = self.api_headers + hsts
         self.page_tls_headers = self.page_headers + hsts
 
+    def headers_for(self, scope: Scope) -> Headers:
+        """The headers an answer to this request carries (also used by the
+        switch's fast path, which answers outside this layer)."""
+        api = scope["path"].startswith(API_PREFIXES)
+        if scope["scheme"] == "https":
+            return self.api_tls_headers if api else self.page_tls_headers
+        return self.api_headers if api else self.page_headers
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        api = scope["path"].startswith(API_PREFIXES)
-        if scope["scheme"] == "https":
-            extra = self.api_tls_headers if api else self.page_tls_headers
-        else:
-            extra = self.api_headers if api else self.page_headers
+        extra = self.headers_for(scope)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
