@@ -100,6 +100,17 @@ def pack_command(args: tuple[Any, ...] | list[Any]) -> bytes:
     return b"".join(parts)
 
 
+def tls_context(redis_url: str, options: dict[str, Any]) -> ssl.SSLContext | None:
+    """TLS for a rediss:// URL (certificates checked unless ssl_cert_reqs=none)."""
+    if urllib.parse.urlsplit(redis_url).scheme != "rediss":
+        return None
+    context = ssl.create_default_context()
+    if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class RespConnection(asyncio.Protocol):
     """One connection to one Redis node: calls written in order, one write per
     loop tick, replies matched to calls in order."""
@@ -268,12 +279,7 @@ class ScriptPipeline:
         self._password: str | None = options.get("password")
         self._db = 0 if self._cluster else int(options.get("db") or 0)
         self._unix_path: str | None = options.get("path")
-        self._tls: ssl.SSLContext | None = None
-        if urllib.parse.urlsplit(settings.redis_url).scheme == "rediss":
-            self._tls = ssl.create_default_context()
-            if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-                self._tls.check_hostname = False
-                self._tls.verify_mode = ssl.CERT_NONE
+        self._tls = tls_context(settings.redis_url, options)
         self._default = (options.get("host") or "127.0.0.1", int(options.get("port") or 6379))
         self._connections: dict[tuple[str, int], RespConnection] = {}
         self.redirected = 0  # calls a cluster node redirected (sent through redis-py)
@@ -515,12 +521,7 @@ async def subscribe(
     path: str | None = options.get("path")
     name = path or f"{host}:{port}"
     subscriber = ChannelReader(name, on_message)
-    tls = None
-    if urllib.parse.urlsplit(redis_url).scheme == "rediss":
-        tls = ssl.create_default_context()
-        if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-            tls.check_hostname = False
-            tls.verify_mode = ssl.CERT_NONE
+    tls = tls_context(redis_url, options)
     try:
         if path:
             opening = loop.create_unix_connection(lambda: subscriber, path)
