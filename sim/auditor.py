@@ -28,7 +28,7 @@ from typing import Any
 from devkit.testing import ROOT
 from metering.keys import AccountKeys
 from sim.driver import Driver, Lane, SimFailure, now_ms
-from sim.model import State
+from sim.model import SETTINGS_FIELDS, State
 
 # A recharge pending this long while nothing stands in its way is stuck.
 RECHARGE_STUCK_S = 8.0
@@ -678,7 +678,7 @@ async def _recovered(
             f"{saved[lane.account_id]} answered before the cut",
         )
     lost = max(0, lane.model.one().seq - seq)
-    lane.model.worlds = [_rebased(lane.model.one(), h, members, calls, pg, cut_ms)]
+    lane.model.worlds = [_rebased(lane.model.worlds, h, members, calls, pg, cut_ms)]
     auditor.verified_seq[lane.account_id] = seq
     return lost
 
@@ -699,7 +699,7 @@ async def drain_stream(world: Any) -> None:
 
 
 def _rebased(
-    w: State,
+    worlds: list[State],
     h: dict[str, str],
     members: set[str],
     calls: dict[str, list[Any]],
@@ -710,11 +710,40 @@ def _rebased(
     was answered in the lost window marked uncertain."""
     from sim.model import Entry
 
+    w = worlds[0]
     new = w.clone()
+    # A call some other world knew (a reserve whose answer a fault hid) that Redis
+    # holds: take it from that world.
+    for cid, ch in calls.items():
+        if ch and cid not in new.calls:
+            source = next(x.calls[cid] for x in worlds if cid in x.calls)
+            new.calls[cid] = dataclasses.replace(source, extend_bodies=dict(source.extend_bodies))
     new.balance, new.reserved, new.seq = int(h["balance"]), int(h["reserved"]), int(h["seq"])
+    # The card and recharge settings: Postgres holds what was answered; Redis may
+    # show an older copy, which the repair replaces (an event of the model).
+    durable = {n: w.pg(n) for n in SETTINGS_FIELDS}
+    new.pg_pending = None
+    new.card = (
+        {
+            "brand": h.get("card_brand", ""),
+            "last4": h.get("card_last4", ""),
+            "exp_month": int(h.get("card_exp_month") or 0),
+            "exp_year": int(h.get("card_exp_year") or 0),
+        }
+        if h.get("card_payment_method_id")
+        else None
+    )
     new.recharge_enabled = h.get("recharge_enabled") == "1"
-    if not h.get("card_payment_method_id"):
-        new.card = None
+    new.recharge_amount = (
+        int(h["recharge_amount_micros"]) if h.get("recharge_amount_micros") else None
+    )
+    new.recharge_threshold = (
+        int(h["recharge_threshold_micros"]) if h.get("recharge_threshold_micros") else None
+    )
+    new.recharge_email = h.get("recharge_failure_email") or None
+    new.card_declines = durable["card_declines"]
+    lagging = {n: v for n, v in durable.items() if getattr(new, n) != v}
+    new.pg_pending = lagging or None
     pending = bool(h.get("recharge_pending_since_us"))
     if pending and not new.recharge_pending:
         new.recharge_pending_amount = int(h.get("recharge_amount_micros") or 0)
