@@ -101,7 +101,7 @@ def test_the_rules_name_only_exported_metrics() -> None:
     used = {name for e in exprs for name in METRIC_NAME.findall(e)}
     assert used and used <= exported_names(), used - exported_names()
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
-    # The alerts issue 18 asks for.
+    # The alerts operators need (ledger lag, drift, recharge failures, 5xx, Redis, script latency).
     for expected in (
         "MeteringLedgerLagHigh",
         "MeteringReconcileDifferences",
