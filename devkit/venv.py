@@ -18,6 +18,8 @@ VENV = ROOT / ".venv"
 VENV_PY = VENV / "bin" / "python"
 INSTALL_STAMP = VENV / ".metering-install-stamp"
 PYTHON_MIN = (3, 11)
+# Exact versions of everything installed (pyproject.toml keeps the supported ranges).
+CONSTRAINTS = "constraints.txt"
 
 
 def ensure_python() -> None:
@@ -29,11 +31,14 @@ def ensure_python() -> None:
 
 
 def ensure_venv() -> None:
-    """Create .venv and `pip install -e '.[test]'`, again only when pyproject.toml changed."""
+    """Create .venv and `pip install -e '.[test]'` at the versions in constraints.txt,
+    again only when pyproject.toml or constraints.txt changed."""
     if not VENV_PY.exists():
         say("creating .venv")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    digest = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + (ROOT / CONSTRAINTS).read_bytes()
+    ).hexdigest()
     if INSTALL_STAMP.exists() and INSTALL_STAMP.read_text().strip() == digest:
         return
     say("installing the project into .venv (pip install -e '.[test]')")
@@ -44,9 +49,10 @@ def ensure_venv() -> None:
 
 
 def pip_install(requirements: list[str]) -> None:
-    """pip install into .venv; its chatter is shown only when it fails."""
+    """pip install into .venv, held to constraints.txt; its chatter is shown only
+    when it fails."""
     done = subprocess.run(
-        [str(VENV_PY), "-m", "pip", "install", "--quiet", *requirements],
+        [str(VENV_PY), "-m", "pip", "install", "--quiet", "-c", CONSTRAINTS, *requirements],
         cwd=ROOT,
         capture_output=True,
         text=True,

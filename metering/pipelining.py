@@ -170,13 +170,15 @@ class RespConnection(asyncio.Protocol):
 
     # ---- calls ----
 
-    def call(self, packed: bytes) -> asyncio.Future[Any]:
+    def call(self, packed: bytes, admitted: bool = False) -> asyncio.Future[Any]:
         """Queue one packed command; the future gets its reply (an ErrorReply
-        for an error reply) or a TimeoutError / ConnectionError."""
+        for an error reply) or a TimeoutError / ConnectionError. `admitted`: the
+        repeat of a call the bound already let in (after NOSCRIPT), which must not
+        be refused half-way (at most two more entries per admitted call)."""
         if self.closed:
             raise redis_errors.ConnectionError(f"redis {self.name}: connection closed")
         waiting = self._waiting
-        if len(waiting) >= self._pending_max:
+        if not admitted and len(waiting) >= self._pending_max:
             raise Unavailable(
                 f"{self._pending_max} calls are already waiting for the balance store; retry"
             )
@@ -363,8 +365,10 @@ class ScriptPipeline:
             raise error
         # The script did not run. Load it and repeat the call on the same
         # connection: replies come in order, so both go in one write.
-        loaded = connection.call(pack_command((b"SCRIPT", b"LOAD", script.source)))
-        again = connection.call(pack_command((b"EVALSHA", script.sha, len(keys), *keys, *args)))
+        loaded = connection.call(pack_command((b"SCRIPT", b"LOAD", script.source)), admitted=True)
+        again = connection.call(
+            pack_command((b"EVALSHA", script.sha, len(keys), *keys, *args)), admitted=True
+        )
         sha = await loaded
         if isinstance(sha, ErrorReply):
             again.cancel()

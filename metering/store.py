@@ -9,6 +9,9 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from metering.keys import AccountKeys
 from metering.pipelining import ScriptPipeline
@@ -108,6 +111,16 @@ async def drop_idle_connections(redis: Any) -> None:
         await redis.connection_pool.disconnect(inuse_connections=False)
 
 
+def reconnect_once() -> Retry:
+    """A command that meets a lost connection is sent once more on a fresh one:
+    after a Redis restart every idle pooled socket is dead without knowing it,
+    and its next command would fail (a 503 at the gateway). Never on a timeout.
+    A repeat is harmless: commands that move money are scripts carrying their
+    own id, which answer a repeat from it, events carry an event id the notifier
+    records once, and the rest set values."""
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
+
 def connect_redis(settings: Settings, fence: RestartFence | None = None) -> Any:
     """One client for the process, bounded in connections and time. With a fence,
     every new connection passes it first (metering/restart_fence.py; a single
@@ -119,6 +132,7 @@ def connect_redis(settings: Settings, fence: RestartFence | None = None) -> Any:
             max_connections=settings.redis_connections_max,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
+            # The cluster client retries a lost node connection itself.
         )
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
@@ -127,6 +141,7 @@ def connect_redis(settings: Settings, fence: RestartFence | None = None) -> Any:
         timeout=settings.redis_timeout_s,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
+        retry=reconnect_once(),
         **({"redis_connect_func": fence.on_connect} if fence is not None else {}),
     )
     return _Redis(connection_pool=pool)

@@ -119,11 +119,8 @@ class Faults:
     """Which faults are in force, so an answer that only a fault explains (a 503, a
     cut connection, a full ledger backlog) is accepted only while one is."""
 
-    # How long after a fault ends its effects may still be seen (seconds). After a
-    # Redis restart a gateway's pooled connection that sat idle meets the dead
-    # socket on its first use and answers one 503 (retry), however late.
+    # How long after a fault ends its effects may still be seen (seconds).
     AFTERMATH_S = 4.0
-    AFTERMATH_S_BY_AREA = {"redis": 20.0}
 
     def __init__(self) -> None:
         self.active: dict[str, int] = collections.Counter()
@@ -140,7 +137,7 @@ class Faults:
         now = time.monotonic()
         return any(
             self.active.get(a, 0) > 0
-            or now - self.ended_at.get(a, -1e9) < self.AFTERMATH_S_BY_AREA.get(a, self.AFTERMATH_S)
+            or now - self.ended_at.get(a, -1e9) < self.AFTERMATH_S
             for a in areas
         )
 

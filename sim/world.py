@@ -323,14 +323,10 @@ class World:
 
     # ---- redis ----
 
-    def aof_files(self) -> list[Path]:
-        assert self.redis is not None
-        folder = self.redis.dir / "appendonlydir"
-        return sorted(folder.glob("*.incr.aof"))
-
     def aof_size(self) -> int:
-        files = self.aof_files()
-        return files[-1].stat().st_size if files else 0
+        assert self.redis is not None
+        path = self.redis.append_only_file()
+        return path.stat().st_size if path.exists() else 0
 
     async def redis_crash(self, truncate_to: int | None = None, down_s: float = 0.0) -> None:
         """SIGKILL redis-server; with truncate_to, cut the append-only file back to that
@@ -339,7 +335,7 @@ class World:
         self.redis.proc.kill()
         self.redis.proc.wait()
         if truncate_to is not None:
-            os.truncate(self.aof_files()[-1], truncate_to)
+            os.truncate(self.redis.append_only_file(), truncate_to)
         if down_s:
             await asyncio.sleep(down_s)
         self.redis.proc = await asyncio.to_thread(self.redis._start)  # noqa: SLF001

