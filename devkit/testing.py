@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 import httpx
 import redis as redis_sync
 
+from devkit.processes import die_with_parent
 from metering.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,7 +170,12 @@ class RedisServer:
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(signal.SIGKILL),
+        )
         client = redis_sync.Redis(port=self.port)
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
@@ -243,6 +250,7 @@ class GatewayProcess:
             env=settings_env(self.settings),
             stdout=log,
             stderr=subprocess.STDOUT if log else None,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         if log:
             log.close()
@@ -398,6 +406,7 @@ class StripeServer:
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         if log_path:
             log.close()  # type: ignore[union-attr]

@@ -136,8 +136,7 @@ class Faults:
     def recent(self, *areas: str) -> bool:
         now = time.monotonic()
         return any(
-            self.active.get(a, 0) > 0
-            or now - self.ended_at.get(a, -1e9) < self.AFTERMATH_S
+            self.active.get(a, 0) > 0 or now - self.ended_at.get(a, -1e9) < self.AFTERMATH_S
             for a in areas
         )
 

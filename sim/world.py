@@ -33,6 +33,7 @@ from typing import Any
 
 import asyncpg
 
+from devkit.processes import die_with_parent
 from devkit.testing import (
     ROOT,
     GatewayProcess,
@@ -129,6 +130,7 @@ class Worker:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         log.close()
         self.starts += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,9 @@ def test_simulation_ci_profile_finds_nothing() -> None:
     out = Path(tempfile.mkstemp(prefix="sim-ci-", suffix=".json")[1])
     env = {**os.environ, "METERING_SIM_DATABASE_URL": TEST_DATABASE_URL}
     try:
-        proc = subprocess.run(
+        # A session of its own: a hang is stopped with everything the simulation
+        # started (gateways, workers, Redis), not only the simulation itself.
+        proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -45,12 +48,19 @@ def test_simulation_ci_profile_finds_nothing() -> None:
             ],
             cwd=ROOT,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=TIMEOUT_S,
+            start_new_session=True,
         )
-        print(proc.stdout)
-        assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
+        try:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        print(stdout)
+        assert proc.returncode == 0, stdout[-8000:] + stderr[-3000:]
         stats = json.loads(out.read_text())["stats"]
     finally:
         out.unlink(missing_ok=True)
