@@ -26,11 +26,24 @@ ROUNDS = 3
 
 
 def workers_of(supervisor: int) -> list[int]:
-    """The supervisor's worker processes (children running the gateway)."""
-    out = subprocess.run(
-        ["ps", "-o", "pid=,args=", "--ppid", str(supervisor)], capture_output=True, text=True
-    ).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "resource_tracker" not in line]
+    """The supervisor's worker processes (children running the gateway), read from
+    /proc: `ps` cuts its lines at 80 columns into a pipe, and a long checkout path
+    pushed "resource_tracker" past the cut."""
+    children = []
+    for task in Path(f"/proc/{supervisor}/task").glob("*"):
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:
+            continue
+    workers = []
+    for pid in map(int, children):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # already gone
+        if b"resource_tracker" not in cmdline:
+            workers.append(pid)
+    return workers
 
 
 def connections_by_process(pids: list[int], port: int) -> dict[int, int]:
