@@ -773,7 +773,10 @@ def _rebased(
     was answered in the lost window marked uncertain."""
     from sim.model import Entry
 
-    w = worlds[0]
+    # The world whose history Redis now shows: the same seq if one has it (a
+    # request whose answer a fault hid applied there, and its record with it).
+    seq_now = int(h["seq"])
+    w = max(worlds, key=lambda x: (x.seq == seq_now, x.seq <= seq_now, x.seq))
     new = w.clone()
     # A call some other world knew (a reserve whose answer a fault hid) that Redis
     # holds: take it from that world.
