@@ -115,12 +115,8 @@ async def worker_kill(d: Driver, hit: asyncio.Event, point: str) -> None:
     charged, the answer held in our proxy), or at one of the product's crash points
     (metering/crash_points.py: charged, recorded, credited, request read), where the
     process kills itself with SIGKILL; then start it again."""
-    if point in ("charge.charged", "waiting_for_stripe"):
-        _charge_may_go_unrecorded(d)
     if point != "waiting_for_stripe":
         await _die_at(d, d.world.workers["recharge"], point, hit)
-        if point == "charge.charged":
-            _charge_may_go_unrecorded(d)  # pending since the flag was set
         return
     world = d.world
     stripe_p = world.proxies["worker_stripe"]
@@ -137,19 +133,6 @@ async def worker_kill(d: Driver, hit: asyncio.Event, point: str) -> None:
         for proxy in (stripe_p, pg, rd):
             await asyncio.to_thread(proxy.release)
     world.workers["recharge"].start()
-
-
-def _charge_may_go_unrecorded(d: Driver) -> None:
-    """The worker dies with a card charged and the charge not yet recorded: every
-    pending recharge may be that one (the model's recharge_end_charged)."""
-    for lane in d.lanes:
-        worlds = []
-        for w in lane.model.worlds:
-            if w.recharge_pending:
-                w = w.clone()
-                w.recharge_charge_unrecorded = True
-            worlds.append(w)
-        lane.model.worlds = worlds
 
 
 async def _die_at(d: Driver, worker: Any, point: str, hit: asyncio.Event) -> None:

@@ -228,12 +228,6 @@ class State:
     recharge_end_allowed: bool = False
     # Recharges credited since the last crossing (at most one per crossing).
     recharges_credited: int = 0
-    # The worker was killed right after Stripe charged the card and before it
-    # recorded the charge: on its restart it may end the episode (the balance is
-    # back above the threshold) without knowing of the charge, and the charge's
-    # webhook credits it later (recharge_owed).
-    recharge_charge_unrecorded: bool = False
-    recharge_owed: int = 0
     entries: list[Entry] = dataclasses.field(default_factory=list)
     # The card and recharge settings are Postgres-first: when a change committed
     # there but its copy to Redis failed (the repair copies it later), Postgres's
@@ -278,8 +272,6 @@ class State:
                 )
             ),
             self.recharge_pending,
-            self.recharge_owed,
-            self.recharge_charge_unrecorded,
             self.recharge_enabled,
             self.card is not None,
             tuple(sorted((k, v.status, v.credited) for k, v in self.payments.items())),
@@ -1034,8 +1026,7 @@ EMAIL = re.compile(r"[^@\s,;]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 
 @dataclasses.dataclass(frozen=True)
 class Event:
-    # expire, recharge_credit, recharge_end, recharge_end_charged, recharge_owed_credit,
-    # payment_credit, settings_copied
+    # expire, recharge_credit, recharge_end, payment_credit, settings_copied
     kind: str
     subject: str  # call id or payment id ('' for recharge)
 
@@ -1053,10 +1044,6 @@ def possible_events(st: State, now_ms: int) -> list[Event]:
         out.append(Event("recharge_credit", ""))
         if st.recharge_end_allowed:
             out.append(Event("recharge_end", ""))
-            if st.recharge_charge_unrecorded:
-                out.append(Event("recharge_end_charged", ""))
-    if st.recharge_owed:
-        out.append(Event("recharge_owed_credit", ""))
     for pid, p in st.payments.items():
         if p.status == "pending" and not p.credited:
             out.append(Event("payment_credit", pid))
@@ -1093,7 +1080,6 @@ def fire(st: State, ev: Event, now_ms: int) -> State | None:
         new.balance += amount
         new.add_entry("funds_added", amount, "", "recharge")
         new.recharge_pending = False
-        new.recharge_charge_unrecorded = False
         new.recharges_credited += 1
         new.note_crossing()
         return new
@@ -1101,21 +1087,6 @@ def fire(st: State, ev: Event, now_ms: int) -> State | None:
         if not new.recharge_pending:
             return None
         new.recharge_pending = False
-        return new
-    if ev.kind == "recharge_end_charged":
-        if not (new.recharge_pending and new.recharge_charge_unrecorded):
-            return None
-        new.recharge_pending = False
-        new.recharge_charge_unrecorded = False
-        new.recharge_owed = new.recharge_pending_amount
-        return new
-    if ev.kind == "recharge_owed_credit":
-        if not new.recharge_owed or new.balance + new.recharge_owed > BALANCE_MICROS_MAX:
-            return None
-        new.balance += new.recharge_owed
-        new.add_entry("funds_added", new.recharge_owed, "", "recharge")
-        new.recharge_owed = 0
-        new.note_crossing()
         return new
     if ev.kind == "payment_credit":
         p = new.payments.get(ev.subject)

@@ -95,6 +95,14 @@ async def pay_db(pay_settings: Settings) -> AsyncIterator[Any]:
     await pool.close()
 
 
+def register_webhook(stripe_server: StripeServer, endpoint_id: str, url: str) -> None:
+    """Point one of the local Stripe's webhook endpoints at `url` (again)."""
+    httpx.post(
+        f"{stripe_server.url}/_config/webhooks/{endpoint_id}",
+        data={"url": url, "secret": WEBHOOK_SECRET},
+    ).raise_for_status()
+
+
 @pytest.fixture(scope="session")
 def pay_gateway(
     pay_settings: Settings,
@@ -103,13 +111,7 @@ def pay_gateway(
 ) -> Iterator[PaymentsGateway]:
     gw = PaymentsGateway(pay_settings)
     for endpoint_id in WEBHOOK_ENDPOINT_IDS:
-        httpx.post(
-            f"{stripe_server.url}/_config/webhooks/{endpoint_id}",
-            data={
-                "url": gw.url + "/v1/stripe/webhook",
-                "secret": WEBHOOK_SECRET,
-            },
-        ).raise_for_status()
+        register_webhook(stripe_server, endpoint_id, gw.url + "/v1/stripe/webhook")
     yield gw
     gw.stop()
 

@@ -23,9 +23,15 @@ from metering import crash_points
 from metering.payments.recharge_worker import RechargeWorker
 from metering.settings import Settings
 from metering.store import Store
-from tests.conftest import url_port, url_with_port
+from tests.conftest import OPS, url_port, url_with_port
 from tests.fixtures_ledger import kill
-from tests.fixtures_payments import charges_of, wait_until
+from tests.fixtures_payments import (
+    WEBHOOK_ENDPOINT_IDS,
+    PaymentsGateway,
+    charges_of,
+    register_webhook,
+    wait_until,
+)
 from tests.test_payments import balance_of
 from tests.test_recharge import send_messages, set_up_recharge
 
@@ -240,6 +246,61 @@ async def test_a_worker_killed_between_charge_and_credit_credits_once(
     )
     view = (await pay_http.get(f"/v1/accounts/{account_id}", headers=auth)).json()
     assert view["recharge"]["pending"] is False
+
+
+async def test_a_charge_whose_answer_died_with_the_worker_is_credited_whatever_changed(
+    pay_http: httpx.AsyncClient,
+    pay_db: Any,
+    pay_store: Store,
+    pay_settings: Settings,
+    pay_gateway: PaymentsGateway,
+    stripe_server: StripeServer,
+    workers: list[WorkerProcess],
+) -> None:
+    # The worker dies right after Stripe charged; before it comes back, another
+    # credit lifts the balance above the threshold, and no webhook arrives (Stripe
+    # may deliver it much later). The worker must not end the episode as "not
+    # needed" without knowing of the charge: it asks Stripe about that same charge.
+    account_id, auth = await set_up_recharge(pay_http, "pm_card_visa", START, "lift@example.com")
+    deaf = "http://127.0.0.1:9/unreachable"
+    for endpoint_id in WEBHOOK_ENDPOINT_IDS:
+        register_webhook(stripe_server, endpoint_id, deaf)
+    try:
+        dying = WorkerProcess(
+            worker_settings(pay_settings, crash_point=crash_points.CHARGED), "faults-lift"
+        )
+        workers.append(dying)
+        await asyncio.sleep(1.0)
+        await send_messages(pay_http, account_id, 2, "lift")
+        assert dying.died_by_sigkill(), dying.stop()
+        assert charges_of(stripe_server, account_id) == 1
+        r = await pay_http.post(
+            f"/v1/accounts/{account_id}/credits",
+            headers=OPS,
+            json={"credit_id": "lift", "amount_micros": 100 * USD, "reason": "test"},
+        )
+        assert r.status_code == 200, r.text
+        workers.append(WorkerProcess(worker_settings(pay_settings), "faults-lift"))
+
+        async def settled() -> bool:
+            status = await pay_db.fetchval(
+                "SELECT status FROM recharge_episodes WHERE account_id = $1", account_id
+            )
+            return status != "open"
+
+        await wait_until(settled, timeout_s=20)
+    finally:
+        for endpoint_id in WEBHOOK_ENDPOINT_IDS:
+            register_webhook(stripe_server, endpoint_id, pay_gateway.url + "/v1/stripe/webhook")
+    episode = await pay_db.fetchrow(
+        "SELECT status, last_reason, charge_sent FROM recharge_episodes WHERE account_id = $1",
+        account_id,
+    )
+    assert episode["status"] == "succeeded", dict(episode)
+    assert episode["charge_sent"] is None
+    assert charges_of(stripe_server, account_id) == 1
+    assert len(await recharge_credits(pay_db, pay_store, account_id)) == 1
+    assert await balance_of(pay_http, account_id, auth) == RECHARGED + 100 * USD
 
 
 async def test_the_repair_opens_a_lost_episode_and_clears_a_stale_mark(

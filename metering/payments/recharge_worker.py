@@ -17,6 +17,10 @@ the lease ends) and attempted:
 - success: the card on file is charged off-session (idempotency key from the
   episode) and the charge credited once (charges.py), which clears the pending
   mark in the same script;
+- the request is recorded on the episode before it is sent (`charge_sent`) and
+  forgotten once Stripe's final answer is recorded: after a crash, a lost answer
+  or a 5xx, the next attempt sends that same request again before looking at
+  anything else, so a charge Stripe made is never taken for one not needed;
 - network trouble, Stripe 5xx or rate limit: the same call (same key) again
   after an exponential backoff, recharge_transient_retries_max times;
 - a declined card, no card, or transport retries exhausted: the attempt is
@@ -43,6 +47,7 @@ from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import Any
 
+import orjson
 import stripe
 from redis.exceptions import ResponseError
 
@@ -73,9 +78,10 @@ from metering.payments.recharge_repair import RechargeRepair
 from metering.payments.stripe_client import (
     ChargeOutcome,
     build_stripe_client,
-    charge_off_session,
     close_stripe_client,
     idempotency_key,
+    off_session_charge,
+    send_charge,
     to_cents,
 )
 from metering.polling import stop_on_signals
@@ -93,7 +99,7 @@ SQL_CLAIM_DUE = """
           ORDER BY next_attempt_at_us LIMIT $3 FOR UPDATE SKIP LOCKED) due
     WHERE e.account_id = due.account_id AND e.episode_us = due.episode_us
     RETURNING e.account_id, e.episode_us, e.amount_micros, e.attempts, e.declines,
-        e.transient_failures"""
+        e.transient_failures, e.charge_sent"""
 SQL_RECORD_ATTEMPT = """
     INSERT INTO recharge_attempts (account_id, episode_us, attempt, amount_micros, outcome,
         retryable, reason, payment_intent_id)
@@ -101,6 +107,12 @@ SQL_RECORD_ATTEMPT = """
 SQL_UPDATE_EPISODE = """
     UPDATE recharge_episodes SET status = $3, attempts = $4, declines = $5,
         transient_failures = $6, next_attempt_at_us = $7, last_reason = $8, updated_at = now()
+    WHERE account_id = $1 AND episode_us = $2"""
+SQL_CHARGE_SENT = """
+    UPDATE recharge_episodes SET charge_sent = $3::json, updated_at = now()
+    WHERE account_id = $1 AND episode_us = $2"""
+SQL_CHARGE_ANSWERED = """
+    UPDATE recharge_episodes SET charge_sent = NULL
     WHERE account_id = $1 AND episode_us = $2"""
 SQL_END_EPISODE = """
     UPDATE recharge_episodes SET status = $3, last_reason = $4, updated_at = now()
@@ -156,6 +168,8 @@ class Episode:
     attempts: int
     declines: int
     transient_failures: int
+    # The charge sent to Stripe whose answer is not recorded: {"request", "key"}.
+    charge_sent: dict[str, Any] | None = None
 
 
 async def settle_recharge_event(store: Store, db: Any, intent: dict[str, Any]) -> str:
@@ -216,6 +230,7 @@ class RechargeWorker:
                 row["attempts"],
                 row["declines"],
                 row["transient_failures"],
+                orjson.loads(row["charge_sent"]) if row["charge_sent"] else None,
             )
             try:
                 await self.attempt(episode)
@@ -272,6 +287,60 @@ class RechargeWorker:
             # A worker died between the charge and the credit: finish the credit.
             await self._credit(ep, charged)
             return ChargeOutcome(True, charged, "", False)
+        if ep.charge_sent is not None:
+            # A charge went to Stripe and its answer was never recorded: Stripe may
+            # have made it, so ask about that same charge whatever changed since.
+            state = await self.db.fetchrow(SQL_RECHARGE_STATE, ep.account_id)
+            email = (state["failure_email"] if state else None) or ""
+            outcome = await send_charge(
+                self.stripe, ep.charge_sent["request"], ep.charge_sent["key"]
+            )
+        else:
+            ready = await self._ready(ep)
+            if ready is None:
+                return None
+            state, email = ready
+            if state["payment_method_id"] is None or state["customer_id"] is None:
+                outcome = ChargeOutcome(False, None, "no card on file", False)
+            else:
+                request = off_session_charge(
+                    self.settings,
+                    state["customer_id"],
+                    state["payment_method_id"],
+                    ep.amount_micros,
+                    {
+                        "account_id": ep.account_id,
+                        "episode_us": str(ep.episode_us),
+                        "kind": AUTOMATIC_RECHARGE,
+                    },
+                )
+                # A decline changes the key (the next attempt is a new charge); a
+                # network retry keeps it (Stripe answers the first charge again).
+                key = idempotency_key("recharge", ep.account_id, ep.episode_us, ep.declines)
+                await self.db.execute(
+                    SQL_CHARGE_SENT,
+                    ep.account_id,
+                    ep.episode_us,
+                    orjson.dumps({"request": request, "key": key}).decode(),
+                )
+                outcome = await send_charge(self.stripe, request, key)
+        if outcome.succeeded:
+            crash_points.reached(self.settings, crash_points.CHARGED)
+        attempt_no = ep.attempts + 1
+        await self._record_attempt(ep, attempt_no, outcome)
+        METRICS.recharge_attempts.inc((attempt_outcome(outcome),))
+        if outcome.succeeded:
+            assert outcome.payment_intent_id is not None
+            await self._credit(ep, outcome.payment_intent_id)
+            log.info("recharged %s with %d micros", ep.account_id, ep.amount_micros)
+            await self._email_receipt(ep, email, outcome.payment_intent_id)
+            return outcome
+        await self._failed(ep, attempt_no, outcome, email)
+        return outcome
+
+    async def _ready(self, ep: Episode) -> tuple[Any, str] | None:
+        """The recharge state and failure address when the episode is still to be
+        charged; else end or refuse it and return None."""
         keys = self.store.account_keys(ep.account_id)
         pending, balance, reserved = await self.store.redis.hmget(
             keys.account, "recharge_pending_since_us", "balance", "reserved"
@@ -295,37 +364,7 @@ class RechargeWorker:
         if refusal:
             await self._refuse(ep, refusal, email)
             return None
-        if state["payment_method_id"] is None or state["customer_id"] is None:
-            outcome = ChargeOutcome(False, None, "no card on file", False)
-        else:
-            outcome = await charge_off_session(
-                self.stripe,
-                self.settings,
-                state["customer_id"],
-                state["payment_method_id"],
-                ep.amount_micros,
-                {
-                    "account_id": ep.account_id,
-                    "episode_us": str(ep.episode_us),
-                    "kind": AUTOMATIC_RECHARGE,
-                },
-                # A decline changes the key (the next attempt is a new charge); a
-                # network retry keeps it (Stripe answers the first charge again).
-                idempotency_key("recharge", ep.account_id, ep.episode_us, ep.declines),
-            )
-            if outcome.succeeded:
-                crash_points.reached(self.settings, crash_points.CHARGED)
-        attempt_no = ep.attempts + 1
-        await self._record_attempt(ep, attempt_no, outcome)
-        METRICS.recharge_attempts.inc((attempt_outcome(outcome),))
-        if outcome.succeeded:
-            assert outcome.payment_intent_id is not None
-            await self._credit(ep, outcome.payment_intent_id)
-            log.info("recharged %s with %d micros", ep.account_id, ep.amount_micros)
-            await self._email_receipt(ep, email, outcome.payment_intent_id)
-            return outcome
-        await self._failed(ep, attempt_no, outcome, email)
-        return outcome
+        return state, email
 
     async def _credit(self, ep: Episode, payment_intent_id: str) -> None:
         charge = Charge(
@@ -338,17 +377,22 @@ class RechargeWorker:
         await credit_charge(self.store, self.db, charge)
 
     async def _record_attempt(self, ep: Episode, attempt_no: int, outcome: ChargeOutcome) -> None:
-        await self.db.execute(
-            SQL_RECORD_ATTEMPT,
-            ep.account_id,
-            ep.episode_us,
-            attempt_no,
-            ep.amount_micros,
-            "succeeded" if outcome.succeeded else "failed",
-            outcome.retryable,
-            outcome.reason,
-            outcome.payment_intent_id,
-        )
+        """Record the attempt; a final answer (charged or declined, not a retryable
+        failure) also forgets the charge sent, in the same transaction."""
+        async with self.db.acquire() as conn, conn.transaction():
+            await conn.execute(
+                SQL_RECORD_ATTEMPT,
+                ep.account_id,
+                ep.episode_us,
+                attempt_no,
+                ep.amount_micros,
+                "succeeded" if outcome.succeeded else "failed",
+                outcome.retryable,
+                outcome.reason,
+                outcome.payment_intent_id,
+            )
+            if not outcome.retryable:
+                await conn.execute(SQL_CHARGE_ANSWERED, ep.account_id, ep.episode_us)
 
     async def _refuse(self, ep: Episode, reason: str, email: str) -> None:
         """Settings this worker must not charge: record it, turn recharge off (so

@@ -95,18 +95,25 @@ def _short(exc: Exception) -> str:
     return text.splitlines()[0][:200]
 
 
-async def charge_off_session(
-    client: stripe.StripeClient,
+def off_session_charge(
     settings: Settings,
     customer_id: str,
     payment_method_id: str,
     amount_micros: int,
     metadata: dict[str, str],
-    key: str,
-) -> ChargeOutcome:
-    """Create and confirm a PaymentIntent against the saved card, off-session."""
+) -> dict[str, Any]:
+    """The request that creates and confirms a PaymentIntent against the saved card,
+    off-session (kept whole by the caller, so that it can be sent again exactly)."""
     params = _intent_params(settings, customer_id, payment_method_id, amount_micros)
     params.update({"confirm": True, "off_session": True, "metadata": metadata})
+    return params
+
+
+async def send_charge(
+    client: stripe.StripeClient, params: dict[str, Any], key: str
+) -> ChargeOutcome:
+    """Send an off_session_charge request; the same request and key again get the
+    first charge's answer from Stripe (for 24 hours), never a second charge."""
     return await _confirm_intent(client, params, key)
 
 
