@@ -333,7 +333,7 @@ class Driver:
             self.stats.unknown_outcomes += 1
             if unknown is None and op.kind in ("card", "uncard", "recharge"):
                 unknown = self._lagging(predict, a.when)
-            lane.model.fork_unknown(lambda w: predict(w, a.when), unknown)
+            lane.model.fork_unknown(lambda w: predict(w, a.when), unknown, a.when.hi_ms)
             if attempt < RETRIES_MAX:
                 lane.retries.append((op, attempt + 1))
             return

@@ -1243,19 +1243,32 @@ class Account:
             return self.worlds
         return expand(self.worlds, now_ms, self.EVENTS_DEPTH_MAX)
 
+    # Background events that may have fired before an operation whose answer was
+    # lost applied (its record keeps the state it applied to).
+    FORK_EVENTS_DEPTH = 2
+
     def fork_unknown(
         self,
         predict: Callable[[State], list[Outcome]],
         extra: Callable[[State], list[State]] | None = None,
+        now_ms: int | None = None,
     ) -> None:
-        """An operation whose answer was lost: it happened, or it did not."""
-        out: list[State] = []
-        for w in self.worlds:
-            out.append(w)
+        """An operation whose answer was lost: it happened, or it did not. If it
+        happened, it may have happened after a background event (an expiry, a
+        recharge credit) that no answer has shown yet: its remembered answer then
+        holds that event's effect, so those orders are worlds of their own."""
+        out: list[State] = list(self.worlds)
+        bases = (
+            self.worlds
+            if now_ms is None or not any(possible_events(w, now_ms) for w in self.worlds)
+            else expand(self.worlds, now_ms, self.FORK_EVENTS_DEPTH)
+        )
+        for w in bases:
             for o in predict(w):
                 if 200 <= o.status < 300 and o.next is not None:
                     out.append(o.next)
-            if extra is not None:
+        if extra is not None:
+            for w in self.worlds:
                 out.extend(extra(w))
         self.worlds = dedupe(out)[:WORLDS_MAX]
 
