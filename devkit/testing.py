@@ -144,13 +144,15 @@ class RedisServer:
     (no persistence unless `extra_args` ask for it); ours alone, so flushing or
     killing it touches nobody else."""
 
-    def __init__(self, *extra_args: str, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, *extra_args: str, data_dir: Path | None = None, binary: str | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._own_dir = data_dir is None
         self.dir = Path(data_dir or tempfile.mkdtemp(prefix="metering-redis-"))
         self.argv = [
-            redis_server_binary(),
+            binary or redis_server_binary(),
             "--port",
             str(self.port),
             "--bind",

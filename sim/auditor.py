@@ -747,18 +747,23 @@ async def _recovered(
 
 
 async def drain_stream(world: Any) -> None:
-    """Wait (bounded) until the writer has committed every entry the streams hold."""
+    """Wait (bounded) until the writer has committed every entry the streams hold;
+    a writer that does not is a failure, not a wait without end."""
     from metering.ledger.lag import ledger_lag
 
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    behind: Any = "Redis unreadable"
     while time.monotonic() < deadline:
         try:
-            if not (await ledger_lag(world.store)).entries_behind:
+            lag = await ledger_lag(world.store)
+            if not lag.entries_behind:
                 return
+            behind = lag.as_dict()
         except Exception:  # Redis still loading after its restart
             pass
         world.check_workers()
         await asyncio.sleep(0.1)
+    raise SimFailure("ledger", f"the writer did not drain in {DRAIN_TIMEOUT_S:.0f} s: {behind}")
 
 
 def _rebased(
@@ -834,10 +839,15 @@ def _rebased(
         }
         if c.state == "open":
             c.commit_body = c.release_body = None
-        if c.state == "expired":
-            c.expired_charge = int(ch.get("expired_charge") or 0)
-            ms = int(ch["closed_us"]) // 1000 if ch.get("closed_us") else cut_ms
-            c.expired_lo_ms = c.expired_hi_ms = c.closed_lo_ms = c.closed_hi_ms = ms
+        else:
+            closed_ms = int(ch["closed_us"]) // 1000 if ch.get("closed_us") else cut_ms
+            if c.state == "expired":
+                c.expired_charge = int(ch.get("expired_charge") or 0)
+                c.expired_lo_ms = c.expired_hi_ms = closed_ms
+            # The hash is kept one window from its last EXPIRE: its closing, or the
+            # recovery that settled a closing Redis had lost (fast_forward.lua).
+            kept_from = int(ch["recovered_us"]) // 1000 if ch.get("recovered_us") else closed_ms
+            c.closed_lo_ms = c.closed_hi_ms = kept_from
     for key, rem in list(new.requests.items()):
         if rem.at_hi_ms >= cut_ms:
             new.requests[key] = dataclasses.replace(rem, uncertain=True)

@@ -3,9 +3,10 @@
 -- ARGV[1] the ledger writers' consumer group
 -- Returns {entries_behind, oldest_age_ms}  (oldest_age_ms -1 when nothing is behind)
 --
--- entries_behind = delivered-but-unacknowledged + never delivered. When Redis
--- cannot tell the group's lag (it may after deletions), the stream length is
--- returned: an upper bound, since writers trim only what Postgres holds.
+-- entries_behind = delivered-but-unacknowledged + never delivered. Redis 7 tells
+-- the group's lag; Redis 6 does not, and the entries after the group's
+-- last-delivered-id are counted instead (Redis 6 with the stream length alone
+-- showed a committed entry not yet trimmed as behind for good).
 local len = redis.call('XLEN', KEYS[1])
 if len == 0 then return {0, -1} end
 local t = redis.call('TIME')
@@ -30,8 +31,14 @@ end
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
 if not last then return {len, age_ms(first)} end
 local p = redis.call('XPENDING', KEYS[1], ARGV[1])
-local behind = len
-if type(lag) == 'number' then behind = p[1] + lag end
+local behind
+if type(lag) == 'number' then
+  behind = p[1] + lag
+else
+  -- Redis 6 reports no lag: the entries after last-delivered-id are the ones never
+  -- delivered (those up to it are pending or committed and not yet trimmed, few).
+  behind = p[1] + len - #redis.call('XRANGE', KEYS[1], '-', last)
+end
 if behind == 0 then return {0, -1} end
 if p[1] > 0 then return {behind, age_ms(p[2])} end
 local nxt = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)[1]
