@@ -272,6 +272,8 @@ class State:
                 )
             ),
             self.recharge_pending,
+            # Which crossing asked decides the amount credited (the settings then).
+            self.recharge_pending_amount if self.recharge_pending else 0,
             self.recharge_enabled,
             self.card is not None,
             tuple(sorted((k, v.status, v.credited) for k, v in self.payments.items())),
