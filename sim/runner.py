@@ -280,7 +280,13 @@ class Runner:
         task = asyncio.create_task(go(), name=fault.kind)
         self.tasks.append(task)
         if fault.during_s is None:
-            await hit.wait()
+            # Until the fault is in force; a fault that fails before that is the
+            # run's failure, not a wait without end.
+            hit_wait = asyncio.ensure_future(hit.wait())
+            await asyncio.wait({hit_wait, task}, return_when=asyncio.FIRST_COMPLETED)
+            hit_wait.cancel()
+            if task.done() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
         return task
 
     async def _settle_faults(self) -> None:
