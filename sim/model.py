@@ -893,7 +893,12 @@ class Predict:
         new = st.clone()
         new.apply_pg_pending()
         expect = {"account_id": st.account_id, **(card_answer or {"brand": ANY, "last4": ANY})}
-        new.card = None  # set by bind from the real answer
+        # The card as the answer will show it (bind takes the real answer's). When
+        # the answer is lost the card is still set: this world is the one where the
+        # change applied.
+        new.card = {
+            k: (card_answer or {}).get(k, ANY) for k in ("brand", "last4", "exp_month", "exp_year")
+        }
         new.card_declines = pm == "pm_card_chargeCustomerFail"
         new.note_recharge_conditions()
 

@@ -365,17 +365,22 @@ async def test_a_failed_commit_leaves_card_and_recharge_as_they_were_in_both_sto
     assert before["card"] and before["enabled"] is True
     await failing_commit(account_id)
     base = f"/v1/accounts/{account_id}"
-    r = await pay_http.delete(base + "/card", headers=auth)
+    # A connection of its own per request: the server closes one after a 500, and a
+    # keep-alive connection reused at that moment would fail before any answer.
+    async with httpx.AsyncClient(base_url=pay_http.base_url, timeout=30) as http:
+        r = await http.delete(base + "/card", headers=auth)
     assert r.status_code >= 500, r.text
     assert await stores_agree(pay_db, pay_store, account_id) == before
-    r = await put_recharge(
-        pay_http, account_id, auth, 70 * USD, 20 * USD, "commit@example.com", enabled=False
-    )
+    async with httpx.AsyncClient(base_url=pay_http.base_url, timeout=30) as http:
+        r = await put_recharge(
+            http, account_id, auth, 70 * USD, 20 * USD, "commit@example.com", enabled=False
+        )
     assert r.status_code >= 500, r.text
     assert await stores_agree(pay_db, pay_store, account_id) == before
-    r = await pay_http.put(
-        base + "/card", headers=auth, json={"payment_method_id": "pm_card_chargeCustomerFail"}
-    )
+    async with httpx.AsyncClient(base_url=pay_http.base_url, timeout=30) as http:
+        r = await http.put(
+            base + "/card", headers=auth, json={"payment_method_id": "pm_card_chargeCustomerFail"}
+        )
     assert r.status_code >= 500, r.text
     assert await stores_agree(pay_db, pay_store, account_id) == before
 

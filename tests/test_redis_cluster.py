@@ -22,6 +22,8 @@ from tests.conftest import test_settings
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
+# A cluster node's bus listens on its port plus this.
+CLUSTER_BUS_OFFSET = 10_000
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +74,11 @@ def cluster_ports() -> Iterator[list[int]]:
 def _start_node(workdir: Path) -> tuple[int, subprocess.Popen[bytes]]:
     """One cluster-mode redis-server on a free port; another port if that one was
     taken between picking it and binding it (other suites share this machine)."""
+    logs: list[str] = []
     for _ in range(5):
         port = free_port()
+        while port + CLUSTER_BUS_OFFSET > 65_535:  # the node also listens there
+            port = free_port()
         node_dir = workdir / str(port)
         node_dir.mkdir()
         proc = subprocess.Popen(
@@ -93,6 +98,8 @@ def _start_node(workdir: Path) -> tuple[int, subprocess.Popen[bytes]]:
                 "no",
                 "--dir",
                 str(node_dir),
+                "--logfile",
+                str(node_dir / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -106,7 +113,9 @@ def _start_node(workdir: Path) -> tuple[int, subprocess.Popen[bytes]]:
                 time.sleep(0.05)
         proc.kill()
         proc.wait()
-    raise TimeoutError("could not start a cluster node")
+        log = node_dir / "redis.log"
+        logs.append(f"port {port}: " + (log.read_text()[-500:] if log.exists() else "no log"))
+    raise TimeoutError("could not start a cluster node:\n" + "\n".join(logs))
 
 
 async def test_scripts_run_unchanged_on_a_redis_cluster(cluster_ports: list[int]) -> None:
