@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import re
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ RECHARGE_STUCK_S = 8.0
 # A call open this long past its validity after a sweep ran is a sweeper failure.
 EXPIRY_LATE_MS = 1_500
 DRAIN_TIMEOUT_S = 30.0
+PAYMENT_IN_DETAIL = re.compile(r"\bpayment (\S+)")
 QUIET_TIMEOUT_S = 30.0
 
 
@@ -702,8 +704,8 @@ async def _recovered(
     world = auditor.world
     shard_count = world.store.settings.shard_count
     pg = await world.db.fetch(
-        "SELECT account_id, seq, item, amount_micros, balance_after_micros, request_id "
-        "FROM ledger_entries WHERE account_id = $1 ORDER BY seq",
+        "SELECT account_id, seq, item, amount_micros, balance_after_micros, request_id, "
+        "detail FROM ledger_entries WHERE account_id = $1 ORDER BY seq",
         lane.account_id,
     )
     keys = AccountKeys(lane.account_id, shard_count)
@@ -851,10 +853,15 @@ def _rebased(
     for key, rem in list(new.requests.items()):
         if rem.at_hi_ms >= cut_ms:
             new.requests[key] = dataclasses.replace(rem, uncertain=True)
-    credited_pis = {r["request_id"] for r in pg if str(r["request_id"]).startswith("pi_")}
-    for p in new.payments.values():
-        pi = (p.body or {}).get("payment_intent_id")
-        if p.status == "succeeded" and isinstance(pi, str) and pi not in credited_pis:
+    # The ledger names the payment each Stripe credit was for ("payment <id>").
+    credited_ids = {
+        m.group(1) for r in pg if (m := PAYMENT_IN_DETAIL.search(str(r["detail"] or "")))
+    }
+    for pid, p in new.payments.items():
+        if pid in credited_ids:
+            # Credited before the loss, also when its answer was lost (no body).
+            p.status, p.credited = "succeeded", True
+        elif p.status == "succeeded" and p.credited:
             # Stripe charged it; its credit was lost with Redis and is owed again.
             p.status, p.credited = "pending", False
     new.entries = [
