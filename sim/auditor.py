@@ -785,6 +785,13 @@ def _rebased(
     seq_now = int(h["seq"])
     w = max(worlds, key=lambda x: (x.seq == seq_now, x.seq <= seq_now, x.seq))
     new = w.clone()
+    # A payment another world knew (a pay now whose answer a fault hid, so the card
+    # may have been charged) stays known: the ledger below says whether it was
+    # credited, else the webhook, the repair or the retry may still credit it.
+    for x in worlds:
+        for pid, p in x.payments.items():
+            if pid not in new.payments and p.status == "pending":
+                new.payments[pid] = dataclasses.replace(p)
     # A call some other world knew (a reserve whose answer a fault hid) that Redis
     # holds: take it from that world.
     for cid, ch in calls.items():
