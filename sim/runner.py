@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from metering.sweeper import expire_due_reservations
 from sim import faults as faults_mod
 from sim.auditor import Auditor, after_redis_loss, drain_stream
@@ -318,7 +320,12 @@ class Runner:
             if d.faults.recent("redis"):
                 return
             at = now_ms()
-            await expire_due_reservations(d.world.store)
+            try:
+                await expire_due_reservations(d.world.store)
+            except RedisError:
+                if d.faults.recent("redis"):
+                    return  # a Redis fault began meanwhile
+                raise
             lanes = [
                 lane
                 for lane in d.lanes
