@@ -577,7 +577,12 @@ class Driver:
             method, path, token, body, status, code, details = BAD_REQUESTS[variant](acct)
 
         def refused(w: State, when: Window) -> list[Outcome]:
-            return [Outcome(status, error(code, **details), None, variant)]
+            out = [Outcome(status, error(code, **details), None, variant)]
+            if variant == "bad_token":
+                # Every lane repeats one forged token: past the per-prefix limit of
+                # failed authentications it is refused before it is looked at.
+                out.append(Outcome(429, error("too_many_auth_failures"), None, "limited"))
+            return out
 
         return method, path, token, body, refused, None
 
