@@ -708,6 +708,14 @@ async def _recovered(
         "detail FROM ledger_entries WHERE account_id = $1 ORDER BY seq",
         lane.account_id,
     )
+    durable = await world.db.fetchrow(
+        "SELECT r.enabled, r.amount_micros, r.threshold_micros, "
+        "c.account_id IS NOT NULL AS has_card "
+        "FROM (SELECT $1::text AS account_id) a "
+        "LEFT JOIN recharge_settings r USING (account_id) "
+        "LEFT JOIN cards_on_file c USING (account_id)",
+        lane.account_id,
+    )
     keys = AccountKeys(lane.account_id, shard_count)
     cids = sorted({c for w in lane.model.worlds for c in w.calls})
     async with world.store.redis.pipeline(transaction=True) as pipe:
@@ -743,7 +751,7 @@ async def _recovered(
             f"{saved[lane.account_id]} answered before the cut",
         )
     lost = max(0, lane.model.one().seq - seq)
-    lane.model.worlds = [_rebased(lane.model.worlds, h, members, calls, pg, cut_ms)]
+    lane.model.worlds = [_rebased(lane.model.worlds, h, members, calls, pg, cut_ms, durable)]
     auditor.verified_seq[lane.account_id] = seq
     return lost
 
@@ -775,6 +783,7 @@ def _rebased(
     calls: dict[str, list[Any]],
     pg: list[Any],
     cut_ms: int,
+    durable_row: Any = None,
 ) -> State:
     """The model's account after a loss: what Redis and Postgres hold now, with what
     was answered in the lost window marked uncertain."""
@@ -783,7 +792,24 @@ def _rebased(
     # The world whose history Redis now shows: the same seq if one has it (a
     # request whose answer a fault hid applied there, and its record with it).
     seq_now = int(h["seq"])
-    w = max(worlds, key=lambda x: (x.seq == seq_now, x.seq <= seq_now, x.seq))
+
+    def settings_as_postgres(x: State) -> bool:
+        """This world's Postgres card and recharge settings are Postgres's own (a
+        change whose answer a fault hid committed there, or did not)."""
+        if durable_row is None:
+            return True
+        enabled = bool(durable_row["enabled"])
+        return (
+            (x.pg("card") is not None) == bool(durable_row["has_card"])
+            and bool(x.pg("recharge_enabled")) == enabled
+            and (not enabled or x.pg("recharge_threshold") == durable_row["threshold_micros"])
+            and (not enabled or x.pg("recharge_amount") == durable_row["amount_micros"])
+        )
+
+    w = max(
+        worlds,
+        key=lambda x: (x.seq == seq_now, settings_as_postgres(x), x.seq <= seq_now, x.seq),
+    )
     new = w.clone()
     # A payment another world knew (a pay now whose answer a fault hid, so the card
     # may have been charged) stays known: the ledger below says whether it was
