@@ -200,3 +200,35 @@ async def test_rebuild_fast_forwards_accounts_redis_still_has_but_lost_entries_o
                 await assert_traffic_continues_the_ledger(world, http, loss)
         finally:
             gateway.stop()
+
+
+async def test_a_call_whose_release_was_lost_holds_no_more_than_the_balance() -> None:
+    # A release that charged nothing leaves no ledger entry: after a host crash
+    # that lost it, the ledger check keeps the call open. The balance spent since
+    # the release may be below its hold; available must still not go below zero.
+    async with ledger_world(redis_args=AOF) as world:
+        store = world.store
+        account = "loss-released"
+        await registry.create_account(store, world.pool, account, RateCard.parse(RATE_CARD))
+        await credits.add_funds(store, account, "funds", 1_000_000, "ops_credit")
+        call = await reservations.reserve(store, account, "released", "outbound")
+        held = call.reserved_for_call_micros
+        cut_at = await written_length(world)  # T: the release and the spending after it are lost
+        await reservations.release(store, account, "released")
+        n = 0
+        while (await accounts.get_account(store, account)).balance_micros >= held:
+            await debits.message(store, account, f"spend-{n}", "outbound")
+            n += 1
+        done = world.cli("ledger-writer", "--drain")
+        assert done.returncode == 0, done.stderr
+        world.redis_server.crash()
+        with world.redis_server.append_only_file().open("r+b") as f:
+            f.truncate(cut_at)
+        world.redis_server.start()
+        await store.redis.connection_pool.disconnect()
+        out = world.cli("rebuild")
+        assert out.returncode == 0, out.stderr
+        view = await accounts.get_account(store, account)
+        assert view.open_calls == 1  # the lost release: the call goes on
+        assert 0 <= view.reserved_micros <= view.balance_micros, view
+        assert view.reserved_micros == view.balance_micros < held

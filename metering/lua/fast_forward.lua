@@ -17,7 +17,8 @@
 -- seq. So the balance and seq become the ledger's. A call still open here whose
 -- closing the ledger holds (a commit, an expiry or a late correction Redis lost)
 -- is settled as the ledger says, once; every other open call is kept, and the
--- reservation is what those kept calls hold. Nothing is charged here: the
+-- reservation is what those kept calls hold, each hold cut so that together they
+-- never exceed the balance. Nothing is charged here: the
 -- money already moved in the ledger.
 local a = redis.call('HMGET', KEYS[1], 'seq', 'recharge_pending_since_us')
 if not a[1] then return {'unknown_account', 0} end
@@ -28,6 +29,7 @@ if redis.call('SCARD', KEYS[2]) ~= count then return {'calls_changed', 0} end
 
 local at = now_us()
 local reserved, kept, settled = 0, 0, 0
+local kept_calls = {}
 for i = 1, count do
   local base = 7 + (i - 1) * 5
   local call_id, state = ARGV[base], ARGV[base + 1]
@@ -37,6 +39,7 @@ for i = 1, count do
   if state == '' and c[1] == 'open' then
     reserved = reserved + num(c[2])
     kept = kept + 1
+    kept_calls[kept] = {call_key, num(c[2])}
   else
     local closed_us = ARGV[base + 3]
     if state == '' then state, closed_us = 'settled', int(at) end  -- not open: a stray member
@@ -56,6 +59,20 @@ for i = 1, count do
 end
 
 local balance = tonumber(ARGV[3])
+-- A kept call may be one whose release Redis lost (a release that charged
+-- nothing leaves no ledger entry), and the ledger's balance may have been spent
+-- below what it held since: no call may hold more than the balance left, or
+-- available would be negative. Holds are cut in the calls' order.
+if reserved > balance then
+  local left = balance
+  reserved = 0
+  for _, kc in ipairs(kept_calls) do
+    local held = math.min(kc[2], left)
+    if held ~= kc[2] then redis.call('HSET', kc[1], 'held', int(held)) end
+    left = left - held
+    reserved = reserved + held
+  end
+end
 redis.call('HSET', KEYS[1], 'balance', ARGV[3], 'seq', ARGV[2], 'reserved', int(reserved),
   'recovered_us', int(at))
 local pending_since = nil
