@@ -96,6 +96,24 @@ def worker_settings(pay_settings: Settings, **changes: Any) -> Settings:
     )
 
 
+async def die_at(
+    point: str,
+    consumer: str,
+    pay_http: httpx.AsyncClient,
+    pay_settings: Settings,
+    workers: list[WorkerProcess],
+    account_id: str,
+    tag: str,
+) -> None:
+    """A worker set to kill itself at `point`; two texts take the account below its
+    threshold, and the worker dies there (SIGKILL)."""
+    dying = WorkerProcess(worker_settings(pay_settings, crash_point=point), consumer)
+    workers.append(dying)
+    await asyncio.sleep(1.0)  # started, groups made
+    await send_messages(pay_http, account_id, 2, tag)
+    assert dying.died_by_sigkill(), dying.stop()
+
+
 async def recharge_credits(pay_db: Any, pay_store: Store, account_id: str) -> list[str]:
     """The account's credits of automatic recharges (Redis stream or Postgres)."""
     keys = pay_store.account_keys(account_id)
@@ -182,13 +200,15 @@ async def test_a_worker_killed_after_taking_a_request_leaves_it_to_another(
     workers: list[WorkerProcess],
 ) -> None:
     account_id, auth = await set_up_recharge(pay_http, "pm_card_visa", START, "took@example.com")
-    dying = WorkerProcess(
-        worker_settings(pay_settings, crash_point=crash_points.REQUEST_READ), "faults-took"
+    await die_at(
+        crash_points.REQUEST_READ,
+        "faults-took",
+        pay_http,
+        pay_settings,
+        workers,
+        account_id,
+        "took",
     )
-    workers.append(dying)
-    await asyncio.sleep(1.0)
-    await send_messages(pay_http, account_id, 2, "took")
-    assert dying.died_by_sigkill(), dying.stop()
     # The request is pending under the dead consumer; another one claims it.
     workers.append(WorkerProcess(worker_settings(pay_settings), "faults-other"))
 
@@ -213,11 +233,7 @@ async def test_a_worker_killed_between_charge_and_credit_credits_once(
     workers: list[WorkerProcess],
 ) -> None:
     account_id, auth = await set_up_recharge(pay_http, "pm_card_visa", START, "kill@example.com")
-    dying = WorkerProcess(worker_settings(pay_settings, crash_point=point), f"faults-{point}")
-    workers.append(dying)
-    await asyncio.sleep(1.0)
-    await send_messages(pay_http, account_id, 2, "kill")
-    assert dying.died_by_sigkill(), dying.stop()
+    await die_at(point, f"faults-{point}", pay_http, pay_settings, workers, account_id, "kill")
     assert charges_of(stripe_server, account_id) == 1  # the card was charged
     # The same worker comes back (same consumer name) after its lease ran out.
     workers.append(WorkerProcess(worker_settings(pay_settings), f"faults-{point}"))
@@ -266,13 +282,9 @@ async def test_a_charge_whose_answer_died_with_the_worker_is_credited_whatever_c
     for endpoint_id in WEBHOOK_ENDPOINT_IDS:
         register_webhook(stripe_server, endpoint_id, deaf)
     try:
-        dying = WorkerProcess(
-            worker_settings(pay_settings, crash_point=crash_points.CHARGED), "faults-lift"
+        await die_at(
+            crash_points.CHARGED, "faults-lift", pay_http, pay_settings, workers, account_id, "lift"
         )
-        workers.append(dying)
-        await asyncio.sleep(1.0)
-        await send_messages(pay_http, account_id, 2, "lift")
-        assert dying.died_by_sigkill(), dying.stop()
         assert charges_of(stripe_server, account_id) == 1
         r = await pay_http.post(
             f"/v1/accounts/{account_id}/credits",
