@@ -274,8 +274,14 @@ class State:
             self.recharge_pending,
             # Which crossing asked decides the amount credited (the settings then).
             self.recharge_pending_amount if self.recharge_pending else 0,
+            # The card and recharge settings: a change whose answer was lost makes a
+            # world that differs only in them, and its own answers later tell.
             self.recharge_enabled,
-            self.card is not None,
+            self.recharge_amount,
+            self.recharge_threshold,
+            self.recharge_email,
+            repr(sorted(self.card.items())) if self.card is not None else "",
+            self.card_declines,
             tuple(sorted((k, v.status, v.credited) for k, v in self.payments.items())),
             len(self.requests),
             self.requests_digest,
