@@ -6,6 +6,10 @@ keeping the original pauses between them (capped), since many money bugs need
 time (an idempotency window, an expiry). The account's own set-up (create,
 token, funds, card, recharge settings) is always kept. Faults are not replayed:
 a failure that needs one is reported with the account's whole sequence.
+
+The budget bounds the whole search, the first replay included: a trial still
+playing at the deadline stops there and counts as not failing (a replay of
+hundreds of steps with their pauses can take longer than any budget).
 """
 
 from __future__ import annotations
@@ -33,10 +37,20 @@ class Step:
     op: Op
 
 
+class OutOfTime(Exception):
+    """The shrink's budget ran out during a trial."""
+
+
 async def play(
-    d: Driver, auditor: Auditor, template: Lane, steps: list[Step], suffix: str
+    d: Driver,
+    auditor: Auditor,
+    template: Lane,
+    steps: list[Step],
+    suffix: str,
+    deadline: float = math.inf,
 ) -> SimFailure | None:
-    """Play steps on a new account like template's; return the failure, if any."""
+    """Play steps on a new account like template's; return the failure, if any.
+    Raises OutOfTime when time.monotonic() passes `deadline` first."""
     account_id = f"{template.account_id}-{suffix}"
     lane = Lane(template.plan, account_id, Account(account_id))
     d.lanes.append(lane)
@@ -45,6 +59,8 @@ async def play(
         for step in steps:
             gap = min(max(step.at_s - previous, 0.0), GAP_MAX_S)
             previous = step.at_s
+            if time.monotonic() + gap > deadline:
+                raise OutOfTime
             if gap > 0.02:
                 await asyncio.sleep(gap)
             if step.op.kind == "fault":
@@ -80,11 +96,17 @@ async def shrink(
         nonlocal trials
         trials += 1
         ordered = sorted(fixed + candidate, key=lambda s: s.at_s)
-        failure = await play(d, auditor, template, ordered, f"t{trials}")
+        try:
+            failure = await play(d, auditor, template, ordered, f"t{trials}", deadline)
+        except OutOfTime:
+            return False
         return failure is not None and failure.check == check
 
     if not await fails(free):
-        log("[sim] shrink: the failure does not come back on a new account without the rest")
+        if time.monotonic() > deadline:
+            log(f"[sim] shrink: out of time ({budget_s:.0f}s) replaying {len(free)} steps")
+        else:
+            log("[sim] shrink: the failure does not come back on a new account without the rest")
         return None
     best = await ddmin(free, fails, lambda: time.monotonic() > deadline)
     log(f"[sim] shrink: {len(free)} -> {len(best)} steps in {trials} trials")

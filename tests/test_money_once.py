@@ -14,10 +14,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from devkit.testing import RATE_CARD, StripeServer
+from metering.payments.charges import PAY_NOW, Charge, record_succeeded
 from metering.payments.recharge_worker import RechargeWorker
 from metering.settings import Settings
 from metering.store import Store
@@ -420,3 +422,43 @@ async def test_a_change_committed_before_the_gateway_died_reaches_redis_by_the_r
 
 # Every event goes to both endpoints of the payments gateway.
 assert len(WEBHOOK_ENDPOINT_IDS) == 2
+
+
+
+async def test_twins_recording_one_charge_at_once_all_find_it_recorded(
+    pay_settings: Settings, pay_db: Any
+) -> None:
+    """Requests and webhooks recording the same charge at the same moment each
+    write the same PaymentIntent into the same row. As one INSERT ... ON CONFLICT
+    DO UPDATE, Postgres reported some of them as a unique violation on the
+    PaymentIntent, or as a deadlock; none of them may take the charge for another
+    payment's (found by the simulation: one of four identical pay-nows answered
+    409 charge_mismatch while the others were credited)."""
+    account_id = f"twins-{uuid.uuid4().hex[:8]}"
+    pool = await asyncpg.create_pool(pay_settings.database_url, min_size=6, max_size=6)
+    try:
+        for n in range(3_000):
+            charge = Charge(account_id, f"pay-{n}", PAY_NOW, 5_000_000, f"pi_twins_{account_id}_{n}")
+            if n % 2:  # pay now's pending row; a webhook or a recharge may come first
+                await pool.execute(
+                    "INSERT INTO payments (account_id, payment_id, kind, amount_micros, status) "
+                    "VALUES ($1, $2, 'pay_now', $3, 'pending')",
+                    account_id,
+                    charge.payment_id,
+                    charge.amount_micros,
+                )
+            answers = await asyncio.gather(*(record_succeeded(pool, charge) for _ in range(6)))
+            assert answers == [False] * 6, (n, answers)
+        # Another payment's PaymentIntent is still refused.
+        other = Charge(account_id, "pay-0", PAY_NOW, 5_000_000, f"pi_twins_{account_id}_1")
+        assert await record_succeeded(pool, other) is None
+        await pool.execute(
+            "INSERT INTO payments (account_id, payment_id, kind, amount_micros, status) "
+            "VALUES ($1, 'stray', 'pay_now', 5000000, 'pending')",
+            account_id,
+        )
+        stray = Charge(account_id, "stray", PAY_NOW, 5_000_000, f"pi_twins_{account_id}_2")
+        assert await record_succeeded(pool, stray) is None
+    finally:
+        await pool.execute("DELETE FROM payments WHERE account_id = $1", account_id)
+        await pool.close()

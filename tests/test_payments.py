@@ -219,6 +219,32 @@ async def test_pay_now_credits_once_when_everything_is_delivered_twice(
     assert r.status_code == 409
 
 
+async def test_identical_pay_now_requests_at_once_all_get_the_one_credit(
+    pay_http: httpx.AsyncClient,
+    pay_store: Store,
+    stripe_server: StripeServer,
+) -> None:
+    """A client that sends the same payment several times at once (a double click,
+    a retrying proxy) gets the same answer on every one of them: the payment
+    credited once, never a refusal of its own charge."""
+    account_id, auth = await customer_account(pay_http)
+    await put_card(pay_http, account_id, auth, "pm_card_visa")
+    url = f"/v1/accounts/{account_id}/payments"
+    intents_before = stripe_server.intents_created()
+    payments = 6
+    for n in range(payments):
+        body = {"payment_id": f"twin-{n}", "amount_micros": 5 * USD}
+        answers = await asyncio.gather(
+            *(pay_http.post(url, headers=auth, json=body) for _ in range(4))
+        )
+        assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+        assert len({a.json()["payment_intent_id"] for a in answers}) == 1
+    assert stripe_server.intents_created() - intents_before == payments
+    assert await balance_of(pay_http, account_id, auth) == payments * 5 * USD
+    credits = [e for e in await ledger_entries(pay_store, account_id) if e["item"] == "funds_added"]
+    assert len(credits) == payments
+
+
 async def test_declined_card_credits_nothing_and_says_why(
     pay_http: httpx.AsyncClient, pay_db: Any, pay_store: Store
 ) -> None:
