@@ -58,6 +58,12 @@ class SwitchFastPath:
         self.security_headers = security_headers
         self.ids = ids
         self.observe = METRICS.http_requests.observe
+        # The metric key of each (route, status), made once: by the switch path
+        # (or, for a call, its last segment) -> (route template, {status: key}).
+        self.route_keys: dict[str, tuple[str, dict[int, tuple[str, str, str]]]] = {
+            **{path: (path, {}) for path in ACTIONS},
+            **{last: (f"{CALLS}{{call_id}}/{last}", {}) for last in CALL_ACTIONS},
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -66,15 +72,16 @@ class SwitchFastPath:
         path: str = scope["path"]
         action = ACTIONS.get(path)
         call_id = ""
+        route = path
         if action is None:
             # /v1/calls/{call_id}/<extend|commit|release>; a call id may hold '/'.
-            head, _, last = path.rpartition("/")
-            action = CALL_ACTIONS.get(last)
+            head, _, route = path.rpartition("/")
+            action = CALL_ACTIONS.get(route)
             call_id = head[len(CALLS) :] if head.startswith(CALLS) else ""
             if action is None or not call_id:
                 await self.app(scope, receive, send)
                 return
-        authorization = content_type = length = None
+        authorization = content_type = length = given_id = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = authorization or value
@@ -82,6 +89,8 @@ class SwitchFastPath:
                 content_type = content_type or value
             elif name == b"content-length":
                 length = length or value
+            elif name == HEADER:
+                given_id = given_id or value
         if authorization is None or not self._is_switch(authorization):
             await self.app(scope, receive, send)
             return
@@ -89,7 +98,7 @@ class SwitchFastPath:
             await self._answer(scope, receive, send, action, call_id, content_type, length, None)
             return
         started = time.perf_counter()
-        request_id = self.ids.of(scope)
+        request_id = self.ids.make(given_id)
         token = request_id_var.set(request_id)
         status = 500  # failed before answering: the server's 500, as the observer counts
         try:
@@ -98,8 +107,11 @@ class SwitchFastPath:
             )
         finally:
             request_id_var.reset(token)
-            route = path if call_id == "" else f"{CALLS}{{call_id}}/{path.rpartition('/')[2]}"
-            self.observe((route, "POST", outcome_of(status)), time.perf_counter() - started)
+            template, keys = self.route_keys[route]
+            key = keys.get(status)
+            if key is None:
+                key = keys[status] = (template, "POST", outcome_of(status))
+            self.observe(key, time.perf_counter() - started)
 
     async def _answer(
         self,
@@ -110,7 +122,7 @@ class SwitchFastPath:
         call_id: str,
         content_type: bytes | None,
         length: bytes | None,
-        request_id: str | None,
+        request_id: bytes | None,
     ) -> int:
         """Answer one switch request; returns the status sent (499 when the
         client went away first, as nginx names it)."""
@@ -132,7 +144,7 @@ class SwitchFastPath:
         if extra:
             headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         if request_id is not None:
-            headers.append((HEADER, request_id.encode("ascii")))
+            headers.append((HEADER, request_id))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
         return status

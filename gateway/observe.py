@@ -69,21 +69,27 @@ def route_of(scope: Scope) -> str:
 
 
 class RequestIds:
-    """The request id of a request: the client's when safe to echo, else one made
-    here (this process's random prefix and a counter)."""
+    """The request id of a request, as the bytes of its header: the client's when
+    safe to echo, else one made here (this process's random prefix and a
+    counter). Bytes, since the header needs them and the logs decode the id only
+    when a line is written."""
 
     def __init__(self, settings: Settings) -> None:
         self.length_max = settings.request_id_length_max
-        self.prefix = os.urandom(4).hex() + "-"
+        self.prefix = os.urandom(4).hex().encode() + b"-"
         self.counter = itertools.count(1)
 
-    def of(self, scope: Scope) -> str:
+    def of(self, scope: Scope) -> bytes:
         for name, value in scope["headers"]:
             if name == HEADER:
-                if len(value) <= self.length_max and SAFE_ID.fullmatch(value):
-                    return str(value.decode("ascii"))
-                break
-        return f"{self.prefix}{next(self.counter):x}"
+                return self.make(value)
+        return self.make(None)
+
+    def make(self, given: bytes | None) -> bytes:
+        """The id of a request whose `X-Request-Id` header was `given`."""
+        if given is not None and len(given) <= self.length_max and SAFE_ID.fullmatch(given):
+            return given
+        return self.prefix + b"%x" % next(self.counter)
 
 
 class RequestObserver:
@@ -101,7 +107,7 @@ class RequestObserver:
             return
         started = time.perf_counter()
         request_id = self.request_id(scope)
-        header = (HEADER, request_id.encode("ascii"))
+        header = (HEADER, request_id)
         status = 500  # an app that fails before answering: the server's 500
 
         async def send_with_id(message: Message) -> None:

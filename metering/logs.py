@@ -9,7 +9,7 @@ secrets masked, third-party libraries quiet.
   `python -m metering` commands); libraries (httpx, Stripe, asyncpg, asyncio,
   websockets, ...) log at `METERING_LOG_LIBRARIES_LEVEL` (warning), so the
   lines that matter do not scroll away among HTTP client chatter.
-- The request id of the request being served (gateway/request_ids.py) is added
+- The request id of the request being served (gateway/observe.py) is added
   to every line logged while serving it.
 - Secrets never reach a log line: the formatter masks bearer tokens, `token=`
   query values, passwords in URLs and the configured secrets themselves
@@ -35,7 +35,7 @@ import orjson
 from metering.settings import Settings
 
 # The request being served (set by the gateway for the duration of a request).
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+request_id_var: contextvars.ContextVar[bytes | str | None] = contextvars.ContextVar(
     "metering_request_id", default=None
 )
 
@@ -102,6 +102,11 @@ def secrets_of(settings: Settings) -> list[str]:
     ]
 
 
+def _text(request_id: bytes | str) -> str:
+    # The gateway keeps the id as its header's bytes (ASCII: gateway/observe.py).
+    return request_id.decode("ascii") if isinstance(request_id, bytes) else request_id
+
+
 def _utc(created: float) -> str:
     moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
@@ -123,7 +128,7 @@ class JsonFormatter(logging.Formatter):
         }
         request_id = request_id_var.get()
         if request_id is not None:
-            out["request_id"] = request_id
+            out["request_id"] = _text(request_id)
         for key, value in record.__dict__.items():
             if key not in _STANDARD_FIELDS and key not in out:
                 out[key] = self.redact(value) if isinstance(value, str) else value
@@ -147,7 +152,7 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         request_id = request_id_var.get()
         if request_id is not None:
-            text += f" request_id={request_id}"
+            text += f" request_id={_text(request_id)}"
         return self.redact(text)
 
 

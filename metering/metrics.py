@@ -85,6 +85,14 @@ class Histogram:
         slots[bisect.bisect_left(self.bounds, value)] += 1
         slots[-1] += value
 
+    def observe_many(self, key: Key, value: float, count: int) -> None:
+        """`count` observations of the same `value`."""
+        slots = self.totals.get(key)
+        if slots is None:
+            slots = self.totals[key] = [0] * (len(self.bounds) + 1) + [0.0]
+        slots[bisect.bisect_left(self.bounds, value)] += count
+        slots[-1] += value * count
+
 
 class Gauge:
     """A value per label values that this process sets. Across gateway processes
@@ -127,8 +135,9 @@ class Metrics:
         )
         self.script_calls = Histogram(
             "metering_redis_script_duration_seconds",
-            "Round trip of one Lua script call (EVALSHA) by script, as the caller sees it "
-            "(pipelined with the calls of the same loop tick).",
+            "Round trip of one Lua script call (EVALSHA) by script: from the write that "
+            "carried it (with the other calls of the same loop tick) to its reply; a call "
+            "that timed out, its timeout.",
             ("script",),
             SCRIPT_BUCKETS_S,
         )

@@ -52,6 +52,7 @@ from redis._parsers.base import BaseParser  # redis-py's table: error reply -> e
 from redis.connection import parse_url
 
 from metering.errors import Unavailable
+from metering.metrics import METRICS
 
 if TYPE_CHECKING:
     from metering.restart_fence import RestartFence
@@ -111,19 +112,42 @@ def tls_context(redis_url: str, options: dict[str, Any]) -> ssl.SSLContext | Non
     return context
 
 
+# Records `count` script round trips of `duration_s` under the key (script name,).
+ObserveMany = Callable[[tuple[str, ...], float, int], None]
+
+
 class RespConnection(asyncio.Protocol):
     """One connection to one Redis node: calls written in order, one write per
-    loop tick, replies matched to calls in order."""
+    loop tick, replies matched to calls in order.
 
-    def __init__(self, name: str, timeout_s: float, batch_max: int, pending_max: int) -> None:
+    With `observe` given, each labelled call's round trip (from the write that
+    carried it to its reply) is recorded. It costs no clock reading per call:
+    the calls of one write share the write's time, which `_write` reads once,
+    and the replies that one read delivers share one reading; a run of replies
+    with the same label and write is recorded as one observation of `count`."""
+
+    def __init__(
+        self,
+        name: str,
+        timeout_s: float,
+        batch_max: int,
+        pending_max: int,
+        observe: ObserveMany | None = None,
+    ) -> None:
         self.name = name
         self._loop = asyncio.get_running_loop()
         self._timeout_s = timeout_s
         self._batch_max = batch_max
         self._pending_max = pending_max
         self._reader = hiredis.Reader(replyError=ErrorReply, encoding="utf-8")
-        # (future, deadline) of every call written or about to be, oldest first.
-        self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        # (future, deadline, label, written_at) of every call written or about to
+        # be, oldest first; written_at is a cell shared by the calls of one write,
+        # holding that write's loop time once it is made.
+        self._waiting: collections.deque[
+            tuple[asyncio.Future[Any], float, tuple[str, ...] | None, list[float]]
+        ] = collections.deque()
+        self._observe = observe
+        self._written_at = [0.0]
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
@@ -151,15 +175,30 @@ class RespConnection(asyncio.Protocol):
             return
         if reply is False:
             return
-        self._last_reply_at = self._loop.time()
+        now = self._last_reply_at = self._loop.time()
+        # The current run of replies with one label and one write (see the class).
+        run_label: tuple[str, ...] | None = None
+        run_written_at = self._written_at
+        run_count = 0
         while reply is not False:
             if not waiting:
                 self._abort(redis_errors.ConnectionError(f"redis {self.name}: unexpected reply"))
-                return
-            future = waiting.popleft()[0]
-            if not future.done():  # else timed out or its caller gave up: dropped
+                break
+            future, _, label, written_at = waiting.popleft()
+            # A call already done timed out (recorded then) or its caller gave up:
+            # its reply is dropped.
+            if not future.done():
                 future.set_result(reply)
+                if label is not None:
+                    if label is run_label and written_at is run_written_at:
+                        run_count += 1
+                    else:
+                        if run_count:
+                            self._observe(run_label, now - run_written_at[0], run_count)  # type: ignore[misc, arg-type]
+                        run_label, run_written_at, run_count = label, written_at, 1
             reply = reader.gets()
+        if run_count:
+            self._observe(run_label, now - run_written_at[0], run_count)  # type: ignore[misc, arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail_all(
@@ -170,11 +209,14 @@ class RespConnection(asyncio.Protocol):
 
     # ---- calls ----
 
-    def call(self, packed: bytes, admitted: bool = False) -> asyncio.Future[Any]:
+    def call(
+        self, packed: bytes, admitted: bool = False, label: tuple[str, ...] | None = None
+    ) -> asyncio.Future[Any]:
         """Queue one packed command; the future gets its reply (an ErrorReply
         for an error reply) or a TimeoutError / ConnectionError. `admitted`: the
         repeat of a call the bound already let in (after NOSCRIPT), which must not
-        be refused half-way (at most two more entries per admitted call)."""
+        be refused half-way (at most two more entries per admitted call).
+        `label`: the key its round trip is recorded under (with `observe`)."""
         if self.closed:
             raise redis_errors.ConnectionError(f"redis {self.name}: connection closed")
         waiting = self._waiting
@@ -184,7 +226,9 @@ class RespConnection(asyncio.Protocol):
             )
         loop = self._loop
         future = loop.create_future()
-        waiting.append((future, loop.time() + self._timeout_s))
+        waiting.append(
+            (future, loop.time() + self._timeout_s, label if self._observe else None, self._written_at)
+        )
         out = self._out
         out.append(packed)
         if len(out) >= self._batch_max:
@@ -204,6 +248,9 @@ class RespConnection(asyncio.Protocol):
     def _write(self) -> None:
         data = b"".join(self._out)
         self._out.clear()
+        if self._observe is not None:
+            self._written_at[0] = self._loop.time()
+            self._written_at = [0.0]
         if self._transport is not None and not self.closed:
             self._transport.write(data)
             self.writes += 1
@@ -215,7 +262,7 @@ class RespConnection(asyncio.Protocol):
         now = self._loop.time()
         expired = 0
         next_deadline = None
-        for future, deadline in self._waiting:
+        for future, deadline, label, written_at in self._waiting:
             if deadline > now:
                 next_deadline = deadline
                 break
@@ -226,6 +273,8 @@ class RespConnection(asyncio.Protocol):
                     )
                 )
                 expired += 1
+                if label is not None:  # a call that timed out took this long
+                    self._observe(label, now - (written_at[0] or now), 1)  # type: ignore[misc]
         self.timeouts += expired
         if expired and now - self._last_reply_at >= self._timeout_s:
             self._abort(
@@ -244,7 +293,7 @@ class RespConnection(asyncio.Protocol):
             self._timer = None
         self._out.clear()
         waiting, self._waiting = self._waiting, collections.deque()
-        for future, _ in waiting:
+        for future, *_ in waiting:
             if not future.done():
                 future.set_exception(error)
 
@@ -276,6 +325,8 @@ class ScriptPipeline:
         self._timeout_s = settings.redis_timeout_s
         self._batch_max = settings.redis_pipeline_batch_max
         self._pending_max = settings.redis_pipeline_pending_max
+        # Each script call's round trip (metering_redis_script_duration_seconds).
+        self._observe = METRICS.script_calls.observe_many if settings.request_metrics else None
         options = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
         self._username: str | None = options.get("username")
         self._password: str | None = options.get("password")
@@ -307,7 +358,7 @@ class ScriptPipeline:
         if connection is None or connection.closed:
             connection = await self._connect(address)
         packed = pack_command((b"EVALSHA", script.sha, len(keys), *keys, *args))
-        reply = await connection.call(packed)
+        reply = await connection.call(packed, label=script.label)
         if type(reply) is ErrorReply:
             return await self._after_error(redis_error(reply), connection, script, keys, args)
         return reply
@@ -330,7 +381,7 @@ class ScriptPipeline:
                 if connection is None or connection.closed:
                     connection = await self._connect(address)
                 packed = pack_command((b"EVALSHA", script.sha, len(keys), *keys, *args))
-                sent.append((connection, connection.call(packed)))
+                sent.append((connection, connection.call(packed, label=script.label)))
             except Exception as exc:  # this call's own failure (e.g. the queue bound)
                 sent.append(exc)
         answers: list[Any] = []
@@ -367,7 +418,9 @@ class ScriptPipeline:
         # connection: replies come in order, so both go in one write.
         loaded = connection.call(pack_command((b"SCRIPT", b"LOAD", script.source)), admitted=True)
         again = connection.call(
-            pack_command((b"EVALSHA", script.sha, len(keys), *keys, *args)), admitted=True
+            pack_command((b"EVALSHA", script.sha, len(keys), *keys, *args)),
+            admitted=True,
+            label=script.label,
         )
         sha = await loaded
         if isinstance(sha, ErrorReply):
@@ -397,7 +450,9 @@ class ScriptPipeline:
         loop = asyncio.get_running_loop()
         host, port = address
         name = self._unix_path or f"{host}:{port}"
-        connection = RespConnection(name, self._timeout_s, self._batch_max, self._pending_max)
+        connection = RespConnection(
+            name, self._timeout_s, self._batch_max, self._pending_max, self._observe
+        )
         try:
             if self._unix_path and not self._cluster:
                 await asyncio.wait_for(

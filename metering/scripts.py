@@ -30,7 +30,7 @@ LIB_NAME = "_lib.lua"
 
 
 class LuaScript:
-    __slots__ = ("name", "source", "sha", "pipeline", "timed", "_label")
+    __slots__ = ("name", "source", "sha", "pipeline", "timed", "label")
 
     def __init__(self, name: str, source: str) -> None:
         self.name = name
@@ -38,23 +38,22 @@ class LuaScript:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self.pipeline: ScriptPipeline | None = None
         self.timed = True
-        self._label = (name,)
+        # Its key in metering_redis_script_duration_seconds.
+        self.label = (name,)
 
     async def __call__(self, redis: Any, keys: list[str], args: list[Any]) -> Any:
         pipeline = self.pipeline
-        pipelined = pipeline is not None and redis is pipeline.client
+        if pipeline is not None and redis is pipeline.client:
+            # The pipeline records the round trip (metering/pipelining.py).
+            return await pipeline.run(self, keys, args)
         if not self.timed:
-            if pipelined:
-                return await pipeline.run(self, keys, args)  # type: ignore[union-attr]
             return await self.call_one(redis, keys, args)
         # The round trip as the caller sees it, failures included (metering/metrics.py).
         started = time.perf_counter()
         try:
-            if pipelined:
-                return await pipeline.run(self, keys, args)  # type: ignore[union-attr]
             return await self.call_one(redis, keys, args)
         finally:
-            METRICS.script_calls.observe(self._label, time.perf_counter() - started)
+            METRICS.script_calls.observe(self.label, time.perf_counter() - started)
 
     async def run_many(self, redis: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """This script once per (keys, args), all written at once; the answers in

@@ -19,6 +19,7 @@ from redis import exceptions as redis_errors
 from devkit.testing import RATE_CARD, RedisServer
 from metering import accounts, credits, debits
 from metering.errors import InsufficientFunds, Unavailable, UnknownAccount
+from metering.metrics import METRICS
 from metering.pipelining import RespConnection, ScriptPipeline
 from metering.rate_card import RateCard
 from metering.scripts import LuaScript
@@ -67,6 +68,17 @@ def busy(store: Store, microseconds: int, answer: str) -> asyncio.Future[Any]:
     return asyncio.ensure_future(BUSY(store.redis, [], [microseconds, answer]))
 
 
+def _round_trips(script: str, above_s: float = 0.0) -> int:
+    """Round trips of `script` recorded in this process's metrics (those in the
+    buckets above the bound `above_s`)."""
+    histogram = METRICS.script_calls
+    slots = histogram.totals.get((script,))
+    if slots is None:
+        return 0
+    first = sum(1 for bound in histogram.bounds if bound <= above_s)
+    return int(sum(slots[first:-1]))
+
+
 def _connection(store: Store) -> RespConnection:
     (connection,) = _pipeline(store).connections().values()
     return connection
@@ -89,6 +101,7 @@ async def test_calls_of_one_tick_share_a_write_and_each_gets_its_own_answer(
         poor = await _funded(store, 13 * SMS_MICROS)  # exactly 13 texts
         await debits.message(store, rich, "warm-up", "outbound")  # opens the connection
         writes = _connection(store).writes
+        recorded = _round_trips("debit")
         calls = []
         for i in range(40):
             calls.append(debits.message(store, rich, f"r-{i}", "outbound"))
@@ -97,6 +110,8 @@ async def test_calls_of_one_tick_share_a_write_and_each_gets_its_own_answer(
         answers = await asyncio.gather(*calls, return_exceptions=True)
         # 81 calls, all started in one tick: one write (the batch bound is 256).
         assert _connection(store).writes - writes == 1
+        # Each call's round trip is recorded, once (as one observation of 81).
+        assert _round_trips("debit") - recorded == 81
 
         rich_answers = answers[0:80:2]
         assert all(a.item == "sms_outbound" for a in rich_answers)  # type: ignore[union-attr]
@@ -243,6 +258,8 @@ async def test_a_timeout_fails_only_its_calls_and_late_replies_reach_nobody(
     try:
         account = await _funded(store, 100 * SMS_MICROS)
         connection = _connection(store)
+        debits_slow, busy_slow = _round_trips("debit", 1.0), _round_trips("busy", 1.0)
+        debits_all, busy_all = _round_trips("debit"), _round_trips("busy")
         # t=0: A keeps Redis busy 0.7 s (answered in time); t~0.1: B keeps it busy
         # another 0.7 s (answered at ~1.4 s, past its deadline at ~1.1 s), and
         # debits queued behind B time out too. A's answer at 0.7 s shows the
@@ -261,6 +278,9 @@ async def test_a_timeout_fails_only_its_calls_and_late_replies_reach_nobody(
             with pytest.raises(redis_errors.TimeoutError):
                 await call
         assert connection.timeouts == 6
+        # A timed-out call's round trip is recorded as at least the timeout.
+        assert _round_trips("busy", 1.0) - busy_slow == 1
+        assert _round_trips("debit", 1.0) - debits_slow == 5
         await asyncio.sleep(0.6)  # B's and the debits' replies arrive now, late
         # The late debits did run in Redis (seq 2..6); the next callers get their
         # own answers on the same connection.
@@ -273,6 +293,9 @@ async def test_a_timeout_fails_only_its_calls_and_late_replies_reach_nobody(
         # A retry of a timed-out debit is answered from its idempotency key.
         retry = await debits.message(store, account, "late-0", "outbound")
         assert retry.replayed and retry.seq in range(2, 7)
+        # Each call recorded once: the late replies added nothing.
+        assert _round_trips("busy") - busy_all == 2
+        assert _round_trips("debit") - debits_all == 5 + 5 + 1
     finally:
         await store.aclose()
 
