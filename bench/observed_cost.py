@@ -22,7 +22,7 @@ from typing import Any
 from gateway.app import create_app
 from metering.settings import Settings
 
-ROUNDS = 6
+ROUNDS = 16
 REQUESTS_PER_ROUND = 8_000
 # Requests in flight at once, as a switch's keep-alive connections keep them (the
 # pipeline then writes a tick's calls together, as under load).

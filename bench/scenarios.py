@@ -286,7 +286,7 @@ def authorize(run: Run) -> None:
 
 # Runs per setting, in pairs of alternating order (off-on, on-off, ...): drift of
 # the shared machine falls on both sides.
-OBSERVABILITY_ROUNDS = 4
+OBSERVABILITY_ROUNDS = 8
 
 
 def observability(run: Run) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
@@ -57,10 +58,11 @@ class SwitchFastPath:
         self.encode = msgspec.json.Encoder().encode
         self.security_headers = security_headers
         self.ids = ids
-        self.observe = METRICS.http_requests.observe
-        # The metric key of each (route, status), made once: by the switch path
-        # (or, for a call, its last segment) -> (route template, {status: key}).
-        self.route_keys: dict[str, tuple[str, dict[int, tuple[str, str, str]]]] = {
+        self.bounds = METRICS.http_requests.bounds
+        # The duration totals of each (route, status), found once: by the switch
+        # path (or, for a call, its last segment) -> (route template, {status:
+        # slots}); recorded into inline (metering/metrics.py, Histogram.slots).
+        self.route_slots: dict[str, tuple[str, dict[int, list[float]]]] = {
             **{path: (path, {}) for path in ACTIONS},
             **{last: (f"{CALLS}{{call_id}}/{last}", {}) for last in CALL_ACTIONS},
         }
@@ -99,19 +101,23 @@ class SwitchFastPath:
             return
         started = time.perf_counter()
         request_id = self.ids.make(given_id)
-        token = request_id_var.set(request_id)
+        # Not reset after: the server runs each request in a task of its own, whose
+        # context ends with it (and its own error log after the app still has the id).
+        request_id_var.set(request_id)
         status = 500  # failed before answering: the server's 500, as the observer counts
         try:
             status = await self._answer(
                 scope, receive, send, action, call_id, content_type, length, request_id
             )
         finally:
-            request_id_var.reset(token)
-            template, keys = self.route_keys[route]
-            key = keys.get(status)
-            if key is None:
-                key = keys[status] = (template, "POST", outcome_of(status))
-            self.observe(key, time.perf_counter() - started)
+            elapsed_s = time.perf_counter() - started
+            template, by_status = self.route_slots[route]
+            slots = by_status.get(status)
+            if slots is None:
+                key = (template, "POST", outcome_of(status))
+                slots = by_status[status] = METRICS.http_requests.slots(key)
+            slots[bisect_left(self.bounds, elapsed_s)] += 1
+            slots[-1] += elapsed_s
 
     async def _answer(
         self,

@@ -77,13 +77,21 @@ class Histogram:
         self.totals: dict[Key, list[float]] = {}
 
     def observe(self, key: Key, value: float) -> None:
-        slots = self.totals.get(key)
-        if slots is None:
-            slots = self.totals[key] = [0] * (len(self.bounds) + 1) + [0.0]
+        slots = self.slots(key)
         # Prometheus buckets are "less than or equal": bisect_left finds the first
         # bound >= value.
         slots[bisect.bisect_left(self.bounds, value)] += 1
         slots[-1] += value
+
+    def slots(self, key: Key) -> list[float]:
+        """The totals of `key`, for a caller that records into them itself (the
+        switch's fast path, where a method call per request is measurable):
+        `slots[bisect_left(bounds, value)] += 1; slots[-1] += value`. The list
+        stays the key's for the life of the process."""
+        slots = self.totals.get(key)
+        if slots is None:
+            slots = self.totals[key] = [0] * (len(self.bounds) + 1) + [0.0]
+        return slots
 
     def observe_many(self, key: Key, value: float, count: int) -> None:
         """`count` observations of the same `value`."""

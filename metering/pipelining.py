@@ -226,9 +226,9 @@ class RespConnection(asyncio.Protocol):
             )
         loop = self._loop
         future = loop.create_future()
-        waiting.append(
-            (future, loop.time() + self._timeout_s, label if self._observe else None, self._written_at)
-        )
+        if self._observe is None:
+            label = None
+        waiting.append((future, loop.time() + self._timeout_s, label, self._written_at))
         out = self._out
         out.append(packed)
         if len(out) >= self._batch_max:

@@ -424,7 +424,6 @@ async def test_a_change_committed_before_the_gateway_died_reaches_redis_by_the_r
 assert len(WEBHOOK_ENDPOINT_IDS) == 2
 
 
-
 async def test_twins_recording_one_charge_at_once_all_find_it_recorded(
     pay_settings: Settings, pay_db: Any
 ) -> None:
@@ -438,7 +437,9 @@ async def test_twins_recording_one_charge_at_once_all_find_it_recorded(
     pool = await asyncpg.create_pool(pay_settings.database_url, min_size=6, max_size=6)
     try:
         for n in range(3_000):
-            charge = Charge(account_id, f"pay-{n}", PAY_NOW, 5_000_000, f"pi_twins_{account_id}_{n}")
+            charge = Charge(
+                account_id, f"pay-{n}", PAY_NOW, 5_000_000, f"pi_twins_{account_id}_{n}"
+            )
             if n % 2:  # pay now's pending row; a webhook or a recharge may come first
                 await pool.execute(
                     "INSERT INTO payments (account_id, payment_id, kind, amount_micros, status) "
