@@ -95,9 +95,7 @@ class Histogram:
 
     def observe_many(self, key: Key, value: float, count: int) -> None:
         """`count` observations of the same `value`."""
-        slots = self.totals.get(key)
-        if slots is None:
-            slots = self.totals[key] = [0] * (len(self.bounds) + 1) + [0.0]
+        slots = self.slots(key)
         slots[bisect.bisect_left(self.bounds, value)] += count
         slots[-1] += value * count
 
