@@ -716,6 +716,13 @@ async def _recovered(
         "LEFT JOIN cards_on_file c USING (account_id)",
         lane.account_id,
     )
+    # The payments Postgres holds a row of (pay now writes it before calling Stripe).
+    paid_rows = {
+        r["payment_id"]
+        for r in await world.db.fetch(
+            "SELECT payment_id FROM payments WHERE account_id = $1", lane.account_id
+        )
+    }
     keys = AccountKeys(lane.account_id, shard_count)
     cids = sorted({c for w in lane.model.worlds for c in w.calls})
     async with world.store.redis.pipeline(transaction=True) as pipe:
@@ -751,7 +758,9 @@ async def _recovered(
             f"{saved[lane.account_id]} answered before the cut",
         )
     lost = max(0, lane.model.one().seq - seq)
-    lane.model.worlds = [_rebased(lane.model.worlds, h, members, calls, pg, cut_ms, durable)]
+    lane.model.worlds = [
+        _rebased(lane.model.worlds, h, members, calls, pg, cut_ms, durable, paid_rows)
+    ]
     auditor.verified_seq[lane.account_id] = seq
     return lost
 
@@ -784,6 +793,7 @@ def _rebased(
     pg: list[Any],
     cut_ms: int,
     durable_row: Any = None,
+    paid_rows: set[str] | None = None,
 ) -> State:
     """The model's account after a loss: what Redis and Postgres hold now, with what
     was answered in the lost window marked uncertain."""
@@ -813,11 +823,17 @@ def _rebased(
     new = w.clone()
     # A payment another world knew (a pay now whose answer a fault hid, so the card
     # may have been charged) stays known: the ledger below says whether it was
-    # credited, else the webhook, the repair or the retry may still credit it.
+    # credited, else the webhook, the repair or the retry may still credit it. It
+    # exists only if Postgres has its row (written before Stripe is called): a pay
+    # now that failed before that left nothing.
     for x in worlds:
         for pid, p in x.payments.items():
             if pid not in new.payments and p.status == "pending":
                 new.payments[pid] = dataclasses.replace(p)
+    if paid_rows is not None:
+        for pid in [pid for pid, p in new.payments.items() if p.status == "pending"]:
+            if pid not in paid_rows:
+                del new.payments[pid]
     # A call some other world knew (a reserve whose answer a fault hid) that Redis
     # holds: take it from that world.
     for cid, ch in calls.items():
