@@ -716,11 +716,13 @@ async def _recovered(
         "LEFT JOIN cards_on_file c USING (account_id)",
         lane.account_id,
     )
-    # The payments Postgres holds a row of (pay now writes it before calling Stripe).
+    # The pay-now payments Postgres holds a row of (written before Stripe is called).
     paid_rows = {
-        r["payment_id"]
+        r["payment_id"]: r
         for r in await world.db.fetch(
-            "SELECT payment_id FROM payments WHERE account_id = $1", lane.account_id
+            "SELECT payment_id, amount_micros, status FROM payments "
+            "WHERE account_id = $1 AND kind = 'pay_now'",
+            lane.account_id,
         )
     }
     keys = AccountKeys(lane.account_id, shard_count)
@@ -793,11 +795,11 @@ def _rebased(
     pg: list[Any],
     cut_ms: int,
     durable_row: Any = None,
-    paid_rows: set[str] | None = None,
+    paid_rows: dict[str, Any] | None = None,
 ) -> State:
     """The model's account after a loss: what Redis and Postgres hold now, with what
     was answered in the lost window marked uncertain."""
-    from sim.model import Entry
+    from sim.model import Entry, Payment
 
     # The world whose history Redis now shows: the same seq if one has it (a
     # request whose answer a fault hid applied there, and its record with it).
@@ -822,18 +824,27 @@ def _rebased(
     )
     new = w.clone()
     # A payment another world knew (a pay now whose answer a fault hid, so the card
-    # may have been charged) stays known: the ledger below says whether it was
-    # credited, else the webhook, the repair or the retry may still credit it. It
-    # exists only if Postgres has its row (written before Stripe is called): a pay
-    # now that failed before that left nothing.
+    # may have been charged or declined) stays known: the ledger below says
+    # whether it was credited, else the webhook, the repair or the retry may still
+    # credit it. Postgres's row (written before Stripe is called) says whether it
+    # exists at all and whether it failed; without a row, a pay now that failed
+    # before writing it left nothing.
     for x in worlds:
         for pid, p in x.payments.items():
-            if pid not in new.payments and p.status == "pending":
+            if pid not in new.payments and p.status in ("pending", "failed"):
                 new.payments[pid] = dataclasses.replace(p)
     if paid_rows is not None:
-        for pid in [pid for pid, p in new.payments.items() if p.status == "pending"]:
+        for pid in [pid for pid, p in new.payments.items() if p.status != "succeeded"]:
             if pid not in paid_rows:
                 del new.payments[pid]
+        for pid, row in paid_rows.items():
+            p = new.payments.get(pid)
+            if p is None:
+                p = new.payments[pid] = Payment(row["amount_micros"], "pending")
+            if row["status"] == "failed":
+                p.status, p.credited = "failed", False
+            elif p.status == "failed":
+                p.status = "pending"  # the decline was never recorded: a retry asks Stripe
     # A call some other world knew (a reserve whose answer a fault hid) that Redis
     # holds: take it from that world.
     for cid, ch in calls.items():
