@@ -710,7 +710,9 @@ async def _recovered(
     )
     durable = await world.db.fetchrow(
         "SELECT r.enabled, r.amount_micros, r.threshold_micros, "
-        "c.account_id IS NOT NULL AS has_card "
+        "c.account_id IS NOT NULL AS has_card, "
+        "(SELECT max(amount_micros) FROM recharge_episodes e "
+        "WHERE e.account_id = a.account_id AND e.status = 'open') AS open_episode_micros "
         "FROM (SELECT $1::text AS account_id) a "
         "LEFT JOIN recharge_settings r USING (account_id) "
         "LEFT JOIN cards_on_file c USING (account_id)",
@@ -883,6 +885,10 @@ def _rebased(
         new.recharge_pending_since_ms = int(h["recharge_pending_since_us"]) // 1000
     new.recharge_pending = pending
     new.recharge_end_allowed = True
+    # An episode still open in Postgres whose pending mark Redis lost: the worker
+    # carries it on (a charge and a credit) or ends it.
+    open_episode = durable_row["open_episode_micros"] if durable_row is not None else None
+    new.recharge_orphan_amount = int(open_episode) if open_episode and not pending else 0
     for cid, ch in calls.items():
         if not ch:
             # Redis holds no hash for it: a reserve lost with the last second (or

@@ -228,6 +228,10 @@ class State:
     recharge_end_allowed: bool = False
     # Recharges credited since the last crossing (at most one per crossing).
     recharges_credited: int = 0
+    # An episode Postgres holds open that Redis's pending mark no longer shows (the
+    # mark was lost with Redis): the worker may still charge and credit it, or end
+    # it; its amount, 0 for none.
+    recharge_orphan_amount: int = 0
     entries: list[Entry] = dataclasses.field(default_factory=list)
     # The card and recharge settings are Postgres-first: when a change committed
     # there but its copy to Redis failed (the repair copies it later), Postgres's
@@ -274,6 +278,7 @@ class State:
             self.recharge_pending,
             # Which crossing asked decides the amount credited (the settings then).
             self.recharge_pending_amount if self.recharge_pending else 0,
+            self.recharge_orphan_amount,
             # The card and recharge settings: a change whose answer was lost makes a
             # world that differs only in them, and its own answers later tell.
             self.recharge_enabled,
@@ -1057,6 +1062,9 @@ def possible_events(st: State, now_ms: int) -> list[Event]:
         out.append(Event("recharge_credit", ""))
         if st.recharge_end_allowed:
             out.append(Event("recharge_end", ""))
+    if st.recharge_orphan_amount:
+        out.append(Event("orphan_credit", ""))
+        out.append(Event("orphan_end", ""))
     for pid, p in st.payments.items():
         if p.status == "pending" and not p.credited:
             out.append(Event("payment_credit", pid))
@@ -1100,6 +1108,21 @@ def fire(st: State, ev: Event, now_ms: int) -> State | None:
         if not new.recharge_pending:
             return None
         new.recharge_pending = False
+        return new
+    if ev.kind == "orphan_credit":
+        amount = new.recharge_orphan_amount
+        if not amount or new.balance + amount > BALANCE_MICROS_MAX:
+            return None
+        new.balance += amount
+        new.add_entry("funds_added", amount, "", "recharge")
+        new.recharge_orphan_amount = 0
+        new.recharge_pending = False  # the credit settles its episode
+        new.note_crossing()
+        return new
+    if ev.kind == "orphan_end":
+        if not new.recharge_orphan_amount:
+            return None
+        new.recharge_orphan_amount = 0
         return new
     if ev.kind == "payment_credit":
         p = new.payments.get(ev.subject)
